@@ -1,0 +1,552 @@
+"""GradientMonitor: an optimizer step pre-hook that measures, tracks, judges, logs and acts."""
+
+from __future__ import annotations
+
+import math
+import traceback
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from . import _dist, norms
+from ._validate import check_choice, check_float, check_int, check_state_keys
+from .aggregate import LogAggregator
+from .detector import AnomalyDetector, AnomalyReport, Observation
+from .errors import EscalationError, GrademaWarning, RunPruned
+from .escalation import EscalationEvent, EscalationPolicy
+from .tracker import DriftUpdate, GradientEMATracker
+from .wandb_sink import PREFIX, WandbSink
+
+__all__ = ["GradientMonitor", "OnEscalation"]
+
+OnEscalation = Literal["auto", "warn", "prune", "raise"] | Callable[[EscalationEvent], Any]
+_ACTIONS = ("auto", "warn", "prune", "raise")
+_FORMAT_VERSION = 1
+#: Per-layer norms logged on a telemetry step, largest first (non-finite ones lead).
+MAX_TELEMETRY_LAYERS = 128
+#: Tag added to a pruned run.
+PRUNED_TAG = "gradema:pruned"
+
+
+@dataclass
+class _Pending:
+    """One optimizer step waiting for its device values to be read back."""
+
+    step: int
+    row: Tensor
+    loss: float | Tensor | None
+    lr: float | None
+    n_tensors: int
+    layer_norms: Tensor | None
+    layer_index: list[int] | None
+
+
+class GradientMonitor:
+    """Watches one optimizer: every ``step()`` measures gradients before the update.
+
+    Per step, on device: per-tensor norms with foreach kernels grouped by (device, dtype), the
+    total norm and a health score (see ``norms.health_score``). Per decision step, on host: the
+    ``GradientEMATracker`` drift indicators, the ``AnomalyDetector`` report and the
+    ``EscalationPolicy``. An escalation turns on per-layer telemetry for ``telemetry_steps``
+    steps, records why (``events``, the run summary, an alert) and then acts: ``"warn"``,
+    ``"prune"`` (fail the W&B run, raise ``RunPruned``), ``"raise"`` (``EscalationError``) or
+    a callable. ``"auto"`` prunes inside a W&B sweep and warns elsewhere.
+
+    The optimizer stays the same object: the monitor adds a step pre-hook (and, unless
+    ``save_with_optimizer=False``, state-dict hooks so its state rides inside
+    ``optimizer.state_dict()``). ``remove()`` takes them all off.
+
+    Host-device syncs: values are read back once per ``sync_every`` steps (1 on CPU), on
+    logging steps and on telemetry steps; other steps only queue device tensors.
+
+    Non-finite gradients never raise from the hook: they are counted, reported (escalating at
+    once), and never folded into the EMA or the detector's statistics.
+
+    Use ``wandb_gradema.watch(optimizer, ...)``; the arguments are documented there.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        run: Any = None,
+        model: torch.nn.Module | None = None,
+        scaler: Any = None,
+        max_norm: float | None = None,
+        log_every: int = 10,
+        sync_every: int | None = None,
+        on_escalation: OnEscalation = "auto",
+        alerts: bool = True,
+        name: str | None = None,
+        ema_decay: float = 0.99,
+        eps: float = 1e-8,
+        sensitivity: float = 1.0,
+        patience: int = 3,
+        cooldown_steps: int = 100,
+        telemetry_steps: int = 50,
+        max_skipped_steps: int = 25,
+        detector: AnomalyDetector | None = None,
+        save_with_optimizer: bool = True,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"watch() expects a torch.optim.Optimizer, got {type(optimizer).__name__}. "
+                "Pass the optimizer whose step() runs the update (for Lightning, use the "
+                "wandb_gradema.integrations.lightning callback)."
+            )
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module or None, got {type(model).__name__}.")
+        if scaler is not None and not callable(getattr(scaler, "step", None)):
+            raise TypeError(f"`scaler` must be a torch.amp.GradScaler or None, got {type(scaler).__name__}.")
+        max_norm = check_float("max_norm", max_norm, low=0.0, low_open=True, allow_none=True)
+        log_every = check_int("log_every", log_every, minimum=1)
+        sync_every = check_int("sync_every", sync_every, minimum=1, allow_none=True)
+        if not callable(on_escalation):
+            check_choice("on_escalation", on_escalation, _ACTIONS)
+        if not isinstance(alerts, bool):
+            raise TypeError(f"`alerts` must be a bool, got {type(alerts).__name__}.")
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ValueError(f"`name` must be a non-empty string without '/', got {name!r}.")
+        max_skipped_steps = check_int("max_skipped_steps", max_skipped_steps, minimum=1)
+        if detector is not None and not isinstance(detector, AnomalyDetector):
+            raise TypeError(f"`detector` must be an AnomalyDetector or None, got {type(detector).__name__}.")
+        if detector is not None and sensitivity != 1.0:
+            raise ValueError("Pass `sensitivity` to the AnomalyDetector you give as `detector`, not to watch().")
+        tracker = GradientEMATracker(decay=ema_decay, eps=eps)
+        policy = EscalationPolicy(patience, cooldown_steps, telemetry_steps)
+        detector = detector if detector is not None else AnomalyDetector(sensitivity=sensitivity)
+
+        self.optimizer = optimizer
+        self.tracker = tracker
+        self.detector = detector
+        self.policy = policy
+        self.sink = WandbSink(run, prefix=PREFIX if name is None else f"{PREFIX}/{name}")
+        self.max_norm = max_norm
+        self.log_every = log_every
+        self.on_escalation = on_escalation
+        self.alerts = alerts
+        self.max_skipped_steps = max_skipped_steps
+        self.events: list[EscalationEvent] = []
+        self.pruned: RunPruned | None = None
+        self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._names = _param_names(optimizer, model)
+        if sync_every is None:
+            sync_every = 1 if all(p.device.type == "cpu" for p in self._params) else 16
+        self.sync_every = sync_every
+        self._aggregator = LogAggregator()
+        self._step = 0
+        self._skip_streak = 0
+        self._pending_stats: norms.GradStats | None = None
+        self._queue: list[_Pending] = []
+        self._loss_sum: float | Tensor | None = None
+        self._loss_count = 0
+        self._last: tuple[Observation, DriftUpdate, AnomalyReport] | None = None
+        self._internal_error_warned = False
+        self._scaler = scaler
+        self._handles = [optimizer.register_step_pre_hook(self._on_step)]
+        if save_with_optimizer:
+            self._handles.append(optimizer.register_state_dict_post_hook(self._save_into))
+            self._handles.append(optimizer.register_load_state_dict_pre_hook(self._load_from))
+        if scaler is not None:
+            self._wrap_scaler(scaler)
+
+    # ================================================================ public API
+    @property
+    def step(self) -> int:
+        """Optimizer steps observed so far (the index the next step will get)."""
+        return self._step
+
+    @property
+    def escalated(self) -> bool:
+        """True once any escalation has fired."""
+        return bool(self.events)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps a GradScaler skipped (inf/NaN gradients), when ``scaler`` was given."""
+        return self._aggregator.counters["skipped_steps"]
+
+    @property
+    def last(self) -> tuple[Observation, DriftUpdate, AnomalyReport] | None:
+        """The latest processed step: its observation, drift indicators and anomaly report."""
+        self.flush()
+        return self._last
+
+    def observe_loss(self, loss: float | Tensor) -> None:
+        """Record the training loss for the coming optimizer step (call before ``step()``).
+
+        Accepts a float or a 0-d (or one-element) tensor; tensors are kept on their device and
+        read back with the step's other values, so this never forces a sync by itself. Several
+        calls before one step (gradient accumulation) are averaged.
+        """
+        if isinstance(loss, Tensor):
+            if loss.numel() != 1:
+                raise ValueError(f"`loss` must be a scalar (one element), got shape {tuple(loss.shape)}.")
+            value: float | Tensor = loss.detach().reshape(()).float()
+        elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
+            value = float(loss)
+        else:
+            raise TypeError(f"`loss` must be a float or a scalar tensor, got {type(loss).__name__}.")
+        self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
+        self._loss_count += 1
+
+    def measure(self) -> Tensor:
+        """Measure the current gradients now; the coming ``step()`` reuses this measurement.
+
+        Call it where gradients are about to be changed before the step (clipping). Returns the
+        total norm as a 0-d tensor (no sync).
+        """
+        self._pending_stats = norms.measure(self._params)
+        return self._pending_stats.row[0].clone()
+
+    def clip_grad_norm_(self, max_norm: float) -> Tensor:
+        """Drop-in for ``torch.nn.utils.clip_grad_norm_`` over the optimizer's parameters.
+
+        Measures and clips in one pass; the monitor tracks the pre-clip norm, which is also
+        returned (0-d tensor, no sync). Use it in place of torch's in scripts that clip.
+        """
+        max_norm = check_float("max_norm", max_norm, low=0.0, low_open=True)
+        total = self.measure()
+        assert self._pending_stats is not None
+        norms.clip_grads_(self._pending_stats.grads, total, max_norm)
+        return total
+
+    def flush(self) -> None:
+        """Read back and process every queued step now (one host-device sync)."""
+        events = self._guarded(self._flush_queue)
+        for event in events or ():
+            self._act(event)
+
+    def remove(self) -> None:
+        """Flush, write the final summary, and take every hook off the optimizer."""
+        self.flush()
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self._scaler is not None and "step" in vars(self._scaler):
+            del self._scaler.step
+        self._scaler = None
+        self._guarded(self._write_summary)
+
+    close = remove
+
+    def __enter__(self) -> GradientMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume drift tracking exactly, as plain Python values."""
+        self.flush()
+        return {
+            "format_version": _FORMAT_VERSION,
+            "step": self._step,
+            "skip_streak": self._skip_streak,
+            "tracker": self.tracker.state_dict(),
+            "detector": self.detector.state_dict(),
+            "policy": self.policy.state_dict(),
+            "aggregator": self._aggregator.state_dict(),
+            "events": [asdict(e) for e in self.events],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state_dict`` returned; rejects missing or unknown keys by name."""
+        state = dict(state)
+        check_state_keys("GradientMonitor", state, tuple(self._empty_state_keys()))
+        if state["format_version"] != _FORMAT_VERSION:
+            raise ValueError(
+                f"GradientMonitor state has format_version {state['format_version']!r}; "
+                f"this version reads {_FORMAT_VERSION}."
+            )
+        self.flush()
+        self.tracker.load_state_dict(state["tracker"])
+        self.detector.load_state_dict(state["detector"])
+        self.policy.load_state_dict(state["policy"])
+        self._aggregator.load_state_dict(state["aggregator"])
+        self._step = int(state["step"])
+        self._skip_streak = int(state["skip_streak"])
+        self.events = [
+            EscalationEvent(**{**e, "reasons": tuple(e["reasons"]), "anomaly_types": tuple(e["anomaly_types"])})
+            for e in state["events"]
+        ]
+
+    @staticmethod
+    def _empty_state_keys() -> tuple[str, ...]:
+        return ("format_version", "step", "skip_streak", "tracker", "detector", "policy", "aggregator", "events")
+
+    # ================================================================ the hook
+    def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Step pre-hook: measure before the update; decide on decision steps."""
+        events = self._guarded(self._observe_step)
+        for event in events or ():
+            self._act(event)
+
+    def _observe_step(self) -> list[EscalationEvent]:
+        step = self._step
+        self._step += 1
+        self._skip_streak = 0
+        stats = self._pending_stats
+        self._pending_stats = None
+        if stats is None:
+            stats = norms.measure(self._params)
+            if self.max_norm is not None:
+                norms.clip_grads_(stats.grads, stats.row[0], self.max_norm)
+        telemetry = self.policy.telemetry_active(step)
+        self._queue.append(
+            _Pending(
+                step=step,
+                row=stats.row,
+                loss=self._take_loss(),
+                lr=self._lr(),
+                n_tensors=stats.n_tensors,
+                layer_norms=stats.norms if telemetry else None,
+                layer_index=stats.index if telemetry else None,
+            )
+        )
+        if telemetry or len(self._queue) >= self.sync_every or step % self.log_every == 0:
+            return self._flush_queue()
+        return []
+
+    def _take_loss(self) -> float | Tensor | None:
+        if self._loss_sum is None:
+            return None
+        loss = self._loss_sum / self._loss_count
+        self._loss_sum, self._loss_count = None, 0
+        return loss
+
+    def _lr(self) -> float | None:
+        lrs = [g.get("lr") for g in self.optimizer.param_groups]
+        vals = [float(v) for v in lrs if isinstance(v, (int, float))]
+        if not vals:  # tensor LRs (capturable optimizers) are read at flush time only if cheap
+            vals = [float(v) for v in lrs if isinstance(v, Tensor) and v.device.type == "cpu"]
+        return max(vals) if vals else None
+
+    def _flush_queue(self) -> list[EscalationEvent]:
+        if not self._queue:
+            return []
+        queue, self._queue = self._queue, []
+        # Host-device sync: the one read-back for every queued step.
+        rows = torch.stack([p.row.to(queue[0].row.device) for p in queue]).tolist()
+        tensor_losses = [p.loss for p in queue if isinstance(p.loss, Tensor)]
+        loss_values = iter(
+            torch.stack([t.to(queue[0].row.device) for t in tensor_losses]).tolist() if tensor_losses else []
+        )
+        events = []
+        for p, row in zip(queue, rows):
+            loss = next(loss_values) if isinstance(p.loss, Tensor) else p.loss
+            event = self._process(p, row, loss)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _process(self, p: _Pending, row: list[float], loss: float | None) -> EscalationEvent | None:
+        grad_norm, max_tensor, n_active, n_finite = row
+        health, active, _ = norms.health_score(p.n_tensors, n_active, grad_norm, max_tensor)
+        obs = Observation(
+            step=p.step,
+            grad_norm=grad_norm,
+            health=health,
+            loss=loss,
+            lr=p.lr,
+            active_share=active,
+            n_nonfinite=p.n_tensors - int(n_finite),
+        )
+        drift = self.tracker.update(obs.grad_norm, obs.health)
+        report = self.detector.check(obs)
+        return self._record(obs, drift, report, p)
+
+    def _record(
+        self, obs: Observation, drift: DriftUpdate, report: AnomalyReport, p: _Pending | None
+    ) -> EscalationEvent | None:
+        event = self.policy.update(report)
+        if _dist.is_distributed():
+            event = self._agree(event, report)
+        self._aggregator.add(obs, drift, report)
+        self._last = (obs, drift, report)
+        if event is not None:
+            self.events.append(event)
+            self._aggregator.counters["escalations"] += 1
+        telemetry = self.policy.telemetry_active(obs.step)
+        if obs.step % self.log_every == 0 or event is not None or telemetry:
+            extra = self._layer_metrics(p) if telemetry and p is not None else None
+            row = self._aggregator.row(obs, drift, report, escalated=telemetry, event=event is not None, extra=extra)
+            self.sink.log({self.sink.step_key: obs.step, **{self.sink.key(k): v for k, v in row.items()}})
+        return event
+
+    def _agree(self, event: EscalationEvent | None, report: AnomalyReport) -> EscalationEvent | None:
+        """All ranks escalate together: one all_reduce per decision step."""
+        if _dist.any_rank(event is not None) and event is None:
+            event = EscalationEvent(
+                step=report.step,
+                reasons=("Escalation fired on another rank.",),
+                anomaly_types=("other_rank",),
+                score=report.score,
+                first_anomaly_step=report.step,
+            )
+        return event
+
+    def _layer_metrics(self, p: _Pending) -> dict[str, float]:
+        if p.layer_norms is None or p.layer_index is None:
+            return {}
+        values = p.layer_norms.tolist()  # host sync: telemetry steps only
+        pairs = [(self._names[i], v) for i, v in zip(p.layer_index, values)]
+        if len(pairs) > MAX_TELEMETRY_LAYERS:
+            pairs.sort(key=lambda kv: -math.inf if not math.isfinite(kv[1]) else -kv[1])
+            pairs = pairs[:MAX_TELEMETRY_LAYERS]
+        return {f"layers/{name}": v for name, v in pairs}
+
+    # ================================================================ acting
+    def _act(self, event: EscalationEvent) -> None:
+        """Record an escalation in W&B, then warn, prune, raise or call the user's handler."""
+        self._guarded(self._announce, event)
+        action = self.on_escalation
+        if callable(action):
+            action(event)
+            return
+        if action == "auto":
+            action = "prune" if self._guarded(lambda: self.sink.sweep_id) else "warn"
+        if action == "warn":
+            warnings.warn(
+                f"wandb_gradema: gradient drift escalated at step {event.step}: {event.reason}",
+                GrademaWarning,
+                stacklevel=3,
+            )
+        elif action == "raise":
+            raise EscalationError(event.step, event.reason)
+        else:
+            self._prune(event)
+
+    def _announce(self, event: EscalationEvent) -> None:
+        first = self.events[0]
+        self.sink.update_summary(
+            {
+                self.sink.key("escalated"): True,
+                self.sink.key("escalations"): len(self.events),
+                self.sink.key("first_escalation_step"): first.step,
+                self.sink.key("first_escalation_reason"): first.reason,
+                self.sink.key("last_escalation_step"): event.step,
+                self.sink.key("last_escalation_reason"): event.reason,
+            }
+        )
+        if self.alerts:
+            self.sink.alert(f"Gradient drift escalated at step {event.step}", event.reason)
+
+    def _prune(self, event: EscalationEvent) -> None:
+        stop_step = self._step - 1
+        pruned = RunPruned(stop_step, event.reason)
+        sink = self.sink
+        sink.update_summary(
+            {
+                sink.key("pruned"): True,
+                sink.key("pruned_step"): stop_step,
+                sink.key("prune_reason"): event.reason,
+                sink.key("prune_types"): ",".join(event.anomaly_types),
+            }
+        )
+        self._write_summary()
+        sink.add_tag(PRUNED_TAG)
+        if self.alerts:
+            sink.alert(f"Run pruned at step {stop_step}", event.reason, level="ERROR", force=True)
+        warnings.warn(f"wandb_gradema: {pruned}", GrademaWarning, stacklevel=4)
+        sink.finish(exit_code=1)
+        self.pruned = pruned
+        raise pruned
+
+    def _write_summary(self) -> None:
+        counters = self._aggregator.counters
+        self.sink.update_summary(
+            {
+                self.sink.key("escalated"): self.escalated,
+                self.sink.key("steps_observed"): counters["steps"],
+                self.sink.key("nonfinite_steps"): counters["nonfinite_steps"],
+                self.sink.key("skipped_steps"): counters["skipped_steps"],
+            }
+        )
+
+    # ================================================================ GradScaler
+    def _wrap_scaler(self, scaler: Any) -> None:
+        """Count steps the scaler skips: our pre-hook does not fire inside its ``step()``."""
+        original = scaler.step
+
+        def step(optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+            before = self._step
+            out = original(optimizer, *args, **kwargs)
+            if optimizer is self.optimizer and self._step == before:
+                event = self._guarded(self._skipped)
+                if event is not None:
+                    self._act(event)
+            return out
+
+        scaler.step = step
+
+    def _skipped(self) -> EscalationEvent | None:
+        """A step the scaler skipped: drop its measurement and loss, count it, maybe escalate."""
+        self._pending_stats = None
+        self._take_loss()
+        self._aggregator.counters["skipped_steps"] += 1
+        self._skip_streak += 1
+        if self._skip_streak < self.max_skipped_steps:
+            return None
+        step = self._step
+        report = AnomalyReport(
+            step=step,
+            has_anomaly=True,
+            anomaly_types=("skipped_steps",),
+            details={
+                "skipped_steps": f"{self._skip_streak} optimizer steps in a row skipped by the "
+                "GradScaler (inf/NaN gradients at every loss scale)."
+            },
+            score=math.inf,
+            critical=True,
+        )
+        self._skip_streak = 0
+        event = self.policy.update(report)
+        if event is not None:
+            self.events.append(event)
+            self._aggregator.counters["escalations"] += 1
+        return event
+
+    # ================================================================ checkpoints
+    def _save_into(self, optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
+        state["gradema"] = self.state_dict()
+        return state
+
+    def _load_from(self, optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
+        if "gradema" not in state:
+            return state
+        state = dict(state)
+        self.load_state_dict(state.pop("gradema"))
+        return state
+
+    # ================================================================ safety net
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run monitor internals; an internal error warns once and never stops training."""
+        try:
+            return fn(*args)
+        except (RunPruned, EscalationError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if not self._internal_error_warned:
+                self._internal_error_warned = True
+                warnings.warn(
+                    "wandb_gradema: internal error, drift monitoring may be incomplete "
+                    f"(shown once): {type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+                    GrademaWarning,
+                    stacklevel=3,
+                )
+            return None
+
+
+def _param_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None) -> list[str]:
+    """A readable name per optimizer parameter: the model's names when given."""
+    by_id = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+    names = []
+    for gi, group in enumerate(optimizer.param_groups):
+        for pi, p in enumerate(group["params"]):
+            names.append(by_id.get(id(p), f"group{gi}.param{pi}"))
+    return names

@@ -1,0 +1,194 @@
+"""Gradient norms on device: foreach kernels grouped by (device, dtype), no ``.item()``.
+
+Every function here returns tensors and never synchronises with the host; the caller decides
+when to read values back. Private torch helpers are used in this module only, with a fallback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+try:  # private since torch 2.0, stable in practice; keep its use in this one place.
+    from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+except ImportError:  # pragma: no cover - exercised only on torch builds without it
+    _group_tensors_by_device_and_dtype = None
+
+__all__ = [
+    "GradStats",
+    "STATS_FIELDS",
+    "clip_grads_",
+    "collect_grads",
+    "health_score",
+    "measure",
+    "per_tensor_norms",
+    "total_grad_norm",
+]
+
+#: Layout of the stats row written per optimizer step (float32, on device).
+STATS_FIELDS = ("grad_norm", "max_tensor_norm", "n_active", "n_finite")
+
+#: A parameter tensor whose gradient norm is at or below this counts as vanished.
+VANISH_EPS = 1e-10
+
+_FOREACH_DEVICES = {"cpu", "cuda", "xpu", "mps", "hpu", "mtia"}
+
+
+@dataclass
+class GradStats:
+    """One device-side measurement of an optimizer's gradients.
+
+    Attributes:
+        row: float32 tensor shaped ``(4,)``: total L2 norm, largest per-tensor norm, number of
+            tensors with a finite norm above ``VANISH_EPS``, number with a finite norm.
+        norms: float32 per-tensor norms, in the order of ``index``.
+        index: position (in the monitor's parameter list) of each gradient measured.
+        grads: the gradients measured, kept so clipping can reuse them without a second walk.
+    """
+
+    row: Tensor
+    norms: Tensor
+    index: list[int]
+    grads: list[Tensor]
+
+    @property
+    def n_tensors(self) -> int:
+        """Number of parameter tensors that had a gradient."""
+        return len(self.index)
+
+
+def collect_grads(params: Sequence[Tensor]) -> tuple[list[Tensor], list[int]]:
+    """Return the gradients of ``params`` that exist, with their positions in ``params``."""
+    grads: list[Tensor] = []
+    index: list[int] = []
+    for i, p in enumerate(params):
+        g = p.grad
+        if g is not None:
+            grads.append(g)
+            index.append(i)
+    return grads, index
+
+
+def _group(grads: list[Tensor]) -> list[tuple[torch.device, list[int]]]:
+    """Group gradient positions by (device, dtype): foreach kernels need uniform lists."""
+    if _group_tensors_by_device_and_dtype is not None:
+        grouped = _group_tensors_by_device_and_dtype([list(grads)], with_indices=True)
+        return [(device, idx) for (device, _), (_, idx) in grouped.items()]
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, g in enumerate(grads):
+        groups.setdefault((g.device, g.dtype), []).append(i)
+    return [(device, idx) for (device, _), idx in groups.items()]
+
+
+def _norms_of_group(grads: list[Tensor], device: torch.device) -> list[Tensor]:
+    """Per-tensor float32 L2 norms of same-device, same-dtype gradients."""
+    if device.type in _FOREACH_DEVICES and not grads[0].is_sparse:
+        try:
+            return list(torch._foreach_norm(grads, 2.0, dtype=torch.float32))
+        except (RuntimeError, NotImplementedError, TypeError):
+            pass  # sparse or unsupported layouts: fall through to the per-tensor path
+    out = []
+    for g in grads:
+        if g.is_sparse:
+            g = g.coalesce()._values()
+        out.append(torch.linalg.vector_norm(g, 2.0, dtype=torch.float32))
+    return out
+
+
+@torch.no_grad()
+def per_tensor_norms(grads: list[Tensor]) -> Tensor:
+    """Float32 L2 norm of each gradient, stacked on the first gradient's device.
+
+    NaN or Inf inside a gradient gives a NaN or Inf entry; norms above ~1e19 overflow to Inf in
+    float32, as they do in ``torch.nn.utils.clip_grad_norm_``.
+    """
+    if not grads:
+        return torch.zeros(0, dtype=torch.float32)
+    first = grads[0].device
+    groups = _group(grads)
+    if len(groups) == 1:
+        return torch.stack(_norms_of_group(grads, groups[0][0]))
+    slots: list[Tensor | None] = [None] * len(grads)
+    for device, idx in groups:
+        for i, n in zip(idx, _norms_of_group([grads[i] for i in idx], device)):
+            slots[i] = n.to(first, non_blocking=True)
+    return torch.stack(slots)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def measure(params: Sequence[Tensor]) -> GradStats:
+    """Measure the gradients of ``params``: total norm, spread and health counts, on device.
+
+    The row holds ``STATS_FIELDS``. Parameters without a gradient are left out.
+    """
+    grads, index = collect_grads(params)
+    norms = per_tensor_norms(grads)
+    if norms.numel() == 0:
+        row = torch.zeros(4, dtype=torch.float32)
+    else:
+        finite = torch.isfinite(norms)
+        row = torch.stack(
+            (
+                torch.linalg.vector_norm(norms),
+                norms.amax(),
+                (finite & (norms > VANISH_EPS)).sum(dtype=torch.float32),
+                finite.sum(dtype=torch.float32),
+            )
+        )
+    return GradStats(row=row, norms=norms, index=index, grads=grads)
+
+
+@torch.no_grad()
+def total_grad_norm(tensors: Iterable[Tensor]) -> Tensor:
+    """Total L2 norm of ``tensors`` (gradients), as a 0-d float32 tensor: no host sync."""
+    norms = per_tensor_norms(list(tensors))
+    return torch.linalg.vector_norm(norms) if norms.numel() else torch.zeros(())
+
+
+@torch.no_grad()
+def clip_grads_(grads: list[Tensor], total_norm: Tensor, max_norm: float) -> None:
+    """Scale ``grads`` in place so their total norm is at most ``max_norm``.
+
+    Same rule as ``torch.nn.utils.clip_grads_with_norm_``: the coefficient is clamped rather
+    than branched on, so there is no host-device sync.
+    """
+    if not grads:
+        return
+    coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    for device, idx in _group(grads):
+        group = [grads[i] for i in idx]
+        c = coef.to(device, non_blocking=True)
+        if device.type in _FOREACH_DEVICES and not group[0].is_sparse:
+            try:
+                torch._foreach_mul_(group, c)
+                continue
+            except (RuntimeError, NotImplementedError, TypeError):
+                pass
+        for g in group:
+            g.mul_(c.to(g.dtype))
+
+
+def health_score(
+    n_tensors: int, n_active: float, grad_norm: float, max_tensor_norm: float
+) -> tuple[float, float, float]:
+    """Gradient health in [0, 1] from one stats row: ``(health, active_share, concentration)``.
+
+    ``active_share`` is the share of gradient tensors with a finite norm above ``VANISH_EPS``
+    (dead layers and NaN tensors lower it). ``concentration`` is the share of the squared total
+    norm held by the single largest tensor, in [1/P, 1]. ``health = active_share * spread``
+    where ``spread = (1 - concentration) / (1 - 1/P)`` is 1 when the norm is spread evenly over
+    the P tensors and 0 when one tensor holds all of it (P = 1 counts as evenly spread). A
+    non-finite total norm, or no gradient at all, scores 0.
+    """
+    if n_tensors == 0 or not math.isfinite(grad_norm):
+        return 0.0, (n_active / n_tensors if n_tensors else 0.0), math.nan
+    active = n_active / n_tensors
+    if grad_norm <= 0.0:
+        return 0.0, active, math.nan
+    conc = min(1.0, (max_tensor_norm / grad_norm) ** 2)
+    spread = 1.0 if n_tensors == 1 else max(0.0, (1.0 - conc) / (1.0 - 1.0 / n_tensors))
+    return active * spread, active, conc

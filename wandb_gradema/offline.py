@@ -1,0 +1,92 @@
+"""Read offline W&B runs back with W&B's own CLI (``wandb leet inspect``).
+
+This is what W&B would receive on ``wandb sync``: run state and exit code, summary, tags,
+config, every history row and alert. Used by the sweep runner, the drift report and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["OfflineRun", "find_runs", "read_run"]
+
+
+@dataclass
+class OfflineRun:
+    """One offline run as its transaction log records it.
+
+    Attributes:
+        path: the run directory (``.../wandb/offline-run-<time>-<id>``).
+        run_id: the W&B run id.
+        state: ``"finished"``, ``"failed"``, ``"running"`` (no exit record yet) or as W&B says.
+        exit_code: the exit code given to ``finish``, or None.
+        summary, tags, config: as W&B would show them (config without ``_wandb``).
+        history: every history row, in order (empty unless read with ``history=True``).
+        alerts: every alert, ``{"title", "text", "level"}``.
+    """
+
+    path: Path
+    run_id: str
+    state: str
+    exit_code: int | None
+    summary: dict[str, Any]
+    tags: list[str]
+    config: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+    def column(self, key: str) -> list[Any]:
+        """The values of ``key`` over the history rows that have it."""
+        return [row[key] for row in self.history if key in row]
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Every offline run directory under ``root`` (itself included), oldest first."""
+    root = Path(root)
+    if root.name.startswith("offline-run-") and root.is_dir():
+        return [root]
+    return sorted((p for p in root.rglob("offline-run-*") if p.is_dir()), key=lambda p: p.name)
+
+
+def _inspect(path: Path, *args: str) -> str:
+    cmd = [sys.executable, "-m", "wandb", "leet", "inspect", *args, str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"`wandb leet inspect` failed on {path}: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+def read_run(path: str | Path, *, history: bool = True) -> OfflineRun:
+    """Read one offline run directory (or its ``.wandb`` file).
+
+    Args:
+        path: the run directory or its ``run-<id>.wandb`` file.
+        history: also read every record for history rows and alerts (one more CLI call).
+    """
+    path = Path(path)
+    summary = json.loads(_inspect(path, "--summary", "--json"))
+    config = {k: v for k, v in (summary.get("config") or {}).items() if k != "_wandb"}
+    run = OfflineRun(
+        path=path if path.is_dir() else path.parent,
+        run_id=summary.get("run_id", ""),
+        state=summary.get("state", "unknown"),
+        exit_code=summary.get("exit_code"),
+        summary=summary.get("summary") or {},
+        tags=list(summary.get("tags") or []),
+        config=config,
+    )
+    if history:
+        for line in _inspect(path, "--json").splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if rec.get("type") == "history":
+                run.history.append(rec["history"]["item"])
+            elif rec.get("type") == "alert":
+                run.alerts.append(rec["alert"])
+    return run

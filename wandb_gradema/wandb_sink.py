@@ -1,0 +1,174 @@
+"""WandbSink: everything wandb_gradema sends to W&B, behind one guard.
+
+Keys live under ``gradema/`` with ``gradema/step`` (the optimizer step) as their x-axis. The
+sink never imports ``wandb`` itself: with no ``wandb`` module loaded there can be no run. Any
+error from W&B is reported once as a warning and training carries on.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from . import _dist
+from .errors import GrademaWarning
+
+__all__ = ["PREFIX", "WandbSink"]
+
+PREFIX = "gradema"
+
+#: Metrics whose W&B summary is an aggregate rather than the last value.
+_SUMMARY_AGGREGATES = {
+    "norm_drift_max": "max",
+    "health_drift_max": "max",
+    "score_max": "max",
+    "grad_norm_max": "max",
+    "health_min": "min",
+}
+
+#: Seconds between two alerts from one sink.
+ALERT_INTERVAL_S = 300.0
+
+
+class WandbSink:
+    """Logs gradema rows, summaries, tags and alerts to one W&B run (rank 0 only).
+
+    Args:
+        run: the run to log to; None follows ``wandb.run`` (looked up on every call until one
+            appears, so ``watch()`` may come before ``wandb.init()``).
+        prefix: the chart section, ``"gradema"`` or ``"gradema/<name>"`` for one of several
+            watched optimizers.
+    """
+
+    def __init__(self, run: Any = None, prefix: str = PREFIX) -> None:
+        self._explicit = run
+        self.prefix = prefix
+        self.step_key = f"{prefix}/step"
+        self._defined_for: int | None = None  # id() of the run define_metric ran on
+        self._warned: set[str] = set()
+        self._last_alert = -float("inf")
+        self.enabled = _dist.is_main_process()
+
+    # ------------------------------------------------------------------ run lookup
+    @property
+    def run(self) -> Any:
+        """The live run to log to, or None (no run, a disabled run, or not rank 0)."""
+        if not self.enabled:
+            return None
+        run = self._explicit
+        if run is None:
+            wandb = sys.modules.get("wandb")
+            run = getattr(wandb, "run", None) if wandb is not None else None
+        if run is None:
+            self._warn_once(
+                "no-run",
+                "No active W&B run: gradema keeps tracking drift but logs nothing. "
+                "Call wandb.init() before training, or pass run=... to watch().",
+            )
+            return None
+        if getattr(run, "disabled", False):
+            self._warn_once(
+                "disabled",
+                "The W&B run is disabled (WANDB_MODE=disabled): gradema keeps tracking drift "
+                "but logs nothing.",
+            )
+            return None
+        if id(run) != self._defined_for:
+            self._define_metrics(run)
+        return run
+
+    @property
+    def sweep_id(self) -> str | None:
+        """The sweep the run belongs to, or None."""
+        run = self.run
+        return getattr(run, "sweep_id", None) or None if run is not None else None
+
+    def _define_metrics(self, run: Any) -> None:
+        self._defined_for = id(run)
+        try:
+            run.define_metric(self.step_key, hidden=True)
+            run.define_metric(f"{self.prefix}/*", step_metric=self.step_key)
+            for key, how in _SUMMARY_AGGREGATES.items():
+                run.define_metric(self.key(key), step_metric=self.step_key, summary=how)
+        except Exception as exc:  # noqa: BLE001 - W&B must never stop training
+            self._failed("define_metric", exc)
+
+    def key(self, name: str) -> str:
+        """The full W&B key of metric ``name``."""
+        return f"{self.prefix}/{name}"
+
+    # ------------------------------------------------------------------ writes
+    def log(self, row: Mapping[str, Any]) -> bool:
+        """Log one row (keys already prefixed, the step key included); True on success."""
+        run = self.run
+        if run is None:
+            return False
+        try:
+            run.log(dict(row))
+            return True
+        except Exception as exc:  # noqa: BLE001
+            self._failed("log", exc)
+            return False
+
+    def update_summary(self, values: Mapping[str, Any]) -> None:
+        """Set summary values (shown in the runs table)."""
+        run = self.run
+        if run is None:
+            return
+        try:
+            for key, value in values.items():
+                run.summary[key] = value
+        except Exception as exc:  # noqa: BLE001
+            self._failed("summary", exc)
+
+    def add_tag(self, tag: str) -> None:
+        """Add ``tag`` to the run's tags."""
+        run = self.run
+        if run is None:
+            return
+        try:
+            tags = tuple(run.tags or ())
+            if tag not in tags:
+                run.tags = tags + (tag,)
+        except Exception as exc:  # noqa: BLE001
+            self._failed("tags", exc)
+
+    def alert(self, title: str, text: str, *, level: str = "WARN", force: bool = False) -> bool:
+        """Send a W&B alert, at most one per ``ALERT_INTERVAL_S`` unless ``force``."""
+        run = self.run
+        now = time.monotonic()
+        if run is None or (not force and now - self._last_alert < ALERT_INTERVAL_S):
+            return False
+        try:
+            run.alert(title=title[:63], text=text, level=level, wait_duration=ALERT_INTERVAL_S)
+            self._last_alert = now
+            return True
+        except Exception as exc:  # noqa: BLE001
+            self._failed("alert", exc)
+            return False
+
+    def finish(self, exit_code: int) -> None:
+        """Finish the run with ``exit_code`` (non-zero marks it failed in W&B)."""
+        run = self.run
+        if run is None:
+            return
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as exc:  # noqa: BLE001
+            self._failed("finish", exc)
+
+    # ------------------------------------------------------------------ warnings
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self._warn_once(
+            f"error:{what}",
+            f"W&B {what} failed ({type(exc).__name__}: {exc}); training continues, "
+            "this warning is shown once.",
+        )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, GrademaWarning, stacklevel=4)
