@@ -94,7 +94,7 @@ def watch(optimizer: torch.optim.Optimizer, *, run: Any = None, **options: Any) 
         return GradientMonitor(optimizer, run=run, **merged)
     except (TypeError, ValueError) as exc:
         if from_config and any(f"`{k}`" in str(exc) for k in from_config if k not in options):
-            raise type(exc)(f"{exc} (set in wandb.config['gradema'])") from None
+            raise type(exc)(f"{str(exc).rstrip('.')} (set in wandb.config['gradema']).") from None
         raise
 
 

@@ -98,6 +98,12 @@ class GradientMonitor:
                 "Pass the optimizer whose step() runs the update (for Lightning, use the "
                 "wandb_gradema.integrations.lightning callback)."
             )
+        for hook in getattr(optimizer, "_optimizer_step_pre_hooks", {}).values():
+            if isinstance(getattr(hook, "__self__", None), GradientMonitor):
+                raise ValueError(
+                    "This optimizer is already watched by a GradientMonitor; call its remove() "
+                    "before watching it again."
+                )
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module or None, got {type(model).__name__}.")
         if scaler is not None and not callable(getattr(scaler, "step", None)):
@@ -297,6 +303,10 @@ class GradientMonitor:
             if self.max_norm is not None:
                 norms.clip_grads_(stats.grads, stats.row[0], self.max_norm)
         telemetry = self.policy.telemetry_active(step)
+        if self._queue and not self.policy.telemetry_active(self._queue[-1].step):
+            # Per-layer norms are kept for the newest step only (so an escalation on it can log
+            # them) and for telemetry steps: never more than one vector per queued step.
+            self._queue[-1].layer_norms = self._queue[-1].layer_index = None
         self._queue.append(
             _Pending(
                 step=step,
@@ -304,8 +314,8 @@ class GradientMonitor:
                 loss=self._take_loss(),
                 lr=self._lr(),
                 n_tensors=stats.n_tensors,
-                layer_norms=stats.norms if telemetry else None,
-                layer_index=stats.index if telemetry else None,
+                layer_norms=stats.norms,
+                layer_index=stats.index,
             )
         )
         if telemetry or len(self._queue) >= self.sync_every or step % self.log_every == 0:
@@ -373,7 +383,7 @@ class GradientMonitor:
             self._aggregator.counters["escalations"] += 1
         telemetry = self.policy.telemetry_active(obs.step)
         if obs.step % self.log_every == 0 or event is not None or telemetry:
-            extra = self._layer_metrics(p) if telemetry and p is not None else None
+            extra = self._layer_metrics(p) if (telemetry or event) and p is not None else None
             row = self._aggregator.row(obs, drift, report, escalated=telemetry, event=event is not None, extra=extra)
             self.sink.log({self.sink.step_key: obs.step, **{self.sink.key(k): v for k, v in row.items()}})
         return event

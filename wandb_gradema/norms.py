@@ -85,17 +85,23 @@ def _group(grads: list[Tensor]) -> list[tuple[torch.device, list[int]]]:
 
 
 def _norms_of_group(grads: list[Tensor], device: torch.device) -> list[Tensor]:
-    """Per-tensor float32 L2 norms of same-device, same-dtype gradients."""
+    """Per-tensor L2 norms of same-device, same-dtype gradients, as float32.
+
+    Half-precision gradients accumulate in float32 (a fp16 norm overflows at 65504); float64
+    ones are reduced in float64 and then cast.
+    """
+    dtype = torch.float32 if grads[0].dtype in (torch.float16, torch.bfloat16) else None
     if device.type in _FOREACH_DEVICES and not grads[0].is_sparse:
         try:
-            return list(torch._foreach_norm(grads, 2.0, dtype=torch.float32))
+            out = list(torch._foreach_norm(grads, 2.0, dtype=dtype))
+            return out if out[0].dtype == torch.float32 else [n.float() for n in out]
         except (RuntimeError, NotImplementedError, TypeError):
             pass  # sparse or unsupported layouts: fall through to the per-tensor path
     out = []
     for g in grads:
         if g.is_sparse:
             g = g.coalesce()._values()
-        out.append(torch.linalg.vector_norm(g, 2.0, dtype=torch.float32))
+        out.append(torch.linalg.vector_norm(g, 2.0, dtype=dtype).float())
     return out
 
 

@@ -28,6 +28,7 @@ class OfflineRun:
         summary, tags, config: as W&B would show them (config without ``_wandb``).
         history: every history row, in order (empty unless read with ``history=True``).
         alerts: every alert, ``{"title", "text", "level"}``.
+        metrics: every ``define_metric`` record (``name`` or ``glob_name``, ``step_metric``...).
     """
 
     path: Path
@@ -39,10 +40,23 @@ class OfflineRun:
     config: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
 
     def column(self, key: str) -> list[Any]:
         """The values of ``key`` over the history rows that have it."""
         return [row[key] for row in self.history if key in row]
+
+
+_SPECIAL_FLOATS = {"NaN", "Infinity", "-Infinity", "nan", "inf", "-inf"}
+
+
+def _floats(value: Any) -> Any:
+    """W&B writes non-finite floats as strings ("NaN", "Infinity"); read them back as floats."""
+    if isinstance(value, str) and value in _SPECIAL_FLOATS:
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    return value
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -66,7 +80,8 @@ def read_run(path: str | Path, *, history: bool = True) -> OfflineRun:
 
     Args:
         path: the run directory or its ``run-<id>.wandb`` file.
-        history: also read every record for history rows and alerts (one more CLI call).
+        history: also read every record: history rows, alerts, metric definitions (one more
+            CLI call).
     """
     path = Path(path)
     summary = json.loads(_inspect(path, "--summary", "--json"))
@@ -76,7 +91,7 @@ def read_run(path: str | Path, *, history: bool = True) -> OfflineRun:
         run_id=summary.get("run_id", ""),
         state=summary.get("state", "unknown"),
         exit_code=summary.get("exit_code"),
-        summary=summary.get("summary") or {},
+        summary=_floats(summary.get("summary") or {}),
         tags=list(summary.get("tags") or []),
         config=config,
     )
@@ -86,7 +101,9 @@ def read_run(path: str | Path, *, history: bool = True) -> OfflineRun:
                 continue
             rec = json.loads(line)
             if rec.get("type") == "history":
-                run.history.append(rec["history"]["item"])
+                run.history.append(_floats(rec["history"]["item"]))
             elif rec.get("type") == "alert":
                 run.alerts.append(rec["alert"])
+            elif rec.get("type") == "metric":
+                run.metrics.append(rec["metric"])
     return run

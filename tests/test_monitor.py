@@ -1,0 +1,431 @@
+"""GradientMonitor end to end: a real model, a real optimizer, real W&B in offline mode."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+
+import wandb_gradema
+from wandb_gradema import EscalationError, GradientEMATracker, GrademaWarning
+from wandb_gradema.monitor import PRUNED_TAG
+
+Batch = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _train(model, opt, batch: Batch, steps: int, *, monitor=None, start: int = 0, nan_at=(), ref_norms=None):
+    """An ordinary loop; optionally poisons gradients at some steps and records torch's norm."""
+    for i in range(start, start + steps):
+        x, y = batch(i)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        if monitor is not None:
+            monitor.observe_loss(loss)
+        loss.backward()
+        if i in nan_at:
+            next(model.parameters()).grad.fill_(float("nan"))
+        if ref_norms is not None:
+            ref_norms.append(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item())
+        opt.step()
+        opt.zero_grad()
+
+
+def test_watch_keeps_the_optimizer_and_its_scheduler(tiny) -> None:
+    model, batch = tiny
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+    cls = type(opt)
+    with wandb_gradema.watch(opt) as monitor:
+        for i in range(10):
+            _train(model, opt, batch, 1, start=i, monitor=monitor)
+            sched.step()
+        assert monitor.step == 10
+    assert type(opt) is cls and opt.param_groups[0]["lr"] == pytest.approx(2.5e-4)
+    assert monitor.last[0].lr == pytest.approx(5e-4)  # the LR the last step used
+    _train(model, opt, batch, 2)
+    assert monitor.step == 10  # removed: no longer observing
+
+
+def test_logs_one_section_with_the_optimizer_step_as_x_axis(tiny, wandb_offline) -> None:
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = wandb_offline.init()
+    monitor = wandb_gradema.watch(opt, log_every=5)
+    ref: list[float] = []
+    _train(model, opt, batch, 20, monitor=monitor, ref_norms=ref)
+    monitor.remove()
+    run.finish()
+    logged = wandb_offline.read(run)
+
+    rows = [r for r in logged.history if "gradema/step" in r]
+    assert [r["gradema/step"] for r in rows] == [0, 5, 10, 15]
+    assert all(k.startswith("gradema/") for r in rows for k in r if not k.startswith("_"))
+    expected = {
+        "grad_norm", "grad_norm_ema", "norm_drift", "health", "health_ema", "health_drift", "active_share",
+        "score", "escalated", "escalation_event", "nonfinite_steps", "skipped_steps", "lr", "loss",
+        "norm_drift_max", "health_drift_max", "score_max", "grad_norm_max", "health_min",
+    }
+    assert expected <= {k.removeprefix("gradema/") for k in rows[1]}
+    for r in rows:  # the tracked norm is the norm before the update, as torch computes it
+        assert r["gradema/grad_norm"] == pytest.approx(ref[r["gradema/step"]], rel=1e-5)
+    axis = [m for m in logged.metrics if m.get("glob_name") == "gradema/*"]
+    assert axis and axis[0]["step_metric"] == "gradema/step"
+    assert logged.summary["gradema/escalated"] is False
+    assert logged.summary["gradema/steps_observed"] == 20
+
+
+def test_thinned_logging_keeps_the_maximum_drift_between_rows(tiny, wandb_offline) -> None:
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    run = wandb_offline.init()
+    monitor = wandb_gradema.watch(opt, log_every=10, ema_decay=0.9)
+    ref: list[float] = []
+    _train(model, opt, batch, 30, monitor=monitor, ref_norms=ref)
+    monitor.remove()
+    run.finish()
+    rows = {r["gradema/step"]: r for r in wandb_offline.read(run).history if "gradema/step" in r}
+    tracker = GradientEMATracker(decay=0.9)
+    drifts = [tracker.update(n, 1.0).norm_drift for n in ref]
+    assert rows[10]["gradema/norm_drift_max"] == pytest.approx(max(drifts[1:11]), rel=1e-4)
+    assert rows[20]["gradema/norm_drift_max"] == pytest.approx(max(drifts[11:21]), rel=1e-4)
+    assert rows[20]["gradema/grad_norm_max"] == pytest.approx(max(ref[11:21]), rel=1e-5)
+
+
+def test_nan_gradients_escalate_at_once_with_telemetry_summary_and_alert(tiny, wandb_offline) -> None:
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = wandb_offline.init()
+    monitor = wandb_gradema.watch(opt, model=model, log_every=100, telemetry_steps=4)
+    _train(model, opt, batch, 12, monitor=monitor)
+    ema_before = monitor.tracker.norm_ema
+    with pytest.warns(GrademaWarning, match="escalated at step 12: Non-finite gradient norm"):
+        _train(model, opt, batch, 1, start=12, monitor=monitor, nan_at={12})
+    assert monitor.tracker.norm_ema == ema_before  # the NaN step never entered the EMA
+    model.load_state_dict({k: torch.nan_to_num(v) for k, v in model.state_dict().items()})
+    _train(model, opt, batch, 8, start=13, monitor=monitor)
+    monitor.remove()
+    run.finish()
+    logged = wandb_offline.read(run)
+
+    assert monitor.escalated and [e.step for e in monitor.events] == [12]
+    assert monitor.events[0].anomaly_types == ("nonfinite",)
+    rows = {r["gradema/step"]: r for r in logged.history if "gradema/step" in r}
+    assert sorted(rows) == [0, 12, 13, 14, 15, 16]  # step 0, then the event and its window
+    assert rows[12]["gradema/escalation_event"] == 1 and rows[16]["gradema/escalated"] == 1
+    assert math.isnan(rows[12]["gradema/layers/0.weight"])
+    assert rows[13]["gradema/layers/2.bias"] > 0
+    assert logged.summary["gradema/first_escalation_step"] == 12
+    assert "Non-finite gradient norm" in logged.summary["gradema/first_escalation_reason"]
+    assert logged.summary["gradema/nonfinite_steps"] == 1
+    assert len(logged.alerts) == 1 and "step 12" in logged.alerts[0]["title"]
+    assert logged.state == "finished"  # outside a sweep the default only warns
+
+
+def test_without_a_run_tracking_works_and_one_warning_says_logging_is_off(tiny) -> None:
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = wandb_gradema.watch(opt, log_every=1, on_escalation=lambda e: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(model, opt, batch, 6, monitor=monitor, nan_at={3})
+    messages = [str(w.message) for w in caught if issubclass(w.category, GrademaWarning)]
+    assert sum("No active W&B run" in m for m in messages) == 1
+    assert [e.step for e in monitor.events] == [3]
+
+
+def test_disabled_wandb_warns_once_and_keeps_tracking(tiny, wandb_offline) -> None:
+    import wandb
+
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = wandb.init(mode="disabled")
+    monitor = wandb_gradema.watch(opt, log_every=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(model, opt, batch, 5, monitor=monitor)
+    run.finish()
+    messages = [str(w.message) for w in caught if issubclass(w.category, GrademaWarning)]
+    assert messages == [m for m in messages if "disabled" in m] and len(messages) == 1
+    assert monitor.step == 5 and monitor.last[0].grad_norm > 0
+
+
+def test_a_wandb_failure_never_stops_training(tiny, wandb_offline) -> None:
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = wandb_offline.init()
+    monitor = wandb_gradema.watch(opt, run=run, log_every=1)
+    _train(model, opt, batch, 3, monitor=monitor)
+    run.finish()  # the script finishes the run early; W&B now raises on log()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(model, opt, batch, 5, start=3, monitor=monitor)
+    failures = [w for w in caught if "W&B log failed" in str(w.message)]
+    assert len(failures) == 1
+    assert monitor.step == 8
+
+
+def test_gradscaler_steps_are_seen_unscaled_and_skipped_ones_are_counted(tiny) -> None:
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    monitor = wandb_gradema.watch(opt, scaler=scaler, max_skipped_steps=3, on_escalation="warn")
+    x, y = batch(0)
+    for i in range(4):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss).backward()
+        true_norm = torch.nn.utils.get_total_norm([p.grad / scaler.get_scale() for p in model.parameters()])
+        if i in (1, 2):
+            next(model.parameters()).grad.fill_(float("inf"))  # an fp16-style overflow
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+        if i in (0, 3):
+            assert monitor.last[0].grad_norm == pytest.approx(true_norm.item(), rel=1e-5)
+    assert (monitor.step, monitor.skipped_steps) == (2, 2)
+    assert monitor.last[0].step == 1 and not monitor.escalated
+
+    with pytest.warns(GrademaWarning, match="3 optimizer steps in a row skipped by the GradScaler"):
+        for _ in range(3):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            scaler.scale(loss).backward()
+            next(model.parameters()).grad.fill_(float("nan"))
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+    assert monitor.events[0].anomaly_types == ("skipped_steps",)
+    monitor.remove()
+    assert "step" not in vars(scaler)  # the scaler is left as it was
+
+
+def test_gradient_accumulation_gives_one_observation_per_optimizer_step(tiny) -> None:
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = wandb_gradema.watch(opt)
+    for step in range(3):
+        losses = []
+        for micro in range(4):
+            x, y = batch(step * 4 + micro)
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            monitor.observe_loss(loss)
+            losses.append(loss.item())
+            (loss / 4).backward()
+        opt.step()
+        opt.zero_grad()
+        assert monitor.last[0].loss == pytest.approx(sum(losses) / 4, rel=1e-6)
+    assert monitor.step == 3
+
+
+@pytest.mark.parametrize("how", ["monitor.clip_grad_norm_", "max_norm option"])
+def test_clipping_tracks_the_pre_clip_norm_measured_once(tiny, monkeypatch, how: str) -> None:
+    from wandb_gradema import norms
+
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    calls = []
+    real = norms.measure
+    monkeypatch.setattr(norms, "measure", lambda params: calls.append(1) or real(params))
+    monitor = wandb_gradema.watch(opt, max_norm=0.1 if how == "max_norm option" else None)
+    reference = [p.detach().clone() for p in model.parameters()]
+    x, y = batch(0)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    pre_clip = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+    expected_grads = [p.grad * min(1.0, 0.1 / (pre_clip + 1e-6)) for p in model.parameters()]
+    if how == "monitor.clip_grad_norm_":
+        returned = monitor.clip_grad_norm_(0.1)
+        assert returned.item() == pytest.approx(pre_clip, rel=1e-6)
+    opt.step()
+    assert monitor.last[0].grad_norm == pytest.approx(pre_clip, rel=1e-6)
+    assert len(calls) == 1  # one pass over the gradients
+    for p, g, p0 in zip(model.parameters(), expected_grads, reference):
+        torch.testing.assert_close(p.detach(), p0 - 0.01 * g)  # the update used clipped grads
+
+
+def test_param_groups_frozen_params_and_mixed_dtypes() -> None:
+    torch.manual_seed(0)
+    a = torch.nn.Linear(4, 4)
+    b = torch.nn.Linear(4, 4).double()
+    unused = torch.nn.Parameter(torch.zeros(3))  # never gets a gradient
+    opt = torch.optim.SGD([{"params": a.parameters(), "lr": 0.1}, {"params": [*b.parameters(), unused], "lr": 0.3}])
+    monitor = wandb_gradema.watch(opt)
+    x = torch.randn(2, 4)
+    (a(x).sum() + b(x.double()).sum()).backward()
+    ref = math.sqrt(sum(p.grad.double().norm().item() ** 2 for p in [*a.parameters(), *b.parameters()]))
+    opt.step()
+    obs = monitor.last[0]
+    assert obs.grad_norm == pytest.approx(ref, rel=1e-6)
+    assert obs.lr == 0.3 and obs.active_share == 1.0  # the gradient-less parameter is left out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_gradients(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 4).to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = wandb_gradema.watch(opt)
+    model(torch.randn(8, 16, dtype=dtype)).float().pow(2).mean().backward()
+    ref = torch.nn.utils.get_total_norm([p.grad.float() for p in model.parameters()]).item()
+    opt.step()
+    assert monitor.last[0].grad_norm == pytest.approx(ref, rel=1e-3)
+
+
+def test_sparse_gradients_do_not_break_the_hook() -> None:
+    emb = torch.nn.Embedding(50, 8, sparse=True)
+    opt = torch.optim.SGD(emb.parameters(), lr=0.1)
+    monitor = wandb_gradema.watch(opt)
+    emb(torch.tensor([1, 2, 3])).pow(2).sum().backward()
+    ref = emb.weight.grad.to_dense().norm().item()
+    opt.step()
+    assert monitor.last[0].grad_norm == pytest.approx(ref, rel=1e-6)
+
+
+def _run_logged(tiny_factory, wandb_offline, steps, *, start=0, state=None):
+    """Train from a fixed seed (or restored state), logging every 3rd step; return rows and state."""
+    model, batch = tiny_factory()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])  # the monitor state rides inside
+    run = wandb_offline.init()
+    monitor = wandb_gradema.watch(opt, log_every=3, ema_decay=0.8, on_escalation=lambda e: None)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+    _train(model, opt, batch, steps, start=start, monitor=monitor, nan_at={15})
+    saved = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+    monitor.remove()
+    run.finish()
+    rows = [
+        {k: v for k, v in r.items() if k.startswith("gradema/")}
+        for r in wandb_offline.read(run).history
+        if "gradema/step" in r
+    ]
+    return rows, saved, monitor
+
+
+def test_resume_from_checkpoint_logs_exactly_the_uninterrupted_sequence(tmp_path, wandb_offline, tiny) -> None:
+    def factory():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+        return model, tiny[1]
+
+    full, _, _ = _run_logged(factory, wandb_offline, 20)
+    first, state, _ = _run_logged(factory, wandb_offline, 11)
+    assert "gradema" in state["optimizer"]  # existing checkpoints carry the drift state
+    second, _, resumed = _run_logged(factory, wandb_offline, 9, start=11, state=state)
+    assert resumed.step == 20
+    assert _nan_safe(first + second) == _nan_safe(full)
+
+
+def _nan_safe(rows):
+    return [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+
+
+def test_monitor_state_dict_round_trip_without_the_optimizer(tiny) -> None:
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = wandb_gradema.watch(opt, save_with_optimizer=False)
+    _train(model, opt, batch, 5, monitor=monitor)
+    assert "gradema" not in opt.state_dict()
+    state = monitor.state_dict()
+    monitor.remove()
+    fresh = wandb_gradema.watch(opt)
+    fresh.load_state_dict(state)
+    assert fresh.state_dict() == state
+    with pytest.raises(KeyError, match=r"missing keys \['events'\]"):
+        fresh.load_state_dict({k: v for k, v in state.items() if k != "events"})
+    with pytest.raises(ValueError, match="format_version 99"):
+        fresh.load_state_dict({**state, "format_version": 99})
+
+
+def test_on_escalation_raise_and_callable(tiny) -> None:
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = wandb_gradema.watch(opt, on_escalation="raise")
+    with pytest.raises(EscalationError, match="at step 2") as err:
+        _train(model, opt, batch, 3, monitor=monitor, nan_at={2})
+    assert err.value.step == 2
+    opt.zero_grad()  # the aborted step left its NaN gradients behind
+    monitor.remove()
+    seen = []
+    monitor = wandb_gradema.watch(opt, on_escalation=seen.append)
+    _train(model, opt, batch, 3, monitor=monitor, nan_at={1})
+    assert [e.step for e in seen] == [1]
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"log_every": 0}, ValueError, r"`log_every` must be an int >= 1, got 0"),
+        ({"on_escalation": "stop"}, ValueError, r"`on_escalation` must be one of 'auto', 'warn', 'prune', 'raise'; got 'stop'"),
+        ({"max_norm": -1.0}, ValueError, r"`max_norm` must be in \(0, inf\)"),
+        ({"sensitivity": 0}, ValueError, r"`sensitivity` must be in \(0, inf\)"),
+        ({"z_threshold": "high"}, TypeError, r"`z_threshold` must be a number"),
+        ({"patience": 1.5}, TypeError, r"`patience` must be an int"),
+        ({"logevery": 5}, TypeError, r"unknown option\(s\) `logevery`. Valid options: .*log_every"),
+        ({"model": "net"}, TypeError, r"`model` must be a torch.nn.Module"),
+    ],
+)
+def test_bad_options_are_named(tiny, options, error, match) -> None:
+    model, _ = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(error, match=match):
+        wandb_gradema.watch(opt, **options)
+    assert not opt._optimizer_step_pre_hooks  # nothing was hooked
+
+
+def test_watch_rejects_what_is_not_an_optimizer_and_double_watching(tiny) -> None:
+    model, _ = tiny
+    with pytest.raises(TypeError, match="expects a torch.optim.Optimizer, got Sequential"):
+        wandb_gradema.watch(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = wandb_gradema.watch(opt)
+    with pytest.raises(ValueError, match="already watched"):
+        wandb_gradema.watch(opt)
+    monitor.remove()
+    wandb_gradema.watch(opt).remove()
+
+
+def test_options_come_from_the_run_config_and_explicit_arguments_win(tiny, wandb_offline) -> None:
+    model, _ = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    wandb_offline.init(config={"gradema": {"log_every": 7, "patience": 5, "z_threshold": 3.0}, "lr": 0.01})
+    monitor = wandb_gradema.watch(opt, patience=2)
+    assert (monitor.log_every, monitor.policy.patience, monitor.detector.z_threshold) == (7, 2, 3.0)
+    monitor.remove()
+
+
+@pytest.mark.parametrize(
+    ("section", "error", "match"),
+    [
+        ({"patience": 0}, ValueError, r"`patience` must be an int >= 1, got 0 \(set in wandb.config\['gradema'\]\)"),
+        ({"patiense": 3}, TypeError, r"wandb.config\['gradema'\] got unknown option\(s\) `patiense`"),
+        ("fast", TypeError, r"wandb.config\['gradema'\] must be a mapping"),
+    ],
+)
+def test_bad_options_in_the_run_config_are_named(tiny, wandb_offline, section, error, match) -> None:
+    model, _ = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    wandb_offline.init(config={"gradema": section})
+    with pytest.raises(error, match=match):
+        wandb_gradema.watch(opt)
+
+
+def test_pruning_outside_a_sweep_fails_the_run_and_unwinds_the_loop(tiny, wandb_offline) -> None:
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = wandb_offline.init()
+    monitor = wandb_gradema.watch(opt, on_escalation="prune")
+    cleaned = []
+    with pytest.raises(wandb_gradema.RunPruned) as pruned:
+        try:
+            _train(model, opt, batch, 10, monitor=monitor, nan_at={4})
+        except Exception:  # a training script's broad handler must not swallow the prune
+            pytest.fail("RunPruned was caught as an Exception")
+        finally:
+            cleaned.append(True)
+    assert cleaned and pruned.value.step == 4 and pruned.value.code == 0
+    logged = wandb_offline.read(run)
+    assert (logged.state, logged.exit_code) == ("failed", 1)
+    assert logged.summary["gradema/pruned"] is True and logged.summary["gradema/pruned_step"] == 4
+    assert PRUNED_TAG in logged.tags

@@ -1,0 +1,149 @@
+"""``wandb-gradema demo``: a small real training run that drifts and escalates, logged offline.
+
+An MLP learns a synthetic classification task with SGD; at ``--bug-step`` a learning-rate bug
+multiplies the LR by ``--bug-factor`` and training diverges. The monitor is attached with one
+line, the loop is an ordinary PyTorch loop, and the W&B run is written in offline mode so it
+can be viewed with ``wandb leet`` or uploaded later with ``wandb sync``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DemoResult", "add_arguments", "run", "train"]
+
+
+@dataclass
+class DemoResult:
+    """What the demo run did."""
+
+    steps: int
+    events: list[Any]
+    pruned: Any
+    run_dir: str | None
+    final_loss: float
+
+
+def train(
+    *,
+    steps: int = 300,
+    lr: float = 0.05,
+    bug_step: int = 150,
+    bug_factor: float = 60.0,
+    seed: int = 0,
+    prune: bool = False,
+    project: str = "gradema-demo",
+    wandb_dir: str | None = None,
+) -> DemoResult:
+    """Train the demo model with ``watch()`` attached and an offline W&B run; return a summary."""
+    import torch
+    import wandb
+
+    import wandb_gradema
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(10, 32, generator=gen) * 2.0
+    labels = torch.randint(0, 10, (4096,), generator=gen)
+    inputs = centers[labels] + torch.randn(4096, 32, generator=gen) * 1.5
+
+    model = torch.nn.Sequential(
+        torch.nn.Linear(32, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: bug_factor if s >= bug_step else 1.0)
+    run = wandb.init(
+        project=project,
+        mode="offline",
+        dir=wandb_dir,
+        config={"lr": lr, "bug_step": bug_step, "bug_factor": bug_factor, "steps": steps},
+    )
+    monitor = wandb_gradema.watch(opt, model=model, on_escalation="prune" if prune else "warn")  # the one line
+    loss_fn = torch.nn.CrossEntropyLoss()
+    step = 0
+    loss = torch.tensor(float("nan"))
+    try:
+        for step in range(steps):
+            idx = torch.randint(0, len(inputs), (32,), generator=gen)
+            loss = loss_fn(model(inputs[idx]), labels[idx])
+            monitor.observe_loss(loss)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            sched.step()
+            if step % 10 == 0:
+                run.log({"train/loss": loss.item(), "train/step": step})
+        step += 1
+    finally:
+        monitor.remove()
+        run_dir = os.path.dirname(run.dir) if run.dir else None
+        wandb.finish()  # a no-op when the prune already finished the run as failed
+    return DemoResult(step, list(monitor.events), monitor.pruned, run_dir, float(loss.detach()))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the demo's options."""
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
+    parser.add_argument("--lr", type=float, default=0.05, help="base learning rate (default 0.05)")
+    parser.add_argument("--bug-step", type=int, default=150, help="step where the LR bug hits (default 150)")
+    parser.add_argument("--bug-factor", type=float, default=60.0, help="LR multiplier of the bug (default 60)")
+    parser.add_argument("--prune", action="store_true", help="prune the run on escalation, as in a sweep")
+    parser.add_argument("--dir", default=None, help="where W&B writes the offline run (default ./wandb)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo and print what happened, where the run is, and how to look at it."""
+    from .errors import GrademaWarning, RunPruned
+
+    warnings.filterwarnings("ignore", category=GrademaWarning)  # printed below instead
+    os.environ.setdefault("WANDB_SILENT", "true")
+    print(f"Training an MLP for {args.steps} steps; LR x{args.bug_factor:g} at step {args.bug_step} (a bug).")
+    try:
+        result = train(
+            steps=args.steps,
+            lr=args.lr,
+            bug_step=args.bug_step,
+            bug_factor=args.bug_factor,
+            prune=args.prune,
+            wandb_dir=args.dir,
+        )
+    except RunPruned as pruned:  # only with --prune, raised from optimizer.step()
+        import wandb
+
+        print(f"\nPRUNED: {pruned}")
+        print("The W&B run is marked failed with the reason; training stopped inside optimizer.step().")
+        run_dir = _latest_run_dir(args.dir)
+        _print_where(run_dir)
+        del wandb
+        return 0
+    if result.events:
+        for e in result.events:
+            print(f"\nESCALATED at step {e.step} (drift first seen at step {e.first_anomaly_step}):")
+            for reason in e.reasons:
+                print(f"  - {reason}")
+        print("\nPer-layer gradient norms were logged under gradema/layers/ for the following steps.")
+    else:
+        print("\nNo escalation: training stayed healthy.")
+    print(f"Trained {result.steps} steps; final loss {result.final_loss:.4g}.")
+    _print_where(result.run_dir)
+    return 0
+
+
+def _latest_run_dir(root: str | None) -> str | None:
+    from .offline import find_runs
+
+    runs = find_runs(os.path.join(root or ".", "wandb"))
+    return str(runs[-1]) if runs else None
+
+
+def _print_where(run_dir: str | None) -> None:
+    if run_dir is None:
+        return
+    print(f"\nOffline W&B run: {run_dir}")
+    print(f"  charts in the terminal:  wandb leet {run_dir}")
+    print(f"  summary as JSON:         wandb leet inspect --summary --json {run_dir}")
+    print(f"  upload to W&B later:     wandb sync {run_dir}")
