@@ -1,0 +1,1 @@
+"""Benchmarks of wandb_gradema (not part of the installed package)."""

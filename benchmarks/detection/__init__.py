@@ -1,0 +1,26 @@
+"""Detection benchmark: real CPU training runs, monitored live, labelled from their loss, replayed.
+
+Run ``python -m benchmarks.detection``; to tune, replay cached traces through any detector::
+
+    from benchmarks.detection import evaluate, load_split, product
+    dev = load_split("dev")  # trains on first use, then cached under out/
+    print(evaluate(dev, product(sensitivity=1.5, stall_steps=80)))
+"""
+
+from .detectors import REFERENCE_RULES, Detector, all_detectors, product
+from .evaluate import Metrics, evaluate, format_table
+from .suite import load_shared_dev, load_split
+from .trace import Trace
+
+__all__ = [
+    "REFERENCE_RULES",
+    "Detector",
+    "Metrics",
+    "Trace",
+    "all_detectors",
+    "evaluate",
+    "format_table",
+    "load_shared_dev",
+    "load_split",
+    "product",
+]

@@ -1,0 +1,85 @@
+"""The ground-truth label of a run, computed from its whole loss trajectory.
+
+Implements the rule of the shared dev set (``shared_dev/README.md``): R = min(L0, C) is the
+chance level, m(t) the centred 21-step rolling median of the loss (non-finite losses count as
++inf, the window is truncated at the ends).
+
+- a step is *bad* when its loss or a gradient is non-finite, its loss exceeds 5·L0, or the run
+  had learned earlier (m < 0.85·R) and m(t) ≥ 0.98·R (relapse to chance);
+- **diverged**: a bad step comes after the last step with m < 0.85·R; ``t_div`` is the first;
+- **collapsed**: not diverged, median loss over the last 10% of steps ≥ 0.98·R, and a healthy
+  twin on the same task learns (the caller says whether one does);
+- **healthy**: final loss (median of the last 10%) < 0.85·R;
+- anything else (never learned clearly, never collapsed clearly) is **ambiguous**.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Label = Literal["healthy", "diverged", "collapsed", "ambiguous"]
+
+WINDOW = 21
+LEARNED = 0.85
+CHANCE = 0.98
+EXPLODE = 5.0
+TAIL = 0.10
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A run's label and, for a diverged run, its first bad step (0-based)."""
+
+    label: Label
+    t_div: int | None = None
+
+
+def rolling_median(loss: np.ndarray, window: int = WINDOW) -> np.ndarray:
+    """Centred rolling median, truncated at the ends; non-finite values count as +inf."""
+    x = np.where(np.isfinite(loss), loss, np.inf)
+    half = window // 2
+    return np.array([np.median(x[max(0, t - half) : t + half + 1]) for t in range(len(x))])
+
+
+def label_run(
+    loss: np.ndarray,
+    grad_nonfinite: np.ndarray,
+    init_loss: float,
+    chance_loss: float,
+    *,
+    task_learns: bool = True,
+) -> Verdict:
+    """Label one run from its per-step losses and per-step non-finite-gradient flags/counts.
+
+    Args:
+        loss: training loss per optimizer step.
+        grad_nonfinite: per step, > 0 where a gradient was non-finite.
+        init_loss: L0, the mean loss over 8 batches at initialisation.
+        chance_loss: C, the loss of the best input-independent predictor.
+        task_learns: whether a healthy run exists on the same task (required for ``collapsed``).
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    r = min(init_loss, chance_loss)
+    m = rolling_median(loss)
+    learned = m < LEARNED * r
+    learned_before = np.concatenate([[False], np.cumsum(learned)[:-1] > 0])
+    bad = (
+        ~np.isfinite(loss)
+        | (np.asarray(grad_nonfinite) > 0)
+        | (np.where(np.isfinite(loss), loss, 0.0) > EXPLODE * init_loss)
+        | (learned_before & (m >= CHANCE * r))
+    )
+    last_learned = int(np.flatnonzero(learned)[-1]) if learned.any() else -1
+    after = np.flatnonzero(bad[last_learned + 1 :])
+    if after.size:
+        return Verdict("diverged", last_learned + 1 + int(after[0]))
+    tail = np.where(np.isfinite(loss), loss, np.inf)[-max(1, round(TAIL * len(loss))) :]
+    final = float(np.median(tail))
+    if final < LEARNED * r:
+        return Verdict("healthy")
+    if final >= CHANCE * r and task_learns:
+        return Verdict("collapsed")
+    return Verdict("ambiguous")

@@ -1,0 +1,142 @@
+"""Smoke tests of the detection benchmark (benchmarks/detection): label rule, live runs, replay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.detection.cache import TraceCache
+from benchmarks.detection.detectors import all_detectors, product
+from benchmarks.detection.evaluate import evaluate, format_table
+from benchmarks.detection.labels import label_run
+from benchmarks.detection.scenarios import scenarios
+from benchmarks.detection.spec import make_spec
+from benchmarks.detection.suite import label_suite, load_shared_dev, load_split
+from benchmarks.detection.trace import Trace
+from benchmarks.detection.train import train
+
+L0 = C = 2.3
+N = 300
+
+
+def _learns(to: float = 0.2, by: int = 50) -> np.ndarray:
+    """A loss falling linearly from chance to ``to`` over ``by`` steps, then flat."""
+    return np.concatenate([np.linspace(C, to, by), np.full(N - by, to)])
+
+
+def _with(loss: np.ndarray, start: int, value: float, stop: int = N) -> np.ndarray:
+    out = loss.copy()
+    out[start:stop] = value
+    return out
+
+
+LABEL_CASES = {
+    "learns": (_learns(), None, True, ("healthy", None)),
+    "spike that recovers": (_with(_learns(), 100, 50.0, 101), None, True, ("healthy", None)),
+    "NaN after learning": (_with(_learns(), 150, np.nan), None, True, ("diverged", 150)),
+    "relapse to chance": (_with(_learns(), 200, C), None, True, ("diverged", 200)),
+    "explodes at once, then chance": (_with(np.full(N, C), 5, 50.0, 8), None, True, ("diverged", 5)),
+    "non-finite gradient, never learns": (np.full(N, C), 40, True, ("diverged", 40)),
+    "flat at chance": (np.full(N, C), None, True, ("collapsed", None)),
+    "flat, no healthy twin": (np.full(N, C), None, False, ("ambiguous", None)),
+    "half learned": (np.full(N, 0.9 * C), None, True, ("ambiguous", None)),
+}
+
+
+@pytest.mark.parametrize("case", LABEL_CASES)
+def test_label_rule(case: str) -> None:
+    loss, bad_grad_step, twin, expected = LABEL_CASES[case]
+    nonfinite = np.zeros(N, dtype=np.int64)
+    if bad_grad_step is not None:
+        nonfinite[bad_grad_step] = 1
+    verdict = label_run(loss, nonfinite, L0, C, task_learns=twin)
+    assert (verdict.label, verdict.t_div) == expected
+
+
+def test_label_rule_reproduces_shared_dev_labels() -> None:
+    for given in load_shared_dev():
+        a = given.arrays
+        ours = label_run(a["loss"], a["n_nonfinite"], given.init_loss, given.chance_loss)
+        assert ours == given.verdict, given.name
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> list[Trace]:
+    """The quick split, trained live (one process) into a temporary cache."""
+    cache = TraceCache(Path(tmp_path_factory.mktemp("traces")))
+    return load_split("quick", jobs=1, cache=cache)
+
+
+def test_quick_scenarios_get_their_intended_labels(quick: list[Trace]) -> None:
+    intended = {"h": "healthy", "d": "diverged", "c": "collapsed"}
+    assert [t.label for t in quick] == [intended[t.name[0]] for t in quick]
+    assert any(not np.isfinite(t.arrays["loss"]).all() for t in quick if t.label == "diverged")
+
+
+def test_default_detector_fires_on_divergence_not_on_healthy(quick: list[Trace]) -> None:
+    for t in quick:
+        if t.label == "diverged":
+            assert t.live_fire is not None, t.name
+        if t.label == "healthy":
+            assert t.live_fire is None, t.name
+
+
+def test_training_is_deterministic(quick: list[Trace]) -> None:
+    again = train(quick[0].spec)
+    for k, v in quick[0].arrays.items():
+        np.testing.assert_array_equal(again.arrays[k], v, err_msg=k)
+    assert again.init_loss == quick[0].init_loss
+
+
+def test_replay_reproduces_live_fire_step(quick: list[Trace]) -> None:
+    replay = product()
+    assert any(t.live_fire is not None for t in quick) and any(t.live_fire is None for t in quick)
+    for t in quick:
+        assert replay(t) == t.live_fire, t.name
+
+
+def test_replay_reproduces_live_fire_step_when_clipping() -> None:
+    """Clipping via ``monitor.clip_grad_norm_`` or ``watch(max_norm=)``: same pre-clip trace."""
+    runs = [
+        train(make_spec(optimizer="sgd", lr=0.8, width=64, clip=1.0, clip_via=via, steps=120))
+        for via in ("monitor", "watch")
+    ]
+    for t in runs:
+        assert t.arrays["grad_norm"].max() > 1.0  # the pre-clip norm is what is recorded
+        assert t.live_fire is not None and product()(t) == t.live_fire
+    np.testing.assert_array_equal(runs[0].arrays["grad_norm"], runs[1].arrays["grad_norm"])
+
+
+def test_cache_is_reused_and_table_prints(quick: list[Trace], tmp_path: Path) -> None:
+    cache = TraceCache(tmp_path)
+    for t in quick:
+        cache.put(t)
+    again = load_split("quick", cache=TraceCache(tmp_path), jobs=1)  # would train on a miss
+    for a, b in zip(again, quick, strict=True):
+        np.testing.assert_array_equal(a.arrays["grad_norm"], b.arrays["grad_norm"])
+    table = format_table({name: evaluate(again, det) for name, det in all_detectors().items()})
+    assert table.count("\n") == len(all_detectors()) + 1
+
+
+def test_product_options_are_validated() -> None:
+    with pytest.raises(TypeError):
+        product(not_an_option=1)
+    with pytest.raises(ValueError):
+        product(patience=0)
+
+
+def test_splits_differ_in_configs_and_seeds() -> None:
+    dev, test = scenarios("dev"), scenarios("test")
+    assert not {n for n, _ in dev} & {n for n, _ in test}
+    strip = [{k: v for k, v in s.items() if k != "seed"} for _, s in dev]
+    assert all({k: v for k, v in s.items() if k != "seed"} not in strip for _, s in test)
+    assert not {s["seed"] for _, s in dev} & {s["seed"] for _, s in test}
+
+
+def test_collapsed_needs_a_healthy_twin(quick: list[Trace]) -> None:
+    alone = [t for t in quick if t.label == "collapsed"]
+    copies = [Trace(**{**vars(t), "verdict": None}) for t in alone]
+    label_suite(copies)
+    assert [t.label for t in copies] == ["ambiguous"] * len(copies)
