@@ -25,7 +25,10 @@ def test_demo_escalates_and_prints_where_the_offline_run_is(tmp_path: Path) -> N
     run = read_run(run_dir)
     assert run.state == "finished"
     first = run.summary["gradema/first_escalation_step"]
-    assert 150 <= first <= 170  # the LR bug hits at step 150
+    assert 50 <= first < 200  # while the LR is still warming up ...
+    losses = {r["gradema/step"]: r["gradema/loss"] for r in run.history if "gradema/loss" in r}
+    dead = min(s for s in losses if s > first and all(v > 2.0 for t, v in losses.items() if t >= s))
+    assert dead - first >= 10  # ... and well before the run dies at chance level (ln 10 = 2.3)
     layer_rows = [r for r in run.history if "gradema/layers/0.weight" in r]
     assert layer_rows and layer_rows[0]["gradema/step"] == first
     assert run.alerts

@@ -1,9 +1,11 @@
 """``wandb-gradema demo``: a small real training run that drifts and escalates, logged offline.
 
-An MLP learns a synthetic classification task with SGD; at ``--bug-step`` a learning-rate bug
-multiplies the LR by ``--bug-factor`` and training diverges. The monitor is attached with one
-line, the loop is an ordinary PyTorch loop, and the W&B run is written in offline mode so it
-can be viewed with ``wandb leet`` or uploaded later with ``wandb sync``.
+An MLP learns a synthetic classification task with SGD and a linear learning-rate warm-up to
+``--peak-lr`` over ``--warmup-steps``. The default peak is 3x too high (0.1 trains fine): the run
+learns, then turns unstable while the LR is still rising, and dies at chance level with dead
+ReLUs. The monitor is attached with one line, the loop is an ordinary PyTorch loop, and the W&B
+run is written in offline mode so it can be viewed with ``wandb leet`` or uploaded later with
+``wandb sync``.
 """
 
 from __future__ import annotations
@@ -31,9 +33,8 @@ class DemoResult:
 def train(
     *,
     steps: int = 300,
-    lr: float = 0.05,
-    bug_step: int = 150,
-    bug_factor: float = 60.0,
+    peak_lr: float = 0.3,
+    warmup_steps: int = 200,
     seed: int = 0,
     prune: bool = False,
     project: str = "gradema-demo",
@@ -47,20 +48,20 @@ def train(
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    centers = torch.randn(10, 32, generator=gen) * 2.0
+    centers = torch.randn(10, 32, generator=gen)
     labels = torch.randint(0, 10, (4096,), generator=gen)
-    inputs = centers[labels] + torch.randn(4096, 32, generator=gen) * 1.5
+    inputs = centers[labels] + torch.randn(4096, 32, generator=gen)
 
     model = torch.nn.Sequential(
         torch.nn.Linear(32, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
     )
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: bug_factor if s >= bug_step else 1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps))
     run = wandb.init(
         project=project,
         mode="offline",
         dir=wandb_dir,
-        config={"lr": lr, "bug_step": bug_step, "bug_factor": bug_factor, "steps": steps},
+        config={"lr": peak_lr, "warmup_steps": warmup_steps, "steps": steps},
     )
     monitor = wandb_gradema.watch(opt, model=model, on_escalation="prune" if prune else "warn")  # the one line
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -88,9 +89,8 @@ def train(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the demo's options."""
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
-    parser.add_argument("--lr", type=float, default=0.05, help="base learning rate (default 0.05)")
-    parser.add_argument("--bug-step", type=int, default=150, help="step where the LR bug hits (default 150)")
-    parser.add_argument("--bug-factor", type=float, default=60.0, help="LR multiplier of the bug (default 60)")
+    parser.add_argument("--peak-lr", type=float, default=0.3, help="LR at the end of warm-up (default 0.3; 0.1 is healthy)")
+    parser.add_argument("--warmup-steps", type=int, default=200, help="linear warm-up length (default 200)")
     parser.add_argument("--prune", action="store_true", help="prune the run on escalation, as in a sweep")
     parser.add_argument("--dir", default=None, help="where W&B writes the offline run (default ./wandb)")
 
@@ -101,13 +101,15 @@ def run(args: argparse.Namespace) -> int:
 
     warnings.filterwarnings("ignore", category=GrademaWarning)  # printed below instead
     os.environ.setdefault("WANDB_SILENT", "true")
-    print(f"Training an MLP for {args.steps} steps; LR x{args.bug_factor:g} at step {args.bug_step} (a bug).")
+    print(
+        f"Training an MLP for {args.steps} steps, warming the LR up to {args.peak_lr:g} over "
+        f"{args.warmup_steps} steps (0.1 trains fine)."
+    )
     try:
         result = train(
             steps=args.steps,
-            lr=args.lr,
-            bug_step=args.bug_step,
-            bug_factor=args.bug_factor,
+            peak_lr=args.peak_lr,
+            warmup_steps=args.warmup_steps,
             prune=args.prune,
             wandb_dir=args.dir,
         )

@@ -106,42 +106,55 @@ class _Ema:
 class AnomalyDetector:
     """Decides whether a step's gradient statistics (and loss, when given) look like a failure.
 
-    Rules, each giving a score where >= 1 means anomalous (scores are multiplied by
-    ``sensitivity``; the report's ``score`` is the largest):
+    Each rule gives a score where >= 1 means anomalous; scores are multiplied by
+    ``sensitivity`` and the report's ``score`` is the largest.
 
-    1. ``nonfinite``: a NaN/Inf gradient norm or loss. Critical: escalates at once.
-    2. ``grad_explosion``: log gradient norm above its slow EMA by ``z_threshold`` standard
-       deviations *and* by a factor ``explode_ratio``. Statistics are kept in log space, where
-       norms are closer to Gaussian, and updated with the value winsorised to 3 sigma so a
-       spike cannot drag the baseline up.
-    3. ``grad_vanish``: the fast EMA of the norm has fallen ``vanish_ratio`` times below its
-       peak.
-    4. ``dead_units``: fewer than ``dead_share`` of gradient tensors are non-vanishing.
-    5. ``loss_explosion``: fast loss EMA above ``loss_explode_factor`` x the initial loss.
-    6. ``loss_relapse``: the run had learned (loss well below its initial level) and its loss
-       is back at ``relapse_level`` x the initial level: dead units, training lost.
-    7. ``no_progress``: after ``stall_steps`` steps at a non-rising learning rate the loss has
-       not dropped ``min_progress`` below its initial level.
+    From the gradients (statistics in log space, where norms are closer to Gaussian):
 
-    Rules 5-7 need the loss (``GradientMonitor.observe_loss``) and a positive initial loss.
-    Nothing but ``nonfinite`` fires in the first ``warmup_steps`` observations.
+    * ``nonfinite``: a NaN/Inf gradient norm or loss. Critical: escalates at once.
+    * ``grad_explosion``: the norm is ``explode_ratio`` x its slow EMA *and* ``z_threshold``
+      standard deviations above it. The EMA takes values winsorised to 3 sigma, so a spike
+      cannot drag the baseline up.
+    * ``grad_vanish``: the fast EMA of the norm is ``vanish_ratio`` x below its peak.
+    * ``dead_units``: at most ``dead_share`` of the gradient tensors are non-vanishing.
+
+    From the loss (``GradientMonitor.observe_loss``; ``L0`` is the first loss, before any
+    update; ``m`` the median of the last ``loss_window`` losses; ``best`` the lowest ``m``):
+
+    * ``loss_explosion``: the loss is ``loss_explode_factor`` x ``L0``.
+    * ``progress_lost``: once the run has learned (``best <= (1 - learned_progress) L0``), the
+      share of its progress given back, ``(m - best) / (L0 - best)``, reaches
+      ``relapse_threshold``: the typical LR divergence of ReLU nets ends in dead units at chance.
+    * ``unstable_rise``: while the learning rate is still rising (warm-up, ramps), the upper
+      quartile of the recent losses has given back ``rise_threshold`` of the progress: the LR
+      has left the stable range. Healthy warm-ups keep improving and never trip it.
+    * ``no_progress``: after ``stall_steps`` loss observations at a non-rising learning rate,
+      ``best`` is still above ``(1 - min_progress) L0``: dead or vanishing training.
+    * ``lr_jump``: the learning rate jumped ``lr_jump_ratio`` x above anything it was before
+      (after ``warmup_steps``), a schedule bug; restarts back to an earlier peak do not count.
+
+    Nothing but ``nonfinite``, ``loss_explosion``, ``dead_units`` and ``grad_explosion`` (vs the
+    first norm) fires in the first ``warmup_steps`` observations.
 
     Non-finite gradients: reported (critical), never folded into any statistic.
 
     Args:
         sensitivity: multiplies every rule's score, > 0. 2.0 fires at half the evidence.
         warmup_steps: observations before the statistical rules may fire, >= 0.
-        slow_decay: decay of the slow (baseline) EMAs, in (0, 1).
-        fast_decay: decay of the fast EMAs, in [0, 1).
+        slow_decay: decay of the slow (baseline) EMA of the log norm, in (0, 1).
+        fast_decay: decay of the fast EMA of the log norm, in [0, 1).
         z_threshold: standard deviations above baseline for ``grad_explosion``, > 0.
         explode_ratio: norm / baseline ratio for ``grad_explosion``, > 1.
         vanish_ratio: peak / current norm ratio for ``grad_vanish``, > 1.
-        dead_share: active-tensor share below which ``dead_units`` fires, in [0, 1].
-        loss_explode_factor: loss / initial loss ratio for ``loss_explosion``, > 1.
-        relapse_level: loss / initial loss ratio for ``loss_relapse``, in (0, inf).
-        learned_progress: drop below the initial loss that counts as having learned, in (0, 1).
+        dead_share: active-tensor share at or below which ``dead_units`` fires, in [0, 1).
+        loss_window: losses in the running median, >= 1.
+        loss_explode_factor: loss / ``L0`` ratio for ``loss_explosion``, > 1.
+        learned_progress: drop below ``L0`` that counts as having learned, in (0, 1).
+        relapse_threshold: share of progress lost for ``progress_lost``, > 0.
+        rise_threshold: share of progress lost (upper quartile) for ``unstable_rise``, > 0.
         stall_steps: steps at a non-rising LR before ``no_progress`` may fire, >= 1.
-        min_progress: drop below the initial loss required by then, in (0, 1).
+        min_progress: drop below ``L0`` required by then, in (0, 1).
+        lr_jump_ratio: LR / previous maximum LR ratio for ``lr_jump``, > 1.
     """
 
     def __init__(
@@ -155,11 +168,14 @@ class AnomalyDetector:
         explode_ratio: float = 8.0,
         vanish_ratio: float = 1e4,
         dead_share: float = 0.5,
+        loss_window: int = 9,
         loss_explode_factor: float = 4.0,
-        relapse_level: float = 0.95,
-        learned_progress: float = 0.2,
-        stall_steps: int = 100,
+        learned_progress: float = 0.3,
+        relapse_threshold: float = 0.5,
+        rise_threshold: float = 0.35,
+        stall_steps: int = 60,
         min_progress: float = 0.1,
+        lr_jump_ratio: float = 4.0,
     ) -> None:
         self.sensitivity = check_float("sensitivity", sensitivity, low=0.0, low_open=True)
         self.warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
@@ -168,28 +184,34 @@ class AnomalyDetector:
         self.z_threshold = check_float("z_threshold", z_threshold, low=0.0, low_open=True)
         self.explode_ratio = check_float("explode_ratio", explode_ratio, low=1.0, low_open=True)
         self.vanish_ratio = check_float("vanish_ratio", vanish_ratio, low=1.0, low_open=True)
-        self.dead_share = check_float("dead_share", dead_share, low=0.0, high=1.0)
+        self.dead_share = check_float("dead_share", dead_share, low=0.0, high=1.0, high_open=True)
+        self.loss_window = check_int("loss_window", loss_window, minimum=1)
         self.loss_explode_factor = check_float("loss_explode_factor", loss_explode_factor, low=1.0, low_open=True)
-        self.relapse_level = check_float("relapse_level", relapse_level, low=0.0, low_open=True)
         self.learned_progress = check_float("learned_progress", learned_progress, low=0.0, high=1.0, low_open=True, high_open=True)
+        self.relapse_threshold = check_float("relapse_threshold", relapse_threshold, low=0.0, low_open=True)
+        self.rise_threshold = check_float("rise_threshold", rise_threshold, low=0.0, low_open=True)
         self.stall_steps = check_int("stall_steps", stall_steps, minimum=1)
         self.min_progress = check_float("min_progress", min_progress, low=0.0, high=1.0, low_open=True, high_open=True)
+        self.lr_jump_ratio = check_float("lr_jump_ratio", lr_jump_ratio, low=1.0, low_open=True)
         self.reset()
 
     # ------------------------------------------------------------------ state
-    _INIT_LOSSES = 8  # losses averaged into the initial level
+    _RISE_LOOKBACK = 5  # steps over which a rising learning rate is judged
 
     def reset(self) -> None:
         """Forget every observation."""
         self._g_slow = _Ema(self.slow_decay)
         self._g_fast = _Ema(self.fast_decay)
-        self._l_fast = _Ema(self.fast_decay)
         self._n = 0  # finite gradient observations
+        self._g_first = math.nan  # log of the first finite norm
         self._peak = -math.inf  # highest slow log-norm seen after warm-up
+        self._l0: float | None = None  # the first finite loss
+        self._losses: list[float] = []  # the last ``loss_window`` finite losses
         self._n_loss = 0
-        self._init_sum = 0.0
-        self._l_best = math.inf
-        self._lr_prev: float | None = None
+        self._best = math.inf  # lowest running median
+        self._lrs: list[float] = []  # the last few learning rates
+        self._lr_max = -math.inf  # highest learning rate before the current step
+        self._n_lr = 0
         self._stall_clock = 0  # loss observations at a non-rising learning rate
 
     def state_dict(self) -> dict[str, Any]:
@@ -197,13 +219,16 @@ class AnomalyDetector:
         return {
             "g_slow": self._g_slow.state(),
             "g_fast": self._g_fast.state(),
-            "l_fast": self._l_fast.state(),
             "n": self._n,
+            "g_first": self._g_first,
             "peak": self._peak,
+            "l0": self._l0,
+            "losses": list(self._losses),
             "n_loss": self._n_loss,
-            "init_sum": self._init_sum,
-            "l_best": self._l_best,
-            "lr_prev": self._lr_prev,
+            "best": self._best,
+            "lrs": list(self._lrs),
+            "lr_max": self._lr_max,
+            "n_lr": self._n_lr,
             "stall_clock": self._stall_clock,
         }
 
@@ -212,21 +237,22 @@ class AnomalyDetector:
         check_state_keys("AnomalyDetector", state, tuple(self.state_dict()))
         self._g_slow.load(state["g_slow"])
         self._g_fast.load(state["g_fast"])
-        self._l_fast.load(state["l_fast"])
         self._n = int(state["n"])
+        self._g_first = float(state["g_first"])
         self._peak = float(state["peak"])
+        self._l0 = None if state["l0"] is None else float(state["l0"])
+        self._losses = [float(x) for x in state["losses"]]
         self._n_loss = int(state["n_loss"])
-        self._init_sum = float(state["init_sum"])
-        self._l_best = float(state["l_best"])
-        self._lr_prev = None if state["lr_prev"] is None else float(state["lr_prev"])
+        self._best = float(state["best"])
+        self._lrs = [float(x) for x in state["lrs"]]
+        self._lr_max = float(state["lr_max"])
+        self._n_lr = int(state["n_lr"])
         self._stall_clock = int(state["stall_clock"])
 
     @property
     def initial_loss(self) -> float | None:
-        """Mean of the first losses observed (the run's starting level), once known."""
-        if self._n_loss < self._INIT_LOSSES:
-            return None
-        return self._init_sum / self._INIT_LOSSES
+        """The first finite loss observed (the run's starting level), once known."""
+        return self._l0
 
     # ------------------------------------------------------------------ checks
     def check_gradient_drift(
@@ -254,6 +280,7 @@ class AnomalyDetector:
         """Fold one observation into the statistics and return the verdict on it."""
         found: dict[str, tuple[float, str]] = {}
         critical = False
+        rising = self._judge_lr(obs, found)
 
         g = obs.grad_norm
         if not math.isfinite(g):
@@ -268,89 +295,115 @@ class AnomalyDetector:
                 found["nonfinite"] = (math.inf, f"Non-finite loss ({loss}) at step {obs.step}.")
                 critical = True
             else:
-                self._judge_loss(obs, loss, found)
+                self._judge_loss(loss, rising, found)
 
-        fired = {k: v for k, v in found.items() if v[0] >= 1.0}
-        score = max((v[0] for v in found.values()), default=0.0)
+        s = self.sensitivity
+        scored = {k: (v[0] * s, v[1]) for k, v in found.items()}
+        fired = {k: v for k, v in scored.items() if v[0] >= 1.0}
         return AnomalyReport(
             step=obs.step,
             has_anomaly=bool(fired),
             anomaly_types=tuple(fired),
             details={k: v[1] for k, v in fired.items()},
-            score=score,
-            critical=critical,
+            score=max((v[0] for v in scored.values()), default=0.0),
+            critical=critical or "lr_jump" in fired,
         )
+
+    def _judge_lr(self, obs: Observation, found: dict[str, tuple[float, str]]) -> bool:
+        """Track the schedule; report a jump; return whether the LR is still rising."""
+        lr = obs.lr
+        if lr is None or not math.isfinite(lr):
+            return False
+        if self._n_lr >= self.warmup_steps and self._lr_max > 0:
+            ratio = lr / self._lr_max
+            found["lr_jump"] = (
+                math.log(max(ratio, _TINY)) / math.log(self.lr_jump_ratio),
+                f"Learning rate jumped to {lr:.3g}, {ratio:.3g}x anything before ({self._lr_max:.3g}).",
+            )
+        rising = bool(self._lrs) and lr > self._lrs[0] * (1 + 1e-9)
+        self._lrs = (self._lrs + [lr])[-self._RISE_LOOKBACK :]
+        self._lr_max = max(self._lr_max, lr)
+        self._n_lr += 1
+        if not (len(self._lrs) > 1 and lr > self._lrs[-2] * (1 + 1e-9)):
+            self._stall_clock += 1
+        return rising
 
     def _judge_gradients(self, obs: Observation, found: dict[str, tuple[float, str]]) -> None:
         x = math.log(max(obs.grad_norm, _TINY))
         slow, fast = self._g_slow, self._g_fast
         warm = self._n >= self.warmup_steps
-        s = self.sensitivity
-        if warm:
-            sd = max(slow.std, 0.1)
-            z = (x - slow.mean) / sd
-            ratio = x - slow.mean
-            score = s * min(z / self.z_threshold, ratio / math.log(self.explode_ratio))
-            found["grad_explosion"] = (
-                score,
-                f"Gradient norm {obs.grad_norm:.4g} is {math.exp(ratio):.3g}x its baseline "
-                f"({z:.1f} sigma).",
-            )
-            x_in = min(x, slow.mean + 3.0 * sd)  # winsorise: spikes don't drag the baseline
-        else:
-            x_in = x
-        slow.update(x_in)
+        if self._n == 0:
+            self._g_first = x
+        base = slow.mean if warm else self._g_first
+        sd = max(slow.std, 0.1) if warm else 1.0
+        z = (x - base) / sd
+        ratio = x - base
+        # In warm-up only the first norm is a baseline: demand the ratio squared.
+        need = math.log(self.explode_ratio) * (1.0 if warm else 2.0)
+        found["grad_explosion"] = (
+            min(z / self.z_threshold, ratio / need),
+            f"Gradient norm {obs.grad_norm:.4g} is {math.exp(ratio):.3g}x its baseline ({z:.1f} sigma).",
+        )
+        slow.update(min(x, slow.mean + 3.0 * sd) if warm else x)  # winsorised: spikes don't drag it
         fast.update(x)
         self._n += 1
+        if self._n > 5 and self.dead_share > 0:
+            found["dead_units"] = (
+                (1.0 - obs.active_share) / (1.0 - self.dead_share),
+                f"Only {obs.active_share:.0%} of gradient tensors are non-zero.",
+            )
         if warm:
             self._peak = max(self._peak, slow.mean)
             drop = self._peak - fast.mean
             found["grad_vanish"] = (
-                s * drop / math.log(self.vanish_ratio),
+                drop / math.log(self.vanish_ratio),
                 f"Gradient norm has fallen {math.exp(drop):.3g}x below its peak.",
             )
-            if obs.active_share < 1.0 and self.dead_share > 0:
-                found["dead_units"] = (
-                    s * (1.0 - obs.active_share) / max(1.0 - self.dead_share, 1e-12),
-                    f"Only {obs.active_share:.0%} of gradient tensors are non-zero.",
-                )
 
-    def _judge_loss(self, obs: Observation, loss: float, found: dict[str, tuple[float, str]]) -> None:
+    def _judge_loss(self, loss: float, rising: bool, found: dict[str, tuple[float, str]]) -> None:
+        if self._l0 is None:
+            self._l0 = loss
+        l0 = self._l0
         self._n_loss += 1
-        if self._n_loss <= self._INIT_LOSSES:
-            self._init_sum += loss
-        self._l_fast.update(loss)
-        lr = obs.lr
-        if lr is not None:
-            if self._lr_prev is None or lr <= self._lr_prev * (1 + 1e-9):
-                self._stall_clock += 1
-            self._lr_prev = lr
-        else:
-            self._stall_clock += 1
-        l0 = self.initial_loss
-        if l0 is None or l0 <= 0:
-            return
-        cur = self._l_fast.mean
-        self._l_best = min(self._l_best, cur)
-        if self._n_loss < self.warmup_steps:
-            return
-        s = self.sensitivity
+        self._losses = (self._losses + [loss])[-self.loss_window :]
+        if l0 <= 0:
+            return  # relative rules need a positive starting level (cross-entropy, MSE...)
         found["loss_explosion"] = (
-            s * math.log(max(cur / l0, _TINY)) / math.log(self.loss_explode_factor),
-            f"Loss {cur:.4g} is {cur / l0:.3g}x its initial level {l0:.4g}.",
+            math.log(max(loss / l0, _TINY)) / math.log(self.loss_explode_factor),
+            f"Loss {loss:.4g} is {loss / l0:.3g}x its initial level {l0:.4g}.",
         )
-        learned = self._l_best <= (1 - self.learned_progress) * l0
-        if learned:
-            level = self.relapse_level * l0
-            found["loss_relapse"] = (
-                s * (cur - self._l_best) / max(level - self._l_best, _TINY),
-                f"Loss is back at {cur:.4g} ({cur / l0:.0%} of its initial level {l0:.4g}) "
-                f"after reaching {self._l_best:.4g}.",
+        if len(self._losses) < self.loss_window:
+            return
+        ordered = sorted(self._losses)
+        median = _quantile(ordered, 0.5)
+        self._best = min(self._best, median)
+        best = self._best
+        if self._n_loss < self.warmup_steps or best > (1 - self.learned_progress) * l0:
+            if self._stall_clock >= self.stall_steps and self._n_loss >= self.warmup_steps:
+                progress = 1 - best / l0
+                found["no_progress"] = (
+                    (1 - progress) / (1 - self.min_progress),
+                    f"No progress after {self._stall_clock} steps: best loss {best:.4g} vs initial {l0:.4g}.",
+                )
+            return
+        span = l0 - best
+        lost = (median - best) / span
+        found["progress_lost"] = (
+            lost / self.relapse_threshold,
+            f"Loss is back at {median:.4g}: {lost:.0%} of the progress from {l0:.4g} to {best:.4g} lost.",
+        )
+        if rising and median > best:  # a new best median means the run is still improving
+            upper = (_quantile(ordered, 0.75) - best) / span
+            found["unstable_rise"] = (
+                upper / self.rise_threshold,
+                f"Loss rising ({upper:.0%} of the progress lost in its upper quartile) while the "
+                "learning rate is still increasing.",
             )
-        elif self._stall_clock >= self.stall_steps:
-            progress = 1 - self._l_best / l0
-            found["no_progress"] = (
-                s * (1 - progress) / (1 - self.min_progress),
-                f"No progress after {self._stall_clock} steps: best loss {self._l_best:.4g} vs "
-                f"initial {l0:.4g}.",
-            )
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear-interpolation quantile of an already sorted list (numpy's default)."""
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)

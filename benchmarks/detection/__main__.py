@@ -1,4 +1,4 @@
-"""``python -m benchmarks.detection [--split dev|test|shared-dev|all] [--retrain] [--quick] [--details]``.
+"""``python -m benchmarks.detection [--split dev|test|holdout|shared-dev|all] [--retrain] [--quick] [--details]``.
 
 Prints, per split, the class counts and one table: the product's default detector and every
 reference rule, scored with the shared README's metrics. Traces are trained on first use (at
@@ -15,7 +15,7 @@ from .detectors import all_detectors, product
 from .evaluate import counts_line, evaluate, format_table
 from .suite import MAX_JOBS, load_split
 
-SPLITS = ("dev", "test", "shared-dev")
+SPLITS = ("dev", "test", "holdout", "shared-dev")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,8 +22,12 @@ Detector = Callable[[Trace], int | None]
 POLICY_OPTIONS = ("patience", "cooldown_steps", "telemetry_steps")
 
 
-def product(**options: Any) -> Detector:
-    """The product's detector with ``options`` (validated now); no options: the defaults."""
+def product(*, use_loss: bool = True, **options: Any) -> Detector:
+    """The product's detector with ``options`` (validated now); no options: the defaults.
+
+    ``use_loss=False`` replays the gradients only, as for a user who never calls
+    ``observe_loss``.
+    """
     policy_kw = {k: options.pop(k) for k in POLICY_OPTIONS if k in options}
     AnomalyDetector(**options)  # raise on bad options now, not on the first trace
     EscalationPolicy(**policy_kw)
@@ -30,6 +35,8 @@ def product(**options: Any) -> Detector:
     def fire(trace: Trace) -> int | None:
         detector, policy = AnomalyDetector(**options), EscalationPolicy(**policy_kw)
         for obs in trace.observations():
+            if not use_loss:
+                obs = dataclasses.replace(obs, loss=None)
             if policy.update(detector.check(obs)) is not None:
                 return obs.step
         return None
@@ -104,5 +111,5 @@ REFERENCE_RULES: dict[str, Detector] = {
 
 
 def all_detectors() -> dict[str, Detector]:
-    """The product's default detector, then every reference rule, by display name."""
-    return {"gradema (default)": product(), **REFERENCE_RULES}
+    """The product's default detector (with and without the loss), then every reference rule."""
+    return {"gradema (default)": product(), "gradema (gradients only)": product(use_loss=False), **REFERENCE_RULES}

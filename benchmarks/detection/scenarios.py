@@ -15,6 +15,9 @@ from .spec import Spec, make_spec
 
 SPLITS = ("dev", "test")
 TEST_SEED_OFFSET = 100
+#: ``holdout``: every variant of both splits again, with seeds no other split uses. Nothing was
+#: tuned on it: it judges whether the defaults generalise beyond the runs they were chosen on.
+HOLDOUT_SEED_OFFSET = 1000
 
 CNN: dict[str, Any] = {"model": "cnn"}
 CANCER: dict[str, Any] = {"task": "cancer", "width": 32}
@@ -205,11 +208,17 @@ def _seed(split: str, variant: int) -> int:
 
 
 def scenarios(split: str) -> list[tuple[str, Spec]]:
-    """The named specs of ``split``: ``dev``, ``test`` or ``quick`` (dev variants, for CI)."""
+    """The named specs of ``split``: ``dev``, ``test``, ``holdout`` or ``quick`` (dev variants, for CI)."""
     if split == "quick":
         return [(f"{fam}-{i}", make_spec(**FAMILIES[fam][i], seed=_seed("dev", i))) for fam, i in QUICK]
+    if split == "holdout":
+        return [
+            (f"{fam}-{i}", make_spec(**cfg, seed=HOLDOUT_SEED_OFFSET + i))
+            for fam, variants in FAMILIES.items()
+            for i, cfg in enumerate(variants)
+        ]
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS + ('quick',)}")
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS + ('holdout', 'quick')}")
     parity = SPLITS.index(split)
     return [
         (f"{fam}-{i}", make_spec(**cfg, seed=_seed(split, i)))
