@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import wandb_gradema
-from wandb_gradema import EscalationError, GradientEMATracker, GrademaWarning
+from wandb_gradema import EscalationError, GrademaWarning, GradientEMATracker
 from wandb_gradema.monitor import PRUNED_TAG
 
 Batch = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
@@ -225,7 +225,7 @@ def test_clipping_tracks_the_pre_clip_norm_measured_once(tiny, monkeypatch, how:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     calls = []
     real = norms.measure
-    monkeypatch.setattr(norms, "measure", lambda params: calls.append(1) or real(params))
+    monkeypatch.setattr(norms, "measure", lambda params, **kw: calls.append(1) or real(params, **kw))
     monitor = wandb_gradema.watch(opt, max_norm=0.1 if how == "max_norm option" else None)
     reference = [p.detach().clone() for p in model.parameters()]
     x, y = batch(0)
@@ -420,7 +420,7 @@ def test_pruning_outside_a_sweep_fails_the_run_and_unwinds_the_loop(tiny, wandb_
     with pytest.raises(wandb_gradema.RunPruned) as pruned:
         try:
             _train(model, opt, batch, 10, monitor=monitor, nan_at={4})
-        except Exception:  # a training script's broad handler must not swallow the prune
+        except Exception:  # noqa: BLE001 - a training script's broad handler must not swallow the prune
             pytest.fail("RunPruned was caught as an Exception")
         finally:
             cleaned.append(True)

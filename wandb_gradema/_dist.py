@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["any_rank", "is_distributed", "is_main_process", "world_size"]
+__all__ = ["agree", "is_distributed", "is_main_process", "reduce_sharded_row", "world_size"]
 
 
 def is_distributed() -> bool:
@@ -23,17 +23,38 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def any_rank(flag: bool, device: torch.device | None = None) -> bool:
-    """True when ``flag`` is true on any rank: one all_reduce (MAX) of a single int.
+def _device() -> torch.device:
+    if dist.get_backend() == "gloo":
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
-    Every rank must call this at the same point, or the group hangs.
+
+def agree(fired_at: int | None) -> int | None:
+    """The earliest step any rank escalated at in this decision, or None: one all_reduce.
+
+    Every rank must call this at the same point (the monitor's decision steps are the same on
+    every rank), or the group hangs.
     """
     if not is_distributed():
-        return flag
-    if device is None:
-        device = torch.device("cpu") if dist.get_backend() == "gloo" else torch.device(
-            "cuda", torch.cuda.current_device()
-        )
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+        return fired_at
+    # MAX over [fired, -step]: whether any rank fired, and the smallest step that did.
+    t = torch.tensor([0 if fired_at is None else 1, -(fired_at if fired_at is not None else 2**62)],
+                     dtype=torch.int64, device=_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())  # host sync: this is a decision step
+    fired, neg_step = t.tolist()  # host sync: this is a decision step
+    return -neg_step if fired else None
+
+
+def reduce_sharded_row(row: torch.Tensor) -> torch.Tensor:
+    """Global norm stats of sharded gradients from each rank's stats row: one all_gather.
+
+    Row layout as ``norms.STATS_FIELDS``. The total norm is the square root of the summed
+    squares of the ranks' norms and the largest tensor norm is the maximum; the health counts
+    stay this rank's own (a share of tensors is meaningful per rank).
+    """
+    if not is_distributed():
+        return row
+    gathered = torch.empty(world_size() * 2, dtype=row.dtype, device=row.device)
+    dist.all_gather_into_tensor(gathered, row[:2].contiguous())
+    gathered = gathered.view(-1, 2)
+    return torch.cat((gathered[:, 0].square().sum().sqrt().reshape(1), gathered[:, 1].amax().reshape(1), row[2:]))

@@ -91,6 +91,13 @@ class EscalationPolicy:
         self._streak_reasons = {}
         return event
 
+    def adopt(self, step: int) -> None:
+        """Take on an escalation decided at ``step`` elsewhere (another rank): same windows."""
+        self._quiet_until = step + self.cooldown_steps
+        self._telemetry_until = step + self.telemetry_steps
+        self._streak = 0
+        self._streak_reasons = {}
+
     def state_dict(self) -> dict[str, Any]:
         """The streak, cooldown and telemetry window, as plain Python values."""
         return {

@@ -61,14 +61,17 @@ class GradStats:
         return len(self.index)
 
 
-def collect_grads(params: Sequence[Tensor]) -> tuple[list[Tensor], list[int]]:
-    """Return the gradients of ``params`` that exist, with their positions in ``params``."""
+def collect_grads(params: Sequence[Tensor], *, local: bool = False) -> tuple[list[Tensor], list[int]]:
+    """Return the gradients of ``params`` that exist, with their positions in ``params``.
+
+    With ``local=True``, distributed tensors (FSDP2's DTensor) give their local shard.
+    """
     grads: list[Tensor] = []
     index: list[int] = []
     for i, p in enumerate(params):
         g = p.grad
         if g is not None:
-            grads.append(g)
+            grads.append(g.to_local() if local and hasattr(g, "to_local") else g)
             index.append(i)
     return grads, index
 
@@ -126,12 +129,13 @@ def per_tensor_norms(grads: list[Tensor]) -> Tensor:
 
 
 @torch.no_grad()
-def measure(params: Sequence[Tensor]) -> GradStats:
+def measure(params: Sequence[Tensor], *, local: bool = False) -> GradStats:
     """Measure the gradients of ``params``: total norm, spread and health counts, on device.
 
-    The row holds ``STATS_FIELDS``. Parameters without a gradient are left out.
+    The row holds ``STATS_FIELDS``. Parameters without a gradient are left out. ``local``
+    measures each distributed gradient's local shard (see ``collect_grads``).
     """
-    grads, index = collect_grads(params)
+    grads, index = collect_grads(params, local=local)
     norms = per_tensor_norms(grads)
     if norms.numel() == 0:
         row = torch.zeros(4, dtype=torch.float32)

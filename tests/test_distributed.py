@@ -1,0 +1,132 @@
+"""torch.distributed on CPU (2 gloo processes): same norms, same decisions, rank 0 logs.
+
+Workers write what they saw to JSON files; the test process asserts on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import wandb_gradema
+
+pytestmark = pytest.mark.ddp
+
+WORLD = 2
+
+
+def _init(rank: int, tmp: Path) -> None:
+    torch.set_num_threads(1)
+    os.environ["WANDB_DIR"] = str(tmp)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD)
+
+
+def _ddp_worker(rank: int, tmp: Path) -> None:
+    _init(rank, tmp)
+    import wandb
+
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(
+        torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = wandb.init(project="ddp", mode="offline", dir=str(tmp)) if rank == 0 else None
+    monitor = wandb_gradema.watch(opt, model=model, log_every=1, on_escalation="raise")
+    norms, raised = [], None
+    try:
+        for step in range(10):
+            g = torch.Generator().manual_seed(100 * rank + step)  # each rank its own batch
+            x = torch.randn(16, 8, generator=g)
+            loss = model(x).pow(2).mean()
+            monitor.observe_loss(loss)  # per-rank losses differ: decisions must still agree
+            loss.backward()
+            if rank == 1 and step == 6:
+                model.module[0].weight.grad.fill_(float("nan"))  # after the all-reduce: rank 1 only
+            opt.step()
+            opt.zero_grad()
+            norms.append(monitor.last[0].grad_norm)
+    except wandb_gradema.EscalationError as exc:
+        raised = exc.step
+    if run is not None:
+        run.finish()
+    (tmp / f"ddp{rank}.json").write_text(
+        json.dumps({"norms": norms, "raised": raised, "events": [e.step for e in monitor.events],
+                    "types": [list(e.anomaly_types) for e in monitor.events]})
+    )
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_share_norms_and_decide_together_and_only_rank0_logs(tmp_path: Path) -> None:
+    mp.spawn(_ddp_worker, args=(tmp_path,), nprocs=WORLD, join=True)
+    r0, r1 = (json.loads((tmp_path / f"ddp{r}.json").read_text()) for r in range(WORLD))
+    assert len(r0["norms"]) == 6 and r0["norms"] == pytest.approx(r1["norms"], rel=1e-6)
+    assert r0["raised"] == r1["raised"] == 6  # rank 0 saw no NaN, yet stops at the same step
+    assert r1["types"] == [["nonfinite"]] and r0["types"] == [["other_rank"]]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1  # rank 0 only
+
+
+def _sharded_worker(rank: int, tmp: Path) -> None:
+    _init(rank, tmp)
+    torch.manual_seed(0)
+    full = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(4)]
+    for p in full:
+        p.grad = torch.randn_like(p)
+    mine = full[rank::WORLD]  # each rank holds (and steps) half of the parameters
+    opt = torch.optim.SGD(mine, lr=0.1)
+    monitor = wandb_gradema.watch(opt, sharded=True)
+    opt.step()
+    local = wandb_gradema.watch(torch.optim.SGD([p for p in mine], lr=0.0), sharded=False)
+    local.optimizer.step()
+    expected = torch.nn.utils.get_total_norm([p.grad for p in full]).item()
+    out = {"sharded": monitor.last[0].grad_norm, "local": local.last[0].grad_norm, "expected": expected}
+    fsdp = _fsdp_norm(rank)
+    if fsdp is not None:
+        out["fsdp"] = fsdp
+    (tmp / f"shard{rank}.json").write_text(json.dumps(out))
+    dist.destroy_process_group()
+
+
+def _fsdp_norm(rank: int) -> dict | None:
+    """FSDP2 on CPU/gloo where this torch supports it: the tracked norm is the full model's."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    reference = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    reference.load_state_dict(model.state_dict())
+    try:
+        fully_shard(model)
+    except Exception as exc:  # noqa: BLE001 - report why FSDP did not run here
+        return {"skipped": f"{type(exc).__name__}: {exc}"}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = wandb_gradema.watch(opt)
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(rank))
+    model(x).pow(2).mean().backward()
+    opt.step()
+    xs = [torch.randn(6, 8, generator=torch.Generator().manual_seed(r)) for r in range(WORLD)]
+    sum(reference(xi).pow(2).mean() for xi in xs).div(WORLD).backward()
+    expected = torch.nn.utils.get_total_norm([p.grad for p in reference.parameters()]).item()
+    return {"tracked": monitor.last[0].grad_norm, "expected": expected, "auto_sharded": monitor.sharded}
+
+
+def test_sharded_gradients_give_the_global_norm(tmp_path: Path) -> None:
+    mp.spawn(_sharded_worker, args=(tmp_path,), nprocs=WORLD, join=True)
+    r0, r1 = (json.loads((tmp_path / f"shard{r}.json").read_text()) for r in range(WORLD))
+    for r in (r0, r1):
+        assert r["sharded"] == pytest.approx(r["expected"], rel=1e-5)
+        assert r["local"] < r["expected"]  # without the reduction a rank sees only its shard
+    if "fsdp" in r0:
+        if "skipped" in r0["fsdp"]:
+            pytest.skip(f"FSDP2 does not run on CPU/gloo here: {r0['fsdp']['skipped']}")
+        for r in (r0, r1):
+            assert r["fsdp"]["auto_sharded"] is True
+            assert r["fsdp"]["tracked"] == pytest.approx(r["fsdp"]["expected"], rel=1e-5)
