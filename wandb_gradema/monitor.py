@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import traceback
 import warnings
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from .aggregate import LogAggregator
 from .detector import AnomalyDetector, AnomalyReport, Observation
 from .errors import EscalationError, GrademaWarning, RunPruned
 from .escalation import EscalationEvent, EscalationPolicy
+from .sweep_metric import SweepGoal, make_penalty
 from .tracker import DriftUpdate, GradientEMATracker
 from .wandb_sink import PREFIX, WandbSink
 
@@ -91,6 +93,10 @@ class GradientMonitor:
         max_skipped_steps: int = 25,
         detector: AnomalyDetector | None = None,
         save_with_optimizer: bool = True,
+        sharded: bool | None = None,
+        sweep_metric: str | None = None,
+        sweep_goal: SweepGoal = "minimize",
+        sweep_penalty: float | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
@@ -118,6 +124,8 @@ class GradientMonitor:
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ValueError(f"`name` must be a non-empty string without '/', got {name!r}.")
         max_skipped_steps = check_int("max_skipped_steps", max_skipped_steps, minimum=1)
+        if sharded is not None and not isinstance(sharded, bool):
+            raise TypeError(f"`sharded` must be a bool or None, got {type(sharded).__name__}.")
         if detector is not None and not isinstance(detector, AnomalyDetector):
             raise TypeError(f"`detector` must be an AnomalyDetector or None, got {type(detector).__name__}.")
         if detector is not None and sensitivity != 1.0:
@@ -125,6 +133,7 @@ class GradientMonitor:
         tracker = GradientEMATracker(decay=ema_decay, eps=eps)
         policy = EscalationPolicy(patience, cooldown_steps, telemetry_steps)
         detector = detector if detector is not None else AnomalyDetector(sensitivity=sensitivity)
+        sweep_metric_penalty = make_penalty(sweep_metric, sweep_goal, sweep_penalty)
 
         self.optimizer = optimizer
         self.tracker = tracker
@@ -140,6 +149,11 @@ class GradientMonitor:
         self.pruned: RunPruned | None = None
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
         self._names = _param_names(optimizer, model)
+        if sharded is None:  # FSDP2 (DTensor) and FSDP1 (FlatParameter) shard gradients
+            sharded = _dist.is_distributed() and any(
+                type(p).__name__ in ("DTensor", "FlatParameter") for p in self._params
+            )
+        self.sharded = sharded
         if sync_every is None:
             sync_every = 1 if all(p.device.type == "cpu" for p in self._params) else 16
         self.sync_every = sync_every
@@ -157,6 +171,9 @@ class GradientMonitor:
         if save_with_optimizer:
             self._handles.append(optimizer.register_state_dict_post_hook(self._save_into))
             self._handles.append(optimizer.register_load_state_dict_pre_hook(self._load_from))
+        self._sweep_metric = sweep_metric_penalty
+        if sweep_metric_penalty is not None:  # reads the metric's first value until it appears
+            self._handles.append(optimizer.register_step_pre_hook(sweep_metric_penalty.hook(self.sink, log_every)))
         if scaler is not None:
             self._wrap_scaler(scaler)
 
@@ -206,7 +223,7 @@ class GradientMonitor:
         Call it where gradients are about to be changed before the step (clipping). Returns the
         total norm as a 0-d tensor (no sync).
         """
-        self._pending_stats = norms.measure(self._params)
+        self._pending_stats = self._measure()
         return self._pending_stats.row[0].clone()
 
     def clip_grad_norm_(self, max_norm: float) -> Tensor:
@@ -299,7 +316,7 @@ class GradientMonitor:
         stats = self._pending_stats
         self._pending_stats = None
         if stats is None:
-            stats = norms.measure(self._params)
+            stats = self._measure()
             if self.max_norm is not None:
                 norms.clip_grads_(stats.grads, stats.row[0], self.max_norm)
         telemetry = self.policy.telemetry_active(step)
@@ -321,6 +338,13 @@ class GradientMonitor:
         if telemetry or len(self._queue) >= self.sync_every or step % self.log_every == 0:
             return self._flush_queue()
         return []
+
+    def _measure(self) -> norms.GradStats:
+        """Measure the gradients; sharded ones are combined across ranks (one all_gather)."""
+        stats = norms.measure(self._params, local=self.sharded)
+        if self.sharded:
+            stats.row = _dist.reduce_sharded_row(stats.row)
+        return stats
 
     def _take_loss(self) -> float | Tensor | None:
         if self._loss_sum is None:
@@ -352,6 +376,10 @@ class GradientMonitor:
             event = self._process(p, row, loss)
             if event is not None:
                 events.append(event)
+        if _dist.is_distributed():
+            events = self._agree(events)
+        self.events.extend(events)
+        self._aggregator.counters["escalations"] += len(events)
         return events
 
     def _process(self, p: _Pending, row: list[float], loss: float | None) -> EscalationEvent | None:
@@ -374,13 +402,8 @@ class GradientMonitor:
         self, obs: Observation, drift: DriftUpdate, report: AnomalyReport, p: _Pending | None
     ) -> EscalationEvent | None:
         event = self.policy.update(report)
-        if _dist.is_distributed():
-            event = self._agree(event, report)
         self._aggregator.add(obs, drift, report)
         self._last = (obs, drift, report)
-        if event is not None:
-            self.events.append(event)
-            self._aggregator.counters["escalations"] += 1
         telemetry = self.policy.telemetry_active(obs.step)
         if obs.step % self.log_every == 0 or event is not None or telemetry:
             extra = self._layer_metrics(p) if (telemetry or event) and p is not None else None
@@ -388,17 +411,28 @@ class GradientMonitor:
             self.sink.log({self.sink.step_key: obs.step, **{self.sink.key(k): v for k, v in row.items()}})
         return event
 
-    def _agree(self, event: EscalationEvent | None, report: AnomalyReport) -> EscalationEvent | None:
-        """All ranks escalate together: one all_reduce per decision step."""
-        if _dist.any_rank(event is not None) and event is None:
-            event = EscalationEvent(
-                step=report.step,
-                reasons=("Escalation fired on another rank.",),
+    def _agree(self, events: list[EscalationEvent]) -> list[EscalationEvent]:
+        """All ranks escalate together, at the earliest step any rank did: one all_reduce.
+
+        Ranks then share the same cooldown and telemetry windows, so their decision steps (and
+        collectives) stay aligned; a rank that saw nothing records why it escalates anyway.
+        """
+        step = _dist.agree(events[0].step if events else None)
+        if step is None:
+            return []
+        self.policy.adopt(step)
+        mine = [e for e in events if e.step == step]
+        if mine:
+            return mine[:1]
+        return [
+            EscalationEvent(
+                step=step,
+                reasons=(f"Escalation on another rank at step {step}.",),
                 anomaly_types=("other_rank",),
-                score=report.score,
-                first_anomaly_step=report.step,
+                score=math.nan,
+                first_anomaly_step=step,
             )
-        return event
+        ]
 
     def _layer_metrics(self, p: _Pending) -> dict[str, float]:
         if p.layer_norms is None or p.layer_index is None:
@@ -419,7 +453,7 @@ class GradientMonitor:
             action(event)
             return
         if action == "auto":
-            action = "prune" if self._guarded(lambda: self.sink.sweep_id) else "warn"
+            action = "prune" if self._in_sweep() else "warn"
         if action == "warn":
             warnings.warn(
                 f"wandb_gradema: gradient drift escalated at step {event.step}: {event.reason}",
@@ -430,6 +464,12 @@ class GradientMonitor:
             raise EscalationError(event.step, event.reason)
         else:
             self._prune(event)
+
+    def _in_sweep(self) -> bool:
+        """Inside a W&B sweep: the run says so, or (on every rank alike) the agent's env var."""
+        if _dist.is_distributed():
+            return bool(os.environ.get("WANDB_SWEEP_ID"))
+        return bool(self._guarded(lambda: self.sink.sweep_id))
 
     def _announce(self, event: EscalationEvent) -> None:
         first = self.events[0]
@@ -458,12 +498,15 @@ class GradientMonitor:
                 sink.key("prune_types"): ",".join(event.anomaly_types),
             }
         )
+        if self._sweep_metric is not None:  # a bounded score instead of bayes imputing 0.0
+            self._sweep_metric.record(sink)
         self._write_summary()
         sink.add_tag(PRUNED_TAG)
         if self.alerts:
             sink.alert(f"Run pruned at step {stop_step}", event.reason, level="ERROR", force=True)
         warnings.warn(f"wandb_gradema: {pruned}", GrademaWarning, stacklevel=4)
-        sink.finish(exit_code=1)
+        sink.finish(exit_code=1)  # W&B state *failed*: the search must not learn from its values
+        sink.enabled = False  # the run is over: remove() in the user's finally: writes nothing
         self.pruned = pruned
         raise pruned
 

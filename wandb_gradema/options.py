@@ -32,6 +32,9 @@ CONFIGURABLE = (
     "cooldown_steps",
     "telemetry_steps",
     "max_skipped_steps",
+    "sweep_metric",
+    "sweep_goal",
+    "sweep_penalty",
 )
 
 #: AnomalyDetector settings a run config may set; they build the monitor's detector.
