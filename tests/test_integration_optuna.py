@@ -1,0 +1,143 @@
+"""watch_trial() and GradientDriftPruner in real Optuna studies, with optuna-integration's W&B callback."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+optuna = pytest.importorskip("optuna")
+pytest.importorskip("optuna_integration")
+
+from optuna.trial import TrialState  # noqa: E402
+from optuna_integration import WeightsAndBiasesCallback  # noqa: E402
+
+from wandb_gradema import GrademaWarning  # noqa: E402
+from wandb_gradema.integrations.optuna import TRIAL_ATTR, GradientDriftPruner, watch_trial  # noqa: E402
+from wandb_gradema.monitor import PRUNED_TAG  # noqa: E402
+from wandb_gradema.offline import find_runs, read_run  # noqa: E402
+
+Batch = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> None:
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*WeightsAndBiasesCallback.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="No active W&B run", category=GrademaWarning)
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch, i: int, *, nan: bool) -> float:
+    x, y = batch(i)
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    if nan:
+        next(model.parameters()).grad.fill_(math.nan)
+    opt.step()
+    opt.zero_grad()
+    return loss.item()
+
+
+def test_optuna_escalation_prunes_the_trial_and_its_wandb_run_ends_failed(tiny, tmp_path: Path) -> None:
+    model0, batch = tiny
+    initial = {k: v.clone() for k, v in model0.state_dict().items()}
+    wandbc = WeightsAndBiasesCallback(
+        metric_name="loss",
+        wandb_kwargs={"project": "gradema-tests", "dir": str(tmp_path), "mode": "offline"},
+        as_multirun=True,
+    )
+
+    @wandbc.track_in_wandb()
+    def objective(trial: optuna.Trial) -> float:
+        model0.load_state_dict(initial)
+        model0.zero_grad(set_to_none=True)  # a pruned trial leaves its NaN gradients behind
+        opt = torch.optim.SGD(model0.parameters(), lr=trial.suggest_float("lr", 1e-3, 1e-2))
+        with watch_trial(trial, opt, model=model0) as monitor:
+            for i in range(8):
+                loss = _step(model0, opt, batch, i, nan=trial.number == 1 and i == 3)
+        assert not monitor.escalated
+        return loss
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=3, callbacks=[wandbc])
+
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    attr = study.trials[1].user_attrs[TRIAL_ATTR]
+    assert attr["step"] == 3 and attr["types"] == ["nonfinite"] and "Non-finite" in attr["reason"]
+    # The callback writes each trial's params into its run's config: that names the runs.
+    lrs = {t.params["lr"]: t.number for t in study.trials}
+    runs = {lrs[r.config["lr"]]: r for r in (read_run(p, history=False) for p in find_runs(tmp_path))}
+    assert sorted(runs) == [0, 1, 2]  # one run per trial, none added for the pruned one
+    assert [(runs[n].state, runs[n].exit_code) for n in range(3)] == [
+        ("finished", 0),
+        ("failed", 1),
+        ("finished", 0),
+    ]
+    pruned = runs[1]
+    assert pruned.summary["gradema/pruned"] is True and pruned.summary["gradema/pruned_step"] == 3
+    assert pruned.summary["gradema/steps_observed"] == 4 and PRUNED_TAG in pruned.tags
+    assert "gradema/pruned" not in runs[0].summary and "gradema/pruned" not in runs[2].summary
+
+
+def test_optuna_pruner_answers_should_prune_after_an_escalation_else_defers(tiny) -> None:
+    model0, batch = tiny
+    initial = {k: v.clone() for k, v in model0.state_dict().items()}
+    pruned_at: dict[int, int] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        model0.load_state_dict(initial)
+        model0.zero_grad(set_to_none=True)  # a pruned trial leaves its NaN gradients behind
+        opt = torch.optim.SGD(model0.parameters(), lr=0.01)
+        with watch_trial(trial, opt, raise_pruned=False):
+            for i in range(6):
+                loss = _step(model0, opt, batch, i, nan=trial.number == 1 and i == 2)
+                trial.report(1e9 if trial.number == 2 else loss, i)
+                if trial.should_prune():
+                    pruned_at[trial.number] = i
+                    raise optuna.TrialPruned()
+        return loss
+
+    study = optuna.create_study(pruner=GradientDriftPruner(optuna.pruners.ThresholdPruner(upper=1e6)))
+    study.optimize(objective, n_trials=3)
+
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    assert pruned_at == {1: 2, 2: 0}  # trial 1 by its gradients, trial 2 by the wrapped pruner
+    assert TRIAL_ATTR in study.trials[1].user_attrs and TRIAL_ATTR not in study.trials[2].user_attrs
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"on_escalation": "warn"}, TypeError, r"watch_trial\(\) sets `on_escalation` itself"),
+        ({"raise_pruned": "yes"}, TypeError, r"`raise_pruned` must be a bool, got str"),
+        ({"sensitivity": -1.0}, ValueError, r"`sensitivity`"),
+    ],
+)
+def test_optuna_bad_arguments_are_named(tiny, kwargs, error, match) -> None:
+    model, _ = tiny
+    trial = optuna.create_study().ask()
+    with pytest.raises(error, match=match):
+        watch_trial(trial, torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)
+
+
+def test_optuna_pruner_rejects_what_is_not_a_pruner() -> None:
+    with pytest.raises(TypeError, match=r"`pruner` must be an optuna.pruners.BasePruner or None, got str"):
+        GradientDriftPruner("median")
+
+
+def test_optuna_missing_package_raises_importerror_naming_the_extra(monkeypatch) -> None:
+    for name in [m for m in sys.modules if m == "optuna" or m.startswith("optuna.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    monkeypatch.delitem(sys.modules, "wandb_gradema.integrations.optuna")
+    module = importlib.import_module("wandb_gradema.integrations.optuna")
+    with pytest.raises(ImportError, match=r'pip install "wandb_gradema\[optuna\]"'):
+        module.GradientDriftPruner()
