@@ -17,13 +17,13 @@ def _escalations(observations, **options) -> list[tuple[int, tuple[str, ...]]]:
     return [(e.step, e.anomaly_types) for e in events if e is not None]
 
 
-def _run(n=300, *, norm=None, loss=None, lr=None, active=None, seed=0):
+def _run(n=300, *, norm=None, loss=None, lr=None, active=None, seed=0, loss_noise=0.1):
     """Observations with log-normal gradient-norm noise and batch-noisy losses around curves."""
     rng = random.Random(seed)
     out = []
     for t in range(n):
         g = (norm(t) if norm else 1.0) * math.exp(rng.gauss(0, 0.3))
-        loss_t = None if loss is None else loss(t) * math.exp(rng.gauss(0, 0.1))
+        loss_t = None if loss is None else loss(t) * math.exp(rng.gauss(0, loss_noise))
         out.append(
             Observation(
                 step=t,
@@ -63,9 +63,10 @@ def test_nonfinite_gradient_escalates_at_once_and_never_enters_the_statistics() 
     d = AnomalyDetector()
     for o in obs[:30]:
         d.check(o)
-    before = d.state_dict()
+    gradient_stats = ("g_slow", "g_fast", "n", "g_first", "peak")
+    before = {k: d.state_dict()[k] for k in gradient_stats}
     d.check(obs[30])
-    assert d.state_dict() == before
+    assert {k: d.state_dict()[k] for k in gradient_stats} == before
 
 
 def test_nonfinite_loss_escalates_at_once() -> None:
@@ -109,10 +110,10 @@ def test_a_spike_that_recovers_does_not_escalate() -> None:
 
 def test_no_progress_escalates_once_the_learning_rate_stops_rising() -> None:
     (event,) = _escalations(_run(loss=lambda t: 2.3, lr=lambda t: 0.1))
-    assert event == (61, ("no_progress",))  # 60 steps, then patience
+    assert event[1] == ("no_progress",) and 61 <= event[0] <= 91  # 60 steps, the last 30 flat
     # while the LR warms up (100 steps) the clock does not run: warm-up is not a stall
     (event,) = _escalations(_run(loss=lambda t: 2.3, lr=lambda t: 0.1 * min(1.0, (t + 1) / 100)))
-    assert event == (160, ("no_progress",))
+    assert event[1] == ("no_progress",) and 160 <= event[0] <= 190
 
 
 def test_learning_rate_jump_escalates_at_once_but_a_restart_does_not() -> None:
@@ -178,3 +179,13 @@ def test_state_dict_round_trip_continues_exactly() -> None:
 def test_bad_arguments_are_named(kwargs, error, match) -> None:
     with pytest.raises(error, match=match):
         AnomalyDetector(**kwargs)
+
+
+def test_a_slow_but_steady_learner_is_not_called_dead() -> None:
+    def slow(t):  # 2.6% of the initial loss per 30 steps: under 10% by step 60, yet learning
+        return 2.3 - 0.002 * t
+
+    # batch noise as for a classifier near chance (the first loss is the initial level)
+    assert _escalations(_run(loss=slow, lr=lambda t: 0.01, loss_noise=0.03)) == []
+    (event,) = _escalations(_run(loss=lambda t: 2.3 - 0.00005 * t, lr=lambda t: 0.01, loss_noise=0.03))
+    assert event[1] == ("no_progress",)

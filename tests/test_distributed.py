@@ -36,8 +36,9 @@ def _ddp_worker(rank: int, tmp: Path) -> None:
         torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    run = wandb.init(project="ddp", mode="offline", dir=str(tmp)) if rank == 0 else None
-    monitor = wandb_gradema.watch(opt, model=model, log_every=1, on_escalation="raise")
+    config = {"gradema": {"log_every": 3, "patience": 4}}  # e.g. from a sweep: rank 0 has the run
+    run = wandb.init(project="ddp", mode="offline", dir=str(tmp), config=config) if rank == 0 else None
+    monitor = wandb_gradema.watch(opt, model=model, on_escalation="raise")
     norms, raised = [], None
     try:
         for step in range(10):
@@ -57,7 +58,8 @@ def _ddp_worker(rank: int, tmp: Path) -> None:
         run.finish()
     (tmp / f"ddp{rank}.json").write_text(
         json.dumps({"norms": norms, "raised": raised, "events": [e.step for e in monitor.events],
-                    "types": [list(e.anomaly_types) for e in monitor.events]})
+                    "types": [list(e.anomaly_types) for e in monitor.events],
+                    "options": [monitor.log_every, monitor.policy.patience]})
     )
     dist.destroy_process_group()
 
@@ -68,6 +70,7 @@ def test_ddp_ranks_share_norms_and_decide_together_and_only_rank0_logs(tmp_path:
     assert len(r0["norms"]) == 6 and r0["norms"] == pytest.approx(r1["norms"], rel=1e-6)
     assert r0["raised"] == r1["raised"] == 6  # rank 0 saw no NaN, yet stops at the same step
     assert r1["types"] == [["nonfinite"]] and r0["types"] == [["other_rank"]]
+    assert r0["options"] == r1["options"] == [3, 4]  # rank 0's run config reached rank 1
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1  # rank 0 only
 

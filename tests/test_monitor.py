@@ -429,3 +429,70 @@ def test_pruning_outside_a_sweep_fails_the_run_and_unwinds_the_loop(tiny, wandb_
     assert (logged.state, logged.exit_code) == ("failed", 1)
     assert logged.summary["gradema/pruned"] is True and logged.summary["gradema/pruned_step"] == 4
     assert PRUNED_TAG in logged.tags
+
+
+def test_step_with_a_closure_is_observed_after_the_closure_computes_gradients(tiny) -> None:
+    model, batch = tiny
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=4)
+    monitor = wandb_gradema.watch(opt)
+    x, y = batch(0)
+    seen = []
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        seen.append(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item())
+        return loss
+
+    opt.step(closure)
+    assert len(seen) > 1 and monitor.step == 1  # LBFGS re-evaluates; one observation
+    obs = monitor.last[0]
+    assert obs.grad_norm == pytest.approx(seen[0], rel=1e-6)  # this step's gradients, not stale ones
+    assert obs.loss is not None  # the closure's loss is picked up when none was observed
+
+
+def test_fused_optimizer_under_gradscaler_sees_true_scale_and_counts_overflow_as_skipped(tiny) -> None:
+    model, batch = tiny
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    monitor = wandb_gradema.watch(opt, scaler=scaler, on_escalation="raise")
+    x, y = batch(0)
+    for i in range(3):
+        scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+        true_norm = torch.nn.utils.get_total_norm([p.grad / scaler.get_scale() for p in model.parameters()]).item()
+        if i == 1:
+            next(model.parameters()).grad.fill_(float("inf"))  # overflow: the fused step is a no-op
+        scaler.step(opt)  # never unscaled by hand: the fused kernel unscales
+        scaler.update()
+        opt.zero_grad()
+        if i != 1:
+            assert monitor.last[0].grad_norm == pytest.approx(true_norm, rel=1e-5)
+    assert monitor.skipped_steps == 1 and not monitor.escalated
+
+
+def test_max_norm_still_clips_after_an_explicit_measure(tiny) -> None:
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    monitor = wandb_gradema.watch(opt, max_norm=1e-3)
+    x, y = batch(0)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    pre = monitor.measure().item()  # e.g. a framework measuring before its own hooks
+    opt.step()
+    assert monitor.last[0].grad_norm == pytest.approx(pre)
+    post = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+    assert post == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_remove_leaves_another_wrapper_of_the_scaler_in_place(tiny) -> None:
+    model, _ = tiny
+    scaler = torch.amp.GradScaler("cpu")
+    monitor = wandb_gradema.watch(torch.optim.SGD(model.parameters(), lr=0.1), scaler=scaler)
+    ours = scaler.step
+
+    def theirs(*args, **kwargs):  # someone wraps on top of the monitor's wrapper
+        return ours(*args, **kwargs)
+
+    scaler.step = theirs
+    monitor.remove()
+    assert scaler.step is theirs  # not torn out from under them

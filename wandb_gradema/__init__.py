@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from . import _dist
 from ._validate import reject_unknown
 from .detector import AnomalyDetector, AnomalyReport, Observation
 from .errors import EscalationError, GrademaError, GrademaWarning, RunPruned
@@ -87,7 +88,9 @@ def watch(optimizer: torch.optim.Optimizer, *, run: Any = None, **options: Any) 
     """
     reject_unknown("watch()", options, _MONITOR_OPTIONS + DETECTOR_OPTIONS)
     live_run = run if run is not None else getattr(sys.modules.get("wandb"), "run", None)
-    from_config = options_from_config(getattr(live_run, "config", None))
+    from_config, error = _dist.broadcast_from_main(_config_options(live_run))  # rank 0's, everywhere
+    if error is not None:
+        raise error
     try:
         merged = {**from_config, **options}
         _build_detector(merged, explicit=options)
@@ -96,6 +99,14 @@ def watch(optimizer: torch.optim.Optimizer, *, run: Any = None, **options: Any) 
         if from_config and any(f"`{k}`" in str(exc) for k in from_config if k not in options):
             raise type(exc)(f"{str(exc).rstrip('.')} (set in wandb.config['gradema']).") from None
         raise
+
+
+def _config_options(run: Any) -> tuple[dict[str, Any], Exception | None]:
+    """The run config's gradema options, or the error they raise (raised once all ranks have it)."""
+    try:
+        return options_from_config(getattr(run, "config", None)), None
+    except (TypeError, ValueError) as exc:
+        return {}, exc
 
 
 def _build_detector(options: dict[str, Any], *, explicit: dict[str, Any]) -> None:

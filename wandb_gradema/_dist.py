@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["agree", "is_distributed", "is_main_process", "reduce_sharded_row", "world_size"]
+__all__ = ["agree", "broadcast_from_main", "is_distributed", "is_main_process", "reduce_sharded_row", "world_size"]
 
 
 def is_distributed() -> bool:
@@ -21,6 +23,18 @@ def is_main_process() -> bool:
 def world_size() -> int:
     """Number of ranks (1 when not distributed)."""
     return dist.get_world_size() if is_distributed() else 1
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (one collective): options from rank 0's W&B run config.
+
+    Only rank 0 has a W&B run; ranks configured differently would decide at different steps.
+    """
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=_device())
+    return box[0]
 
 
 def _device() -> torch.device:

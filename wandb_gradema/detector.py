@@ -129,7 +129,8 @@ class AnomalyDetector:
       quartile of the recent losses has given back ``rise_threshold`` of the progress: the LR
       has left the stable range. Healthy warm-ups keep improving and never trip it.
     * ``no_progress``: after ``stall_steps`` loss observations at a non-rising learning rate,
-      ``best`` is still above ``(1 - min_progress) L0``: dead or vanishing training.
+      ``best`` is still above ``(1 - min_progress) L0`` and improved by less than an eighth of
+      that over the last half-window or more: dead or vanishing training, not a slow learner.
     * ``lr_jump``: the learning rate jumped ``lr_jump_ratio`` x above anything it was before
       (after ``warmup_steps``), a schedule bug; restarts back to an earlier peak do not count.
 
@@ -213,6 +214,8 @@ class AnomalyDetector:
         self._lr_max = -math.inf  # highest learning rate before the current step
         self._n_lr = 0
         self._stall_clock = 0  # loss observations at a non-rising learning rate
+        self._marks: list[float] = []  # best loss at the last two half-window marks of the clock
+        self._mark_at = max(1, self.stall_steps // 2)
 
     def state_dict(self) -> dict[str, Any]:
         """Every running statistic, as plain Python values."""
@@ -230,6 +233,8 @@ class AnomalyDetector:
             "lr_max": self._lr_max,
             "n_lr": self._n_lr,
             "stall_clock": self._stall_clock,
+            "marks": list(self._marks),
+            "mark_at": self._mark_at,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -248,6 +253,8 @@ class AnomalyDetector:
         self._lr_max = float(state["lr_max"])
         self._n_lr = int(state["n_lr"])
         self._stall_clock = int(state["stall_clock"])
+        self._marks = [float(x) for x in state["marks"]]
+        self._mark_at = int(state["mark_at"])
 
     @property
     def initial_loss(self) -> float | None:
@@ -313,6 +320,7 @@ class AnomalyDetector:
         """Track the schedule; report a jump; return whether the LR is still rising."""
         lr = obs.lr
         if lr is None or not math.isfinite(lr):
+            self._stall_clock += 1  # no schedule to go by: every step counts
             return False
         if self._n_lr >= self.warmup_steps and self._lr_max > 0:
             ratio = lr / self._lr_max
@@ -366,6 +374,7 @@ class AnomalyDetector:
         l0 = self._l0
         self._n_loss += 1
         self._losses = (self._losses + [loss])[-self.loss_window :]
+
         if l0 <= 0:
             return  # relative rules need a positive starting level (cross-entropy, MSE...)
         found["loss_explosion"] = (
@@ -378,8 +387,14 @@ class AnomalyDetector:
         median = _quantile(ordered, 0.5)
         self._best = min(self._best, median)
         best = self._best
+        if self._stall_clock >= self._mark_at:  # every half-window of the stall clock
+            self._marks = (self._marks + [best])[-2:]
+            self._mark_at = self._stall_clock + max(1, self.stall_steps // 2)
         if self._n_loss < self.warmup_steps or best > (1 - self.learned_progress) * l0:
-            if self._stall_clock >= self.stall_steps and self._n_loss >= self.warmup_steps:
+            # Slow but steady learners are not dead: the best loss must have stalled too, over
+            # the last half-window or more.
+            recent = (self._marks[0] - best) / l0 if len(self._marks) == 2 else math.inf
+            if self._stall_clock >= self.stall_steps and recent < self.min_progress / 8:
                 progress = 1 - best / l0
                 found["no_progress"] = (
                     (1 - progress) / (1 - self.min_progress),

@@ -39,12 +39,13 @@ class _Pending:
     """One optimizer step waiting for its device values to be read back."""
 
     step: int
-    row: Tensor
+    row: Tensor | list[float]
     loss: float | Tensor | None
     lr: float | None
     n_tensors: int
-    layer_norms: Tensor | None
+    layer_norms: Tensor | list[float] | None
     layer_index: list[int] | None
+    found_inf: float | Tensor | None = None  # a fused optimizer stepped by a GradScaler
 
 
 class GradientMonitor:
@@ -154,9 +155,12 @@ class GradientMonitor:
                 type(p).__name__ in ("DTensor", "FlatParameter") for p in self._params
             )
         self.sharded = sharded
+        on_cpu = all(p.device.type == "cpu" for p in self._params)
         if sync_every is None:
-            sync_every = 1 if all(p.device.type == "cpu" for p in self._params) else 16
+            sync_every = 1 if on_cpu else 16
         self.sync_every = sync_every
+        # On CPU every step is a decision step anyway: finish the stats in Python (cheaper).
+        self._host = on_cpu and sync_every == 1 and not sharded
         self._aggregator = LogAggregator()
         self._step = 0
         self._skip_streak = 0
@@ -167,6 +171,7 @@ class GradientMonitor:
         self._last: tuple[Observation, DriftUpdate, AnomalyReport] | None = None
         self._internal_error_warned = False
         self._scaler = scaler
+        self._scaler_step: Callable[..., Any] | None = None  # our wrapper of scaler.step
         self._handles = [optimizer.register_step_pre_hook(self._on_step)]
         if save_with_optimizer:
             self._handles.append(optimizer.register_state_dict_post_hook(self._save_into))
@@ -223,8 +228,9 @@ class GradientMonitor:
         Call it where gradients are about to be changed before the step (clipping). Returns the
         total norm as a 0-d tensor (no sync).
         """
-        self._pending_stats = self._measure()
-        return self._pending_stats.row[0].clone()
+        stats = self._pending_stats = self._measure()
+        total = stats.total
+        return total.clone() if isinstance(total, Tensor) else torch.tensor(total)
 
     def clip_grad_norm_(self, max_norm: float) -> Tensor:
         """Drop-in for ``torch.nn.utils.clip_grad_norm_`` over the optimizer's parameters.
@@ -234,8 +240,10 @@ class GradientMonitor:
         """
         max_norm = check_float("max_norm", max_norm, low=0.0, low_open=True)
         total = self.measure()
-        assert self._pending_stats is not None
-        norms.clip_grads_(self._pending_stats.grads, total, max_norm)
+        stats = self._pending_stats
+        assert stats is not None
+        norms.clip_grads_(stats.grads, stats.total, max_norm)
+        stats.clipped = True
         return total
 
     def flush(self) -> None:
@@ -250,9 +258,7 @@ class GradientMonitor:
         for h in self._handles:
             h.remove()
         self._handles = []
-        if self._scaler is not None and "step" in vars(self._scaler):
-            del self._scaler.step
-        self._scaler = None
+        self._unwrap_scaler()
         self._guarded(self._write_summary)
 
     close = remove
@@ -303,22 +309,57 @@ class GradientMonitor:
         return ("format_version", "step", "skip_streak", "tracker", "detector", "policy", "aggregator", "events")
 
     # ================================================================ the hook
-    def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """Step pre-hook: measure before the update; decide on decision steps."""
-        events = self._guarded(self._observe_step)
+    def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+        """Step pre-hook: measure before the update; decide on decision steps.
+
+        ``step(closure)`` computes its gradients inside the closure, after pre-hooks run: then
+        the closure is wrapped and the step is observed right after its first call.
+        """
+        # torch passes the optimizer itself as args[0]; the closure comes next or by keyword.
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        if closure is not None:
+            wrapped = self._wrap_closure(closure)
+            if len(args) > 1:
+                return (args[0], wrapped, *args[2:]), kwargs
+            return args, {**kwargs, "closure": wrapped}
+        self._observe_and_act()
+        return None
+
+    def _observe_and_act(self) -> None:
+        # A fused optimizer stepped by a GradScaler sees scaled gradients and a found_inf flag
+        # (torch.amp.GradScaler sets both on the optimizer for the duration of the step).
+        found_inf = getattr(self.optimizer, "found_inf", None)
+        grad_scale = getattr(self.optimizer, "grad_scale", None)
+        events = self._guarded(self._observe_step, found_inf, grad_scale)
         for event in events or ():
             self._act(event)
 
-    def _observe_step(self) -> list[EscalationEvent]:
+    def _wrap_closure(self, closure: Callable[[], Any]) -> Callable[[], Any]:
+        calls = 0
+
+        def observed_closure() -> Any:
+            nonlocal calls
+            loss = closure()
+            calls += 1
+            if calls == 1:  # LBFGS calls again: the step is observed once
+                if self._loss_sum is None and isinstance(loss, (Tensor, float)):
+                    self._guarded(self.observe_loss, loss)
+                self._observe_and_act()
+            return loss
+
+        return observed_closure
+
+    def _observe_step(self, found_inf: Tensor | None = None, grad_scale: Tensor | None = None) -> list[EscalationEvent]:
         step = self._step
         self._step += 1
-        self._skip_streak = 0
         stats = self._pending_stats
         self._pending_stats = None
         if stats is None:
             stats = self._measure()
-            if self.max_norm is not None:
-                norms.clip_grads_(stats.grads, stats.row[0], self.max_norm)
+        if grad_scale is not None:  # measured at the loss scale: bring back to true scale
+            stats = self._unscaled(stats, grad_scale)
+        if self.max_norm is not None and not stats.clipped:
+            norms.clip_grads_(stats.grads, stats.total, self.max_norm)
         telemetry = self.policy.telemetry_active(step)
         if self._queue and not self.policy.telemetry_active(self._queue[-1].step):
             # Per-layer norms are kept for the newest step only (so an escalation on it can log
@@ -333,6 +374,7 @@ class GradientMonitor:
                 n_tensors=stats.n_tensors,
                 layer_norms=stats.norms,
                 layer_index=stats.index,
+                found_inf=(found_inf.item() if self._host else found_inf) if isinstance(found_inf, Tensor) else None,
             )
         )
         if telemetry or len(self._queue) >= self.sync_every or step % self.log_every == 0:
@@ -341,16 +383,30 @@ class GradientMonitor:
 
     def _measure(self) -> norms.GradStats:
         """Measure the gradients; sharded ones are combined across ranks (one all_gather)."""
-        stats = norms.measure(self._params, local=self.sharded)
+        stats = norms.measure(self._params, local=self.sharded, host=self._host)
         if self.sharded:
-            stats.row = _dist.reduce_sharded_row(stats.row)
+            stats.row = _dist.reduce_sharded_row(stats.row)  # type: ignore[arg-type]
         return stats
+
+    def _unscaled(self, stats: norms.GradStats, grad_scale: Tensor) -> norms.GradStats:
+        """The stats of gradients measured at the loss scale ``grad_scale``, at true scale."""
+        if self._host:
+            inv = 1.0 / float(grad_scale)
+            row = list(stats.row)
+            row[:2] = [row[0] * inv, row[1] * inv]
+            values = [v * inv for v in stats.norms]  # type: ignore[union-attr]
+            return norms.GradStats(row, values, stats.index, stats.grads, stats.clipped)
+        scale = grad_scale.to(stats.row.device).reshape(1).float()  # type: ignore[union-attr]
+        row = torch.cat((stats.row[:2] / scale, stats.row[2:]))  # type: ignore[index]
+        return norms.GradStats(row, stats.norms / scale, stats.index, stats.grads, stats.clipped)  # type: ignore[operator]
 
     def _take_loss(self) -> float | Tensor | None:
         if self._loss_sum is None:
             return None
         loss = self._loss_sum / self._loss_count
         self._loss_sum, self._loss_count = None, 0
+        if self._host and isinstance(loss, Tensor):
+            return loss.item()  # CPU: reading back now costs less than stacking later
         return loss
 
     def _lr(self) -> float | None:
@@ -364,16 +420,14 @@ class GradientMonitor:
         if not self._queue:
             return []
         queue, self._queue = self._queue, []
-        # Host-device sync: the one read-back for every queued step.
-        rows = torch.stack([p.row.to(queue[0].row.device) for p in queue]).tolist()
-        tensor_losses = [p.loss for p in queue if isinstance(p.loss, Tensor)]
-        loss_values = iter(
-            torch.stack([t.to(queue[0].row.device) for t in tensor_losses]).tolist() if tensor_losses else []
-        )
+        rows, losses, found = _read_back(queue)
         events = []
-        for p, row in zip(queue, rows):
-            loss = next(loss_values) if isinstance(p.loss, Tensor) else p.loss
-            event = self._process(p, row, loss)
+        for p, row, loss, inf in zip(queue, rows, losses, found):
+            if inf:  # a fused optimizer's step the GradScaler turned into a no-op
+                event = self._skipped()
+            else:
+                self._skip_streak = 0
+                event = self._process(p, row, loss)
             if event is not None:
                 events.append(event)
         if _dist.is_distributed():
@@ -437,7 +491,7 @@ class GradientMonitor:
     def _layer_metrics(self, p: _Pending) -> dict[str, float]:
         if p.layer_norms is None or p.layer_index is None:
             return {}
-        values = p.layer_norms.tolist()  # host sync: telemetry steps only
+        values = p.layer_norms if isinstance(p.layer_norms, list) else p.layer_norms.tolist()  # sync: telemetry only
         pairs = [(self._names[i], v) for i, v in zip(p.layer_index, values)]
         if len(pairs) > MAX_TELEMETRY_LAYERS:
             pairs.sort(key=lambda kv: -math.inf if not math.isfinite(kv[1]) else -kv[1])
@@ -505,8 +559,7 @@ class GradientMonitor:
         if self.alerts:
             sink.alert(f"Run pruned at step {stop_step}", event.reason, level="ERROR", force=True)
         warnings.warn(f"wandb_gradema: {pruned}", GrademaWarning, stacklevel=4)
-        sink.finish(exit_code=1)  # W&B state *failed*: the search must not learn from its values
-        sink.enabled = False  # the run is over: remove() in the user's finally: writes nothing
+        sink.finish(exit_code=1)  # W&B state *failed*; the sink writes nothing after this
         self.pruned = pruned
         raise pruned
 
@@ -529,25 +582,42 @@ class GradientMonitor:
         def step(optimizer: Any, *args: Any, **kwargs: Any) -> Any:
             before = self._step
             out = original(optimizer, *args, **kwargs)
-            if optimizer is self.optimizer and self._step == before:
-                event = self._guarded(self._skipped)
-                if event is not None:
+            if self._scaler_step is step and optimizer is self.optimizer and self._step == before:
+                events = self._guarded(self._skipped_now)
+                for event in events or ():
                     self._act(event)
             return out
 
+        self._scaler_step = step
         scaler.step = step
 
-    def _skipped(self) -> EscalationEvent | None:
-        """A step the scaler skipped: drop its measurement and loss, count it, maybe escalate."""
+    def _unwrap_scaler(self) -> None:
+        """Restore ``scaler.step`` if our wrapper is still on top; else just go inert."""
+        scaler, ours = self._scaler, self._scaler_step
+        self._scaler = self._scaler_step = None
+        if scaler is not None and vars(scaler).get("step") is ours:
+            del scaler.step  # the class's method shows through again
+
+    def _skipped_now(self) -> list[EscalationEvent]:
+        """A step the scaler skipped outside our hook: decide on what is queued, then count it."""
+        events = self._flush_queue()
         self._pending_stats = None
         self._take_loss()
+        event = self._skipped()
+        if event is not None:
+            self.events.append(event)
+            self._aggregator.counters["escalations"] += 1
+            events.append(event)
+        return events
+
+    def _skipped(self) -> EscalationEvent | None:
+        """Count one skipped step; ``max_skipped_steps`` in a row escalate."""
         self._aggregator.counters["skipped_steps"] += 1
         self._skip_streak += 1
         if self._skip_streak < self.max_skipped_steps:
             return None
-        step = self._step
         report = AnomalyReport(
-            step=step,
+            step=self._step,
             has_anomaly=True,
             anomaly_types=("skipped_steps",),
             details={
@@ -558,11 +628,7 @@ class GradientMonitor:
             critical=True,
         )
         self._skip_streak = 0
-        event = self.policy.update(report)
-        if event is not None:
-            self.events.append(event)
-            self._aggregator.counters["escalations"] += 1
-        return event
+        return self.policy.update(report)
 
     # ================================================================ checkpoints
     def _save_into(self, optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
@@ -593,6 +659,27 @@ class GradientMonitor:
                     stacklevel=3,
                 )
             return None
+
+
+def _read_back(queue: list[_Pending]) -> tuple[list[list[float]], list[float | None], list[bool]]:
+    """Host values of queued steps: rows, losses, GradScaler overflow flags.
+
+    Host-device sync: the one read-back for every queued step (rows measured on the host are
+    used as they are).
+    """
+    tensors = [p.row for p in queue if isinstance(p.row, Tensor)]
+    dev = tensors[0].device if tensors else torch.device("cpu")
+    stacked = iter(torch.stack([t.to(dev) for t in tensors]).tolist() if tensors else [])
+    rows = [next(stacked) if isinstance(p.row, Tensor) else p.row for p in queue]
+    extra = [t for p in queue for t in (p.loss, p.found_inf) if isinstance(t, Tensor)]
+    values = iter(torch.stack([t.to(dev).float().reshape(()) for t in extra]).tolist() if extra else [])
+    losses: list[float | None] = []
+    found: list[bool] = []
+    for p in queue:  # the order of ``extra``: each step's loss, then its flag
+        losses.append(next(values) if isinstance(p.loss, Tensor) else p.loss)
+        flag = next(values) if isinstance(p.found_inf, Tensor) else p.found_inf
+        found.append(bool(flag))
+    return rows, losses, found
 
 
 def _param_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None) -> list[str]:

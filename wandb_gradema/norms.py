@@ -1,7 +1,8 @@
-"""Gradient norms on device: foreach kernels grouped by (device, dtype), no ``.item()``.
+"""Gradient norms: foreach kernels grouped by (device, dtype), no ``.item()`` on device.
 
-Every function here returns tensors and never synchronises with the host; the caller decides
-when to read values back. Private torch helpers are used in this module only, with a fallback.
+Every function here returns tensors and never synchronises with the host unless asked to
+(``measure(host=True)``, meant for CPU); the caller decides when to read values back. Private
+torch helpers are used in this module only, with a fallback.
 """
 
 from __future__ import annotations
@@ -40,25 +41,33 @@ _FOREACH_DEVICES = {"cpu", "cuda", "xpu", "mps", "hpu", "mtia"}
 
 @dataclass
 class GradStats:
-    """One device-side measurement of an optimizer's gradients.
+    """One measurement of an optimizer's gradients.
 
     Attributes:
-        row: float32 tensor shaped ``(4,)``: total L2 norm, largest per-tensor norm, number of
-            tensors with a finite norm above ``VANISH_EPS``, number with a finite norm.
-        norms: float32 per-tensor norms, in the order of ``index``.
+        row: the ``STATS_FIELDS``: total L2 norm, largest per-tensor norm, number of tensors
+            with a finite norm above ``VANISH_EPS``, number with a finite norm. A float32 device
+            tensor shaped ``(4,)``, or a list of Python floats when measured with ``host=True``.
+        norms: per-tensor norms, in the order of ``index`` (a tensor, or a list with ``host``).
         index: position (in the monitor's parameter list) of each gradient measured.
         grads: the gradients measured, kept so clipping can reuse them without a second walk.
+        clipped: set once ``grads`` have been clipped, so a step does not clip twice.
     """
 
-    row: Tensor
-    norms: Tensor
+    row: Tensor | list[float]
+    norms: Tensor | list[float]
     index: list[int]
     grads: list[Tensor]
+    clipped: bool = False
 
     @property
     def n_tensors(self) -> int:
         """Number of parameter tensors that had a gradient."""
         return len(self.index)
+
+    @property
+    def total(self) -> Tensor | float:
+        """The total L2 norm (0-d tensor, or float with ``host``)."""
+        return self.row[0]
 
 
 def collect_grads(params: Sequence[Tensor], *, local: bool = False) -> tuple[list[Tensor], list[int]]:
@@ -129,14 +138,19 @@ def per_tensor_norms(grads: list[Tensor]) -> Tensor:
 
 
 @torch.no_grad()
-def measure(params: Sequence[Tensor], *, local: bool = False) -> GradStats:
-    """Measure the gradients of ``params``: total norm, spread and health counts, on device.
+def measure(params: Sequence[Tensor], *, local: bool = False, host: bool = False) -> GradStats:
+    """Measure the gradients of ``params``: total norm, spread and health counts.
 
-    The row holds ``STATS_FIELDS``. Parameters without a gradient are left out. ``local``
-    measures each distributed gradient's local shard (see ``collect_grads``).
+    The row holds ``STATS_FIELDS``; parameters without a gradient are left out. ``local``
+    measures each distributed gradient's local shard (see ``collect_grads``). ``host`` reads the
+    per-tensor norms back at once and finishes in Python: on CPU, where reading back costs
+    nothing, that beats half a dozen tiny tensor ops; on accelerators it would force a sync.
     """
     grads, index = collect_grads(params, local=local)
     norms = per_tensor_norms(grads)
+    if host:
+        values = norms.tolist()
+        return GradStats(row=_host_row(values), norms=values, index=index, grads=grads)
     if norms.numel() == 0:
         row = torch.zeros(4, dtype=torch.float32)
     else:
@@ -152,6 +166,20 @@ def measure(params: Sequence[Tensor], *, local: bool = False) -> GradStats:
     return GradStats(row=row, norms=norms, index=index, grads=grads)
 
 
+def _host_row(values: list[float]) -> list[float]:
+    """``STATS_FIELDS`` from per-tensor norms already on the host (NaN and Inf propagate)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < len(values):
+        bad = [v for v in values if not math.isfinite(v)]
+        total = math.nan if any(math.isnan(v) for v in bad) else math.inf
+        largest = total
+    else:
+        total = math.sqrt(math.fsum(v * v for v in values))
+        largest = max(values, default=0.0)
+    active = sum(1 for v in finite if v > VANISH_EPS)
+    return [total, largest, float(active), float(len(finite))]
+
+
 @torch.no_grad()
 def total_grad_norm(tensors: Iterable[Tensor]) -> Tensor:
     """Total L2 norm of ``tensors`` (gradients), as a 0-d float32 tensor: no host sync."""
@@ -160,18 +188,24 @@ def total_grad_norm(tensors: Iterable[Tensor]) -> Tensor:
 
 
 @torch.no_grad()
-def clip_grads_(grads: list[Tensor], total_norm: Tensor, max_norm: float) -> None:
+def clip_grads_(grads: list[Tensor], total_norm: Tensor | float, max_norm: float) -> None:
     """Scale ``grads`` in place so their total norm is at most ``max_norm``.
 
-    Same rule as ``torch.nn.utils.clip_grads_with_norm_``: the coefficient is clamped rather
-    than branched on, so there is no host-device sync.
+    Same rule as ``torch.nn.utils.clip_grads_with_norm_``. With a tensor norm the coefficient is
+    clamped rather than branched on, so there is no host-device sync; with a float norm
+    (measured on the host) gradients already within bounds are left untouched.
     """
     if not grads:
         return
-    coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    if isinstance(total_norm, Tensor):
+        coef: Tensor | float = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    else:
+        coef = max_norm / (total_norm + 1e-6)
+        if not coef < 1.0:  # within bounds (or a non-finite norm: nothing sensible to scale by)
+            return
     for device, idx in _group(grads):
         group = [grads[i] for i in idx]
-        c = coef.to(device, non_blocking=True)
+        c = coef.to(device, non_blocking=True) if isinstance(coef, Tensor) else coef
         if device.type in _FOREACH_DEVICES and not group[0].is_sparse:
             try:
                 torch._foreach_mul_(group, c)
@@ -179,8 +213,7 @@ def clip_grads_(grads: list[Tensor], total_norm: Tensor, max_norm: float) -> Non
             except (RuntimeError, NotImplementedError, TypeError):
                 pass
         for g in group:
-            g.mul_(c.to(g.dtype))
-
+            g.mul_(c.to(g.dtype) if isinstance(c, Tensor) else c)
 
 def health_score(
     n_tensors: int, n_active: float, grad_norm: float, max_tensor_norm: float

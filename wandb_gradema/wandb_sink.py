@@ -51,12 +51,13 @@ class WandbSink:
         self._warned: set[str] = set()
         self._last_alert = -float("inf")
         self.enabled = _dist.is_main_process()
+        self.finished = False  # set by finish(): W&B raises on writes to a finished run
 
     # ------------------------------------------------------------------ run lookup
     @property
     def run(self) -> Any:
-        """The live run to log to, or None (no run, a disabled run, or not rank 0)."""
-        if not self.enabled:
+        """The live run to log to, or None (no run, a disabled or finished run, not rank 0)."""
+        if not self.enabled or self.finished:
             return None
         run = self._explicit
         if run is None:
@@ -159,6 +160,7 @@ class WandbSink:
             run.finish(exit_code=exit_code)
         except Exception as exc:  # noqa: BLE001
             self._failed("finish", exc)
+        self.finished = True
 
     # ------------------------------------------------------------------ warnings
     def _failed(self, what: str, exc: BaseException) -> None:
