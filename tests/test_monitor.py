@@ -496,3 +496,34 @@ def test_remove_leaves_another_wrapper_of_the_scaler_in_place(tiny) -> None:
     scaler.step = theirs
     monitor.remove()
     assert scaler.step is theirs  # not torn out from under them
+
+
+@pytest.mark.parametrize(
+    ("log_seconds", "step_seconds", "interval"),
+    [
+        (0.0006, 0.0005, 60),  # a tiny model: logging every step would double the step
+        (0.0006, 0.010, 3),
+        (0.0006, 0.5, 1),  # a big model: every step
+        (0.010, 0.0001, 100),  # never sparser than MAX_LOG_INTERVAL
+        (0.0006, None, 10),  # no step time yet
+    ],
+)
+def test_adaptive_log_interval_table(log_seconds, step_seconds, interval) -> None:
+    from wandb_gradema.monitor import log_interval
+
+    assert log_interval(log_seconds, step_seconds) == interval
+
+
+def test_default_logging_thins_rows_but_keeps_every_escalation_and_no_long_gap(tiny, wandb_offline) -> None:
+    from wandb_gradema.monitor import MAX_LOG_INTERVAL
+
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = wandb_offline.init()
+    monitor = wandb_gradema.watch(opt, on_escalation=lambda e: None, telemetry_steps=0)  # log_every=None
+    _train(model, opt, batch, 400, monitor=monitor, nan_at={250})
+    monitor.remove()
+    run.finish()
+    steps = [r["gradema/step"] for r in wandb_offline.read(run).history if "gradema/step" in r]
+    assert steps[0] == 0 and 250 in steps
+    assert max(b - a for a, b in zip(steps, steps[1:])) <= MAX_LOG_INTERVAL

@@ -8,6 +8,7 @@ checkpointed as a handful of floats.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ __all__ = ["AnomalyDetector", "AnomalyReport", "Observation"]
 _TINY = 1e-30
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation:
     """What the monitor saw on one optimizer step, as host floats.
 
@@ -41,7 +42,7 @@ class Observation:
     n_nonfinite: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AnomalyReport:
     """The detector's verdict on one step.
 
@@ -194,6 +195,11 @@ class AnomalyDetector:
         self.stall_steps = check_int("stall_steps", stall_steps, minimum=1)
         self.min_progress = check_float("min_progress", min_progress, low=0.0, high=1.0, low_open=True, high_open=True)
         self.lr_jump_ratio = check_float("lr_jump_ratio", lr_jump_ratio, low=1.0, low_open=True)
+        # Log-space thresholds, computed once (the hook judges every step).
+        self._log_jump = math.log(self.lr_jump_ratio)
+        self._log_explode = math.log(self.explode_ratio)
+        self._log_vanish = math.log(self.vanish_ratio)
+        self._log_loss_explode = math.log(self.loss_explode_factor)
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -285,13 +291,15 @@ class AnomalyDetector:
 
     def check(self, obs: Observation) -> AnomalyReport:
         """Fold one observation into the statistics and return the verdict on it."""
-        found: dict[str, tuple[float, str]] = {}
+        # Each rule: (score, the sentence saying why). Sentences are built only for rules that
+        # fire (formatting every rule's on every step would cost more than judging).
+        found: dict[str, tuple[float, Callable[[], str]]] = {}
         critical = False
         rising = self._judge_lr(obs, found)
 
         g = obs.grad_norm
         if not math.isfinite(g):
-            found["nonfinite"] = (math.inf, f"Non-finite gradient norm ({g}) at step {obs.step}.")
+            found["nonfinite"] = (math.inf, lambda: f"Non-finite gradient norm ({g}) at step {obs.step}.")
             critical = True
         else:
             self._judge_gradients(obs, found)
@@ -299,24 +307,30 @@ class AnomalyDetector:
         loss = obs.loss
         if loss is not None:
             if not math.isfinite(loss):
-                found["nonfinite"] = (math.inf, f"Non-finite loss ({loss}) at step {obs.step}.")
+                found["nonfinite"] = (math.inf, lambda: f"Non-finite loss ({loss}) at step {obs.step}.")
                 critical = True
             else:
                 self._judge_loss(loss, rising, found)
 
         s = self.sensitivity
-        scored = {k: (v[0] * s, v[1]) for k, v in found.items()}
-        fired = {k: v for k, v in scored.items() if v[0] >= 1.0}
+        score = 0.0
+        for v, _ in found.values():
+            if v > score:
+                score = v
+        score *= s
+        if score < 1.0:
+            return AnomalyReport(step=obs.step, has_anomaly=False, score=score)
+        details = {k: why() for k, (v, why) in found.items() if v * s >= 1.0}
         return AnomalyReport(
             step=obs.step,
-            has_anomaly=bool(fired),
-            anomaly_types=tuple(fired),
-            details={k: v[1] for k, v in fired.items()},
-            score=max((v[0] for v in scored.values()), default=0.0),
-            critical=critical or "lr_jump" in fired,
+            has_anomaly=True,
+            anomaly_types=tuple(details),
+            details=details,
+            score=score,
+            critical=critical or "lr_jump" in details,
         )
 
-    def _judge_lr(self, obs: Observation, found: dict[str, tuple[float, str]]) -> bool:
+    def _judge_lr(self, obs: Observation, found: dict[str, tuple[float, Callable[[], str]]]) -> bool:
         """Track the schedule; report a jump; return whether the LR is still rising."""
         lr = obs.lr
         if lr is None or not math.isfinite(lr):
@@ -325,8 +339,8 @@ class AnomalyDetector:
         if self._n_lr >= self.warmup_steps and self._lr_max > 0:
             ratio = lr / self._lr_max
             found["lr_jump"] = (
-                math.log(max(ratio, _TINY)) / math.log(self.lr_jump_ratio),
-                f"Learning rate jumped to {lr:.3g}, {ratio:.3g}x anything before ({self._lr_max:.3g}).",
+                math.log(max(ratio, _TINY)) / self._log_jump,
+                lambda m=self._lr_max: f"Learning rate jumped to {lr:.3g}, {ratio:.3g}x anything before ({m:.3g}).",
             )
         rising = bool(self._lrs) and lr > self._lrs[0] * (1 + 1e-9)
         self._lrs = (self._lrs + [lr])[-self._RISE_LOOKBACK :]
@@ -336,7 +350,7 @@ class AnomalyDetector:
             self._stall_clock += 1
         return rising
 
-    def _judge_gradients(self, obs: Observation, found: dict[str, tuple[float, str]]) -> None:
+    def _judge_gradients(self, obs: Observation, found: dict[str, tuple[float, Callable[[], str]]]) -> None:
         x = math.log(max(obs.grad_norm, _TINY))
         slow, fast = self._g_slow, self._g_fast
         warm = self._n >= self.warmup_steps
@@ -347,10 +361,10 @@ class AnomalyDetector:
         z = (x - base) / sd
         ratio = x - base
         # In warm-up only the first norm is a baseline: demand the ratio squared.
-        need = math.log(self.explode_ratio) * (1.0 if warm else 2.0)
+        need = self._log_explode * (1.0 if warm else 2.0)
         found["grad_explosion"] = (
             min(z / self.z_threshold, ratio / need),
-            f"Gradient norm {obs.grad_norm:.4g} is {math.exp(ratio):.3g}x its baseline ({z:.1f} sigma).",
+            lambda: f"Gradient norm {obs.grad_norm:.4g} is {math.exp(ratio):.3g}x its baseline ({z:.1f} sigma).",
         )
         slow.update(min(x, slow.mean + 3.0 * sd) if warm else x)  # winsorised: spikes don't drag it
         fast.update(x)
@@ -358,17 +372,17 @@ class AnomalyDetector:
         if self._n > 5 and self.dead_share > 0:
             found["dead_units"] = (
                 (1.0 - obs.active_share) / (1.0 - self.dead_share),
-                f"Only {obs.active_share:.0%} of gradient tensors are non-zero.",
+                lambda: f"Only {obs.active_share:.0%} of gradient tensors are non-zero.",
             )
         if warm:
             self._peak = max(self._peak, slow.mean)
             drop = self._peak - fast.mean
             found["grad_vanish"] = (
-                drop / math.log(self.vanish_ratio),
-                f"Gradient norm has fallen {math.exp(drop):.3g}x below its peak.",
+                drop / self._log_vanish,
+                lambda: f"Gradient norm has fallen {math.exp(drop):.3g}x below its peak.",
             )
 
-    def _judge_loss(self, loss: float, rising: bool, found: dict[str, tuple[float, str]]) -> None:
+    def _judge_loss(self, loss: float, rising: bool, found: dict[str, tuple[float, Callable[[], str]]]) -> None:
         if self._l0 is None:
             self._l0 = loss
         l0 = self._l0
@@ -378,8 +392,8 @@ class AnomalyDetector:
         if l0 <= 0:
             return  # relative rules need a positive starting level (cross-entropy, MSE...)
         found["loss_explosion"] = (
-            math.log(max(loss / l0, _TINY)) / math.log(self.loss_explode_factor),
-            f"Loss {loss:.4g} is {loss / l0:.3g}x its initial level {l0:.4g}.",
+            math.log(max(loss / l0, _TINY)) / self._log_loss_explode,
+            lambda: f"Loss {loss:.4g} is {loss / l0:.3g}x its initial level {l0:.4g}.",
         )
         if len(self._losses) < self.loss_window:
             return
@@ -398,20 +412,20 @@ class AnomalyDetector:
                 progress = 1 - best / l0
                 found["no_progress"] = (
                     (1 - progress) / (1 - self.min_progress),
-                    f"No progress after {self._stall_clock} steps: best loss {best:.4g} vs initial {l0:.4g}.",
+                    lambda c=self._stall_clock: f"No progress after {c} steps: best loss {best:.4g} vs initial {l0:.4g}.",
                 )
             return
         span = l0 - best
         lost = (median - best) / span
         found["progress_lost"] = (
             lost / self.relapse_threshold,
-            f"Loss is back at {median:.4g}: {lost:.0%} of the progress from {l0:.4g} to {best:.4g} lost.",
+            lambda: f"Loss is back at {median:.4g}: {lost:.0%} of the progress from {l0:.4g} to {best:.4g} lost.",
         )
         if rising and median > best:  # a new best median means the run is still improving
             upper = (_quantile(ordered, 0.75) - best) / span
             found["unstable_rise"] = (
                 upper / self.rise_threshold,
-                f"Loss rising ({upper:.0%} of the progress lost in its upper quartile) while the "
+                lambda: f"Loss rising ({upper:.0%} of the progress lost in its upper quartile) while the "
                 "learning rate is still increasing.",
             )
 

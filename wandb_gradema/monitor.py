@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import traceback
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -30,11 +31,15 @@ _ACTIONS = ("auto", "warn", "prune", "raise")
 _FORMAT_VERSION = 1
 #: Per-layer norms logged on a telemetry step, largest first (non-finite ones lead).
 MAX_TELEMETRY_LAYERS = 128
+#: Adaptive logging (``log_every=None``): share of training time logging may take, and the
+#: longest gap between two rows, in steps.
+LOG_BUDGET = 0.02
+MAX_LOG_INTERVAL = 100
 #: Tag added to a pruned run.
 PRUNED_TAG = "gradema:pruned"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """One optimizer step waiting for its device values to be read back."""
 
@@ -44,7 +49,7 @@ class _Pending:
     lr: float | None
     n_tensors: int
     layer_norms: Tensor | list[float] | None
-    layer_index: list[int] | None
+    layer_index: Sequence[int] | None
     found_inf: float | Tensor | None = None  # a fused optimizer stepped by a GradScaler
 
 
@@ -80,7 +85,7 @@ class GradientMonitor:
         model: torch.nn.Module | None = None,
         scaler: Any = None,
         max_norm: float | None = None,
-        log_every: int = 10,
+        log_every: int | None = None,
         sync_every: int | None = None,
         on_escalation: OnEscalation = "auto",
         alerts: bool = True,
@@ -116,7 +121,7 @@ class GradientMonitor:
         if scaler is not None and not callable(getattr(scaler, "step", None)):
             raise TypeError(f"`scaler` must be a torch.amp.GradScaler or None, got {type(scaler).__name__}.")
         max_norm = check_float("max_norm", max_norm, low=0.0, low_open=True, allow_none=True)
-        log_every = check_int("log_every", log_every, minimum=1)
+        log_every = check_int("log_every", log_every, minimum=1, allow_none=True)
         sync_every = check_int("sync_every", sync_every, minimum=1, allow_none=True)
         if not callable(on_escalation):
             check_choice("on_escalation", on_escalation, _ACTIONS)
@@ -161,6 +166,7 @@ class GradientMonitor:
         self.sync_every = sync_every
         # On CPU every step is a decision step anyway: finish the stats in Python (cheaper).
         self._host = on_cpu and sync_every == 1 and not sharded
+        self._uniform = len({(p.device, p.dtype) for p in self._params}) == 1  # no grouping needed
         self._aggregator = LogAggregator()
         self._step = 0
         self._skip_streak = 0
@@ -177,8 +183,9 @@ class GradientMonitor:
             self._handles.append(optimizer.register_state_dict_post_hook(self._save_into))
             self._handles.append(optimizer.register_load_state_dict_pre_hook(self._load_from))
         self._sweep_metric = sweep_metric_penalty
-        if sweep_metric_penalty is not None:  # reads the metric's first value until it appears
-            self._handles.append(optimizer.register_step_pre_hook(sweep_metric_penalty.hook(self.sink, log_every)))
+        self._next_log = 0  # adaptive logging: the step of the next regular row
+        self._step_time: float | None = None  # EMA of the wall time between optimizer steps
+        self._last_hook_time: float | None = None
         if scaler is not None:
             self._wrap_scaler(scaler)
 
@@ -214,7 +221,8 @@ class GradientMonitor:
         if isinstance(loss, Tensor):
             if loss.numel() != 1:
                 raise ValueError(f"`loss` must be a scalar (one element), got shape {tuple(loss.shape)}.")
-            value: float | Tensor = loss.detach().reshape(()).float()
+            # On CPU reading the value now is free; elsewhere keep it on device until the flush.
+            value: float | Tensor = loss.item() if self._host else loss.detach().reshape(()).float()
         elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
             value = float(loss)
         else:
@@ -276,6 +284,7 @@ class GradientMonitor:
             "format_version": _FORMAT_VERSION,
             "step": self._step,
             "skip_streak": self._skip_streak,
+            "next_log": self._next_log,
             "tracker": self.tracker.state_dict(),
             "detector": self.detector.state_dict(),
             "policy": self.policy.state_dict(),
@@ -299,6 +308,7 @@ class GradientMonitor:
         self._aggregator.load_state_dict(state["aggregator"])
         self._step = int(state["step"])
         self._skip_streak = int(state["skip_streak"])
+        self._next_log = int(state["next_log"])
         self.events = [
             EscalationEvent(**{**e, "reasons": tuple(e["reasons"]), "anomaly_types": tuple(e["anomaly_types"])})
             for e in state["events"]
@@ -306,7 +316,9 @@ class GradientMonitor:
 
     @staticmethod
     def _empty_state_keys() -> tuple[str, ...]:
-        return ("format_version", "step", "skip_streak", "tracker", "detector", "policy", "aggregator", "events")
+        return (
+            "format_version", "step", "skip_streak", "next_log", "tracker", "detector", "policy", "aggregator", "events",
+        )
 
     # ================================================================ the hook
     def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
@@ -326,6 +338,11 @@ class GradientMonitor:
         return None
 
     def _observe_and_act(self) -> None:
+        now = time.perf_counter()
+        if self._last_hook_time is not None:  # wall time per step, for the adaptive cadence
+            dt = now - self._last_hook_time
+            self._step_time = dt if self._step_time is None else 0.8 * self._step_time + 0.2 * dt
+        self._last_hook_time = now
         # A fused optimizer stepped by a GradScaler sees scaled gradients and a found_inf flag
         # (torch.amp.GradScaler sets both on the optimizer for the duration of the step).
         found_inf = getattr(self.optimizer, "found_inf", None)
@@ -377,13 +394,22 @@ class GradientMonitor:
                 found_inf=(found_inf.item() if self._host else found_inf) if isinstance(found_inf, Tensor) else None,
             )
         )
-        if telemetry or len(self._queue) >= self.sync_every or step % self.log_every == 0:
+        if telemetry or len(self._queue) >= self.sync_every or self._log_due(step):
             return self._flush_queue()
         return []
 
+    def _log_due(self, step: int) -> bool:
+        """A regular row is due: every ``log_every`` steps, or when the adaptive cadence says."""
+        return step % self.log_every == 0 if self.log_every is not None else step >= self._next_log
+
+    def _schedule_next_log(self, step: int, seconds: float) -> None:
+        """Adaptive cadence: the next regular row comes ``log_interval(...)`` steps later."""
+        if self.log_every is None:
+            self._next_log = step + log_interval(seconds, self._step_time)
+
     def _measure(self) -> norms.GradStats:
         """Measure the gradients; sharded ones are combined across ranks (one all_gather)."""
-        stats = norms.measure(self._params, local=self.sharded, host=self._host)
+        stats = norms.measure(self._params, local=self.sharded, host=self._host, uniform=self._uniform)
         if self.sharded:
             stats.row = _dist.reduce_sharded_row(stats.row)  # type: ignore[arg-type]
         return stats
@@ -405,8 +431,6 @@ class GradientMonitor:
             return None
         loss = self._loss_sum / self._loss_count
         self._loss_sum, self._loss_count = None, 0
-        if self._host and isinstance(loss, Tensor):
-            return loss.item()  # CPU: reading back now costs less than stacking later
         return loss
 
     def _lr(self) -> float | None:
@@ -459,10 +483,14 @@ class GradientMonitor:
         self._aggregator.add(obs, drift, report)
         self._last = (obs, drift, report)
         telemetry = self.policy.telemetry_active(obs.step)
-        if obs.step % self.log_every == 0 or event is not None or telemetry:
+        if (event is not None or telemetry or self._log_due(obs.step)) and self.sink.run is not None:
             extra = self._layer_metrics(p) if (telemetry or event) and p is not None else None
             row = self._aggregator.row(obs, drift, report, escalated=telemetry, event=event is not None, extra=extra)
+            started = time.perf_counter()
             self.sink.log({self.sink.step_key: obs.step, **{self.sink.key(k): v for k, v in row.items()}})
+            if self._sweep_metric is not None:  # remember the sweep metric's first finite value
+                self._sweep_metric.observe(self.sink.run)
+            self._schedule_next_log(obs.step, time.perf_counter() - started)
         return event
 
     def _agree(self, events: list[EscalationEvent]) -> list[EscalationEvent]:
@@ -661,12 +689,31 @@ class GradientMonitor:
             return None
 
 
+def log_interval(log_seconds: float, step_seconds: float | None) -> int:
+    """Steps between rows so that logging takes at most ``LOG_BUDGET`` of training time.
+
+    A row that costs ``log_seconds`` is worth one every ``log_seconds / (LOG_BUDGET *
+    step_seconds)`` steps, clamped to [1, ``MAX_LOG_INTERVAL``]; 10 until a step time is known.
+
+    Example:
+        >>> log_interval(0.0006, 0.0005)  # a 0.6 ms row beside 0.5 ms steps
+        60
+        >>> log_interval(0.0006, 0.5)  # beside 0.5 s steps: every step
+        1
+    """
+    if step_seconds is None or step_seconds <= 0:
+        return 10
+    return min(max(math.ceil(log_seconds / (LOG_BUDGET * step_seconds)), 1), MAX_LOG_INTERVAL)
+
+
 def _read_back(queue: list[_Pending]) -> tuple[list[list[float]], list[float | None], list[bool]]:
     """Host values of queued steps: rows, losses, GradScaler overflow flags.
 
     Host-device sync: the one read-back for every queued step (rows measured on the host are
     used as they are).
     """
+    if all(isinstance(p.row, list) and not isinstance(p.loss, Tensor) for p in queue):  # on the host
+        return [p.row for p in queue], [p.loss for p in queue], [bool(p.found_inf) for p in queue]  # type: ignore[misc]
     tensors = [p.row for p in queue if isinstance(p.row, Tensor)]
     dev = tensors[0].device if tensors else torch.device("cpu")
     stacked = iter(torch.stack([t.to(dev) for t in tensors]).tolist() if tensors else [])

@@ -39,7 +39,7 @@ VANISH_EPS = 1e-10
 _FOREACH_DEVICES = {"cpu", "cuda", "xpu", "mps", "hpu", "mtia"}
 
 
-@dataclass
+@dataclass(slots=True)
 class GradStats:
     """One measurement of an optimizer's gradients.
 
@@ -55,7 +55,7 @@ class GradStats:
 
     row: Tensor | list[float]
     norms: Tensor | list[float]
-    index: list[int]
+    index: Sequence[int]
     grads: list[Tensor]
     clipped: bool = False
 
@@ -70,18 +70,18 @@ class GradStats:
         return self.row[0]
 
 
-def collect_grads(params: Sequence[Tensor], *, local: bool = False) -> tuple[list[Tensor], list[int]]:
+def collect_grads(params: Sequence[Tensor], *, local: bool = False) -> tuple[list[Tensor], Sequence[int]]:
     """Return the gradients of ``params`` that exist, with their positions in ``params``.
 
     With ``local=True``, distributed tensors (FSDP2's DTensor) give their local shard.
     """
-    grads: list[Tensor] = []
-    index: list[int] = []
-    for i, p in enumerate(params):
-        g = p.grad
-        if g is not None:
-            grads.append(g.to_local() if local and hasattr(g, "to_local") else g)
-            index.append(i)
+    raw = [p.grad for p in params]  # list comprehensions: the cheapest walk over parameters
+    grads = [g for g in raw if g is not None]
+    index: Sequence[int] = (
+        range(len(raw)) if len(grads) == len(raw) else [i for i, g in enumerate(raw) if g is not None]
+    )
+    if local:
+        grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
     return grads, index
 
 
@@ -117,16 +117,18 @@ def _norms_of_group(grads: list[Tensor], device: torch.device) -> list[Tensor]:
     return out
 
 
-@torch.no_grad()
-def per_tensor_norms(grads: list[Tensor]) -> Tensor:
+def per_tensor_norms(grads: list[Tensor], *, uniform: bool = False) -> Tensor:
     """Float32 L2 norm of each gradient, stacked on the first gradient's device.
 
     NaN or Inf inside a gradient gives a NaN or Inf entry; norms above ~1e19 overflow to Inf in
-    float32, as they do in ``torch.nn.utils.clip_grad_norm_``.
+    float32, as they do in ``torch.nn.utils.clip_grad_norm_``. ``uniform`` promises one device
+    and dtype for all, which skips the grouping.
     """
     if not grads:
         return torch.zeros(0, dtype=torch.float32)
     first = grads[0].device
+    if uniform:
+        return torch.stack(_norms_of_group(grads, first))
     groups = _group(grads)
     if len(groups) == 1:
         return torch.stack(_norms_of_group(grads, groups[0][0]))
@@ -137,17 +139,17 @@ def per_tensor_norms(grads: list[Tensor]) -> Tensor:
     return torch.stack(slots)  # type: ignore[arg-type]
 
 
-@torch.no_grad()
-def measure(params: Sequence[Tensor], *, local: bool = False, host: bool = False) -> GradStats:
+def measure(params: Sequence[Tensor], *, local: bool = False, host: bool = False, uniform: bool = False) -> GradStats:
     """Measure the gradients of ``params``: total norm, spread and health counts.
 
     The row holds ``STATS_FIELDS``; parameters without a gradient are left out. ``local``
     measures each distributed gradient's local shard (see ``collect_grads``). ``host`` reads the
     per-tensor norms back at once and finishes in Python: on CPU, where reading back costs
     nothing, that beats half a dozen tiny tensor ops; on accelerators it would force a sync.
+    ``uniform``: every parameter has the same device and dtype (see ``per_tensor_norms``).
     """
     grads, index = collect_grads(params, local=local)
-    norms = per_tensor_norms(grads)
+    norms = per_tensor_norms(grads, uniform=uniform)
     if host:
         values = norms.tolist()
         return GradStats(row=_host_row(values), norms=values, index=index, grads=grads)
@@ -168,16 +170,15 @@ def measure(params: Sequence[Tensor], *, local: bool = False, host: bool = False
 
 def _host_row(values: list[float]) -> list[float]:
     """``STATS_FIELDS`` from per-tensor norms already on the host (NaN and Inf propagate)."""
+    if not values:
+        return [0.0, 0.0, 0.0, 0.0]
+    total = math.hypot(*values)  # Inf if any is Inf, else NaN if any is NaN
+    if math.isfinite(total):
+        active = len([v for v in values if v > VANISH_EPS])
+        return [total, max(values), float(active), float(len(values))]
     finite = [v for v in values if math.isfinite(v)]
-    if len(finite) < len(values):
-        bad = [v for v in values if not math.isfinite(v)]
-        total = math.nan if any(math.isnan(v) for v in bad) else math.inf
-        largest = total
-    else:
-        total = math.sqrt(math.fsum(v * v for v in values))
-        largest = max(values, default=0.0)
-    active = sum(1 for v in finite if v > VANISH_EPS)
-    return [total, largest, float(active), float(len(finite))]
+    active = len([v for v in finite if v > VANISH_EPS])
+    return [total, total, float(active), float(len(finite))]
 
 
 @torch.no_grad()

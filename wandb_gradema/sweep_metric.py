@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any, Literal
 
 from ._validate import check_choice, check_float
@@ -70,7 +69,7 @@ class SweepMetricPenalty:
             accuracy); None uses the first finite value the run logged.
 
     The first value is read from the run's summary on the monitor's logging steps (one local
-    call each) until one is seen; afterwards the hook does nothing.
+    call each) until one is seen.
     """
 
     def __init__(self, metric: str, goal: SweepGoal = "minimize", penalty: float | None = None) -> None:
@@ -82,7 +81,6 @@ class SweepMetricPenalty:
         self.goal: SweepGoal = goal
         self.penalty = penalty
         self.first: float | None = None
-        self._steps = 0
 
     def observe(self, run: Any) -> None:
         """Read the metric from ``run``'s summary once, if no finite value was seen yet."""
@@ -92,16 +90,6 @@ class SweepMetricPenalty:
             self.first = _finite(run.summary.get(self.metric))
         except Exception:  # noqa: BLE001 - a summary that cannot be read tells us nothing
             return
-
-    def hook(self, sink: Any, every: int) -> Callable[..., None]:
-        """A step pre-hook that calls ``observe(sink.run)`` every ``every`` optimizer steps."""
-
-        def on_step(optimizer: Any, args: Any, kwargs: Any) -> None:
-            step, self._steps = self._steps, self._steps + 1
-            if self.first is None and step % every == 0:
-                self.observe(sink.run)
-
-        return on_step
 
     def record(self, sink: Any) -> float | None:
         """Write the pruned run's metric value into its summary through ``sink``; returns it.

@@ -11,7 +11,7 @@ from ._validate import check_float, check_state_keys
 __all__ = ["DriftUpdate", "GradientEMATracker"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DriftUpdate:
     """What one ``GradientEMATracker.update`` returns.
 
