@@ -135,7 +135,7 @@ def test_program_is_found_from_the_working_directory_or_next_to_the_yaml(tmp_pat
     monkeypatch.chdir(tmp_path)
     assert resolve_program({"program": "sub/train.py"}, yaml_path) == "sub/train.py"
     assert resolve_program({"program": "train.py"}, yaml_path) == str(tmp_path / "sub" / "train.py")
-    with pytest.raises(SweepConfigError, match=r"`program: nope.py` from .*s.yaml is neither"):
+    with pytest.raises(SweepConfigError, match=r"`program: nope.py` from .*s.yaml is in none of"):
         resolve_program({"program": "nope.py"}, yaml_path)
 
 

@@ -255,7 +255,7 @@ def test_cli_goes_on_after_a_crash_and_ctrl_c_keeps_the_ended_runs(tmp_path, sta
         ({"method": "grid", "parameters": {"lr": {"values": [1]}}}, r"`program` is missing"),
         (
             {"program": "missing.py", "method": "grid", "parameters": {"lr": {"values": [1]}}},
-            r"`program: missing.py` from .* is neither in the current directory nor next to the YAML",
+            r"`program: missing.py` from .* is in none of the current directory, the YAML.s folder and the folder above it",
         ),
     ],
 )

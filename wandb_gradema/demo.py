@@ -101,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
 
     warnings.filterwarnings("ignore", category=GrademaWarning)  # printed below instead
     os.environ.setdefault("WANDB_SILENT", "true")
+    import torch
+
+    torch.set_num_threads(1)  # a tiny model: more threads only contend
     print(
         f"Training an MLP for {args.steps} steps, warming the LR up to {args.peak_lr:g} over "
         f"{args.warmup_steps} steps (0.1 trains fine)."

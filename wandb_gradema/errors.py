@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["GrademaError", "GrademaWarning", "EscalationError", "RunPruned"]
+import os
+import sys
+import warnings
+
+__all__ = ["GrademaError", "GrademaWarning", "EscalationError", "RunPruned", "warn"]
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_TORCH = os.path.dirname(os.path.abspath(sys.modules["torch"].__file__ or "")) if "torch" in sys.modules else None
 
 
 class GrademaError(Exception):
@@ -49,3 +56,21 @@ class RunPruned(SystemExit):
 
     def __str__(self) -> str:
         return f"Run pruned at step {self.step}: {self.reason}"
+
+
+def warn(message: str) -> None:
+    """Issue a ``GrademaWarning`` pointing at the user's line (``opt.step()``, ``watch()``...).
+
+    Warnings raised inside the optimizer hook would otherwise point into this package or into
+    torch's hook machinery; the stack level is found by skipping both.
+    """
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        inside = path.startswith(_PACKAGE) or (_TORCH is not None and path.startswith(_TORCH))
+        if not inside and "contextlib" not in path:
+            break
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, GrademaWarning, stacklevel=level + 1)

@@ -6,7 +6,6 @@ import math
 import os
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -18,7 +17,7 @@ from . import _dist, norms
 from ._validate import check_choice, check_float, check_int, check_state_keys
 from .aggregate import LogAggregator
 from .detector import AnomalyDetector, AnomalyReport, Observation
-from .errors import EscalationError, GrademaWarning, RunPruned
+from .errors import EscalationError, RunPruned, warn
 from .escalation import EscalationEvent, EscalationPolicy
 from .sweep_metric import SweepGoal, make_penalty
 from .tracker import DriftUpdate, GradientEMATracker
@@ -184,6 +183,7 @@ class GradientMonitor:
             self._handles.append(optimizer.register_load_state_dict_pre_hook(self._load_from))
         self._sweep_metric = sweep_metric_penalty
         self._next_log = 0  # adaptive logging: the step of the next regular row
+        self._last_logged = -1
         self._step_time: float | None = None  # EMA of the wall time between optimizer steps
         self._last_hook_time: float | None = None
         if scaler is not None:
@@ -261,8 +261,9 @@ class GradientMonitor:
             self._act(event)
 
     def remove(self) -> None:
-        """Flush, write the final summary, and take every hook off the optimizer."""
+        """Flush, log the last step's row and the final summary, and take every hook off."""
         self.flush()
+        self._guarded(self._log_last)
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -485,13 +486,29 @@ class GradientMonitor:
         telemetry = self.policy.telemetry_active(obs.step)
         if (event is not None or telemetry or self._log_due(obs.step)) and self.sink.run is not None:
             extra = self._layer_metrics(p) if (telemetry or event) and p is not None else None
-            row = self._aggregator.row(obs, drift, report, escalated=telemetry, event=event is not None, extra=extra)
             started = time.perf_counter()
-            self.sink.log({self.sink.step_key: obs.step, **{self.sink.key(k): v for k, v in row.items()}})
-            if self._sweep_metric is not None:  # remember the sweep metric's first finite value
-                self._sweep_metric.observe(self.sink.run)
+            self._log_row(obs, drift, report, escalated=telemetry, event=event is not None, extra=extra)
             self._schedule_next_log(obs.step, time.perf_counter() - started)
         return event
+
+    def _log_row(self, obs: Observation, drift: DriftUpdate, report: AnomalyReport, **row_options: Any) -> None:
+        row = self._aggregator.row(obs, drift, report, **row_options)
+        self.sink.log({self.sink.step_key: obs.step, **{self.sink.key(k): v for k, v in row.items()}})
+        self._last_logged = obs.step
+        if self._sweep_metric is not None:  # remember the sweep metric's first finite value
+            self._sweep_metric.observe(self.sink.run)
+
+    def _log_last(self) -> None:
+        """With the adaptive cadence, the last step gets its row so charts reach the end.
+
+        (A fixed ``log_every`` is kept exactly, so a resumed run logs what an uninterrupted one
+        would.)
+        """
+        if self.log_every is not None or self._last is None or self._last[0].step == self._last_logged:
+            return
+        if self.sink.run is not None:
+            obs, drift, report = self._last
+            self._log_row(obs, drift, report, escalated=self.policy.telemetry_active(obs.step), event=False)
 
     def _agree(self, events: list[EscalationEvent]) -> list[EscalationEvent]:
         """All ranks escalate together, at the earliest step any rank did: one all_reduce.
@@ -537,11 +554,7 @@ class GradientMonitor:
         if action == "auto":
             action = "prune" if self._in_sweep() else "warn"
         if action == "warn":
-            warnings.warn(
-                f"wandb_gradema: gradient drift escalated at step {event.step}: {event.reason}",
-                GrademaWarning,
-                stacklevel=3,
-            )
+            warn(f"wandb_gradema: gradient drift escalated at step {event.step}: {event.reason}")
         elif action == "raise":
             raise EscalationError(event.step, event.reason)
         else:
@@ -586,7 +599,7 @@ class GradientMonitor:
         sink.add_tag(PRUNED_TAG)
         if self.alerts:
             sink.alert(f"Run pruned at step {stop_step}", event.reason, level="ERROR", force=True)
-        warnings.warn(f"wandb_gradema: {pruned}", GrademaWarning, stacklevel=4)
+        warn(f"wandb_gradema: {pruned}")
         sink.finish(exit_code=1)  # W&B state *failed*; the sink writes nothing after this
         self.pruned = pruned
         raise pruned
@@ -680,11 +693,9 @@ class GradientMonitor:
         except Exception as exc:  # noqa: BLE001
             if not self._internal_error_warned:
                 self._internal_error_warned = True
-                warnings.warn(
+                warn(
                     "wandb_gradema: internal error, drift monitoring may be incomplete "
-                    f"(shown once): {type(exc).__name__}: {exc}\n{traceback.format_exc()}",
-                    GrademaWarning,
-                    stacklevel=3,
+                    f"(shown once): {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
                 )
             return None
 

@@ -23,17 +23,18 @@ _P = "gradema/"
 _BAND = 0.5
 
 
-def _pyplot() -> Any:
+def _figure(rows: int, cols: int, size: tuple[float, float], **kwargs: Any) -> tuple[Any, Any]:
+    """A figure drawn off-screen, without pyplot: a notebook's inline backend stays as it was."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "wandb-gradema report needs matplotlib: pip install \"wandb_gradema[report]\""
         ) from exc
-    return plt
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, **kwargs)
 
 
 def _series(run: OfflineRun, key: str) -> tuple[list[float], list[float]]:
@@ -135,10 +136,9 @@ def _title(run: OfflineRun) -> str:
 
 
 def _render_run(run: OfflineRun, png: Path) -> None:
-    plt = _pyplot()
     has_loss = any(_P + "loss" in r for r in run.history)
     n = 4 if has_loss else 3
-    fig, axes = plt.subplots(n, 1, figsize=(10, 2.3 * n), sharex=True)
+    fig, axes = _figure(n, 1, (10, 2.3 * n), sharex=True)
     _norm_panel(axes[0], run)
     _drift_panel(axes[1], run)
     _health_panel(axes[2], run)
@@ -148,12 +148,10 @@ def _render_run(run: OfflineRun, png: Path) -> None:
     fig.suptitle(_title(run), fontsize=11)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
-    plt.close(fig)
 
 
 def _render_sweep(runs: list[OfflineRun], png: Path) -> None:
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(runs), 2, figsize=(12, 1.9 * len(runs) + 0.6), squeeze=False)
+    fig, axes = _figure(len(runs), 2, (12, 1.9 * len(runs) + 0.6), squeeze=False)
     for row, run in zip(axes, runs):
         _norm_panel(row[0], run)
         _drift_panel(row[1], run)
@@ -166,7 +164,6 @@ def _render_sweep(runs: list[OfflineRun], png: Path) -> None:
     fig.suptitle(f"{len(runs)} runs, {n_pruned} pruned", fontsize=11)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
-    plt.close(fig)
 
 
 def render(path: str | Path, out: str | Path | None = None) -> list[Path]:

@@ -113,12 +113,14 @@ def resolve_program(config: Mapping[str, Any], config_path: str | Path) -> str |
         return None
     if Path(program).exists():
         return str(program)
-    beside = Path(config_path).parent / program
-    if beside.exists():
-        return str(beside)
+    # Next to the YAML, or relative to the folder above it (``program: sweeps/train.py`` in
+    # ``sweeps/lr.yaml`` names the repository root's path, wherever the runner is started).
+    for base in (Path(config_path).parent, Path(config_path).parent.parent):
+        if (base / program).exists():
+            return str(base / program)
     raise SweepConfigError(
-        f"`program: {program}` from {config_path} is neither in the current directory nor next to "
-        "the YAML. Run from the directory `wandb agent` would run in (the repository root for sweeps/)."
+        f"`program: {program}` from {config_path} is in none of the current directory, the YAML's "
+        "folder and the folder above it. Run from the directory `wandb agent` would run in."
     )
 
 

@@ -13,11 +13,10 @@ finite value already logged is kept.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Literal
 
 from ._validate import check_choice, check_float
-from .errors import GrademaWarning
+from .errors import warn
 
 __all__ = ["SweepGoal", "SweepMetricPenalty", "make_penalty", "pruned_metric_value"]
 
@@ -108,12 +107,10 @@ class SweepMetricPenalty:
             current = None
         value = pruned_metric_value(first=self.first, current=current, penalty=self.penalty, goal=self.goal)
         if value is None:
-            warnings.warn(
+            warn(
                 f"wandb_gradema: the run was pruned before logging a finite `{self.metric}`; the "
                 "sweep will impute its score (bayes: 0.0 when no run has a finite value, the best "
-                "possible loss). Pass sweep_penalty=... to record a bounded penalty instead.",
-                GrademaWarning,
-                stacklevel=2,
+                "possible loss). Pass sweep_penalty=... to record a bounded penalty instead."
             )
             return None
         at_prune = _finite(current)

@@ -292,7 +292,9 @@ class SweepRunner:
         )
 
     def _show_status(self) -> None:
-        if not self.out.isatty():
+        # A live line needs a real terminal; Jupyter's "!" shell also reports a tty but prints
+        # every "\r" update on a line of its own.
+        if not self.out.isatty() or "JPY_PARENT_PID" in os.environ or os.environ.get("TERM") == "dumb":
             return
         running = ", ".join(f"{t.run_id} {t.seconds:.0f}s" for t in self.running)
         done = len(self.trials) - len(self.running)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from . import _dist
-from .errors import GrademaWarning
+from .errors import warn
 
 __all__ = ["PREFIX", "WandbSink"]
 
@@ -173,4 +172,4 @@ class WandbSink:
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, GrademaWarning, stacklevel=4)
+            warn(message)
