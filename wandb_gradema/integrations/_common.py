@@ -102,45 +102,6 @@ def undo_all(patches: list[InstancePatch]) -> None:
         patches.pop().undo()
 
 
-class EvaluatedClosure:
-    """An optimizer closure run ahead of ``step()``: the first call returns that result.
-
-    Why: a step pre-hook fires before ``step()`` calls its closure, so with
-    ``optimizer.step(closure)`` (Lightning's default) the monitor would see the previous step's
-    gradients. Running the closure first puts backward, the framework's pre-step hooks and its
-    clipping before the monitor's hook. Later calls run the closure again, so optimizers that
-    re-evaluate it (LBFGS) still get fresh losses.
-    """
-
-    def __init__(self, closure: Callable[[], Any]) -> None:
-        self._closure = closure
-        with torch.enable_grad():
-            self.result = closure()
-        self._fresh = True
-
-    def __call__(self) -> Any:
-        if self._fresh:
-            self._fresh = False
-            return self.result
-        return self._closure()
-
-
-def run_closure_first(
-    args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
-    """Evaluate the closure among ``step()``'s arguments now; return the arguments to pass on.
-
-    Returns ``(args, kwargs, evaluated)``; ``evaluated`` is None when no closure was given.
-    """
-    if kwargs.get("closure") is not None:
-        evaluated = EvaluatedClosure(kwargs["closure"])
-        return args, {**kwargs, "closure": evaluated}, evaluated
-    if args and callable(args[0]):
-        evaluated = EvaluatedClosure(args[0])
-        return (evaluated, *args[1:]), kwargs, evaluated
-    return args, kwargs, None
-
-
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     """The torch optimizer inside a framework's wrapper (LightningOptimizer, AcceleratedOptimizer)."""
     seen = 0

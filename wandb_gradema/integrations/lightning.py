@@ -20,7 +20,6 @@ from ..monitor import GradientMonitor
 from ._common import (
     InstancePatch,
     check_options,
-    run_closure_first,
     undo_all,
     unwrap_optimizer,
     warn_if_fused_amp,
@@ -63,9 +62,8 @@ class GradientDriftCallback(_Callback):
        ``accumulate_grad_batches`` (Lightning divides it); a step's losses are averaged.
     2. ``on_before_optimizer_step`` (after backward and the AMP unscale, before the Trainer's
        gradient clipping): ``monitor.measure()``, so the tracked norm is the pre-clip norm.
-    3. ``optimizer.step``, patched on the instance while fitting: Lightning passes a closure that
-       runs backward, and a step pre-hook fires before ``step()`` calls it; the patch runs the
-       closure first (later calls re-run it, as LBFGS wants), and turns a prune into a stop.
+    3. ``optimizer.step``, patched on the instance while fitting, turns a prune into a stop (the
+       monitor observes the step once Lightning's closure has run backward and clipping).
 
     Pruning works as with ``watch()`` (``on_escalation="auto"`` prunes inside a W&B sweep): the
     run is marked failed and finished at once; then the escalating step's update is skipped, the
@@ -223,14 +221,16 @@ class GradientDriftCallback(_Callback):
             raise self.pruned
 
     def _step(self, original: Any, *args: Any, **kwargs: Any) -> Any:
-        """``optimizer.step``: run Lightning's closure before the pre-hooks; stop on a prune."""
-        evaluated = None
+        """``optimizer.step``: a prune skips the update and stops the Trainer instead of raising.
+
+        (The monitor observes ``step(closure)`` after Lightning's closure has run backward, its
+        ``on_before_optimizer_step`` hooks and the clipping.)
+        """
         try:
-            args, kwargs, evaluated = run_closure_first(args, kwargs)
             return original(*args, **kwargs)
         except RunPruned as pruned:
             self._stop(pruned)
-            return evaluated.result if evaluated is not None else None
+            return None
 
     def _stop_on_prune(self, original: Any, *args: Any, **kwargs: Any) -> Any:
         try:
