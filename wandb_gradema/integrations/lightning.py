@@ -137,7 +137,7 @@ class GradientDriftCallback(_Callback):
                         **self._monitor_options(),
                     )
                 )
-                self._patches.append(InstancePatch(optimizer, "step", self._step))
+                self._patches.append(InstancePatch(optimizer, "step", self._stop_on_prune))
             if scaler is not None and optimizers:
                 # The monitor counts the steps the scaler skips; a run of them may prune.
                 self._patches.append(InstancePatch(scaler, "step", self._stop_on_prune))
@@ -220,19 +220,12 @@ class GradientDriftCallback(_Callback):
         if self.pruned is not None:
             raise self.pruned
 
-    def _step(self, original: Any, *args: Any, **kwargs: Any) -> Any:
-        """``optimizer.step``: a prune skips the update and stops the Trainer instead of raising.
+    def _stop_on_prune(self, original: Any, *args: Any, **kwargs: Any) -> Any:
+        """``optimizer.step`` / ``scaler.step``: a prune skips the update and stops the Trainer.
 
-        (The monitor observes ``step(closure)`` after Lightning's closure has run backward, its
+        (The monitor observes ``step(closure)`` once Lightning's closure has run backward, its
         ``on_before_optimizer_step`` hooks and the clipping.)
         """
-        try:
-            return original(*args, **kwargs)
-        except RunPruned as pruned:
-            self._stop(pruned)
-            return None
-
-    def _stop_on_prune(self, original: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return original(*args, **kwargs)
         except RunPruned as pruned:
