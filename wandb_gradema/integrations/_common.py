@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import inspect
 import types
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from .._validate import reject_unknown
-from ..errors import GrademaWarning
 from ..monitor import GradientMonitor
 from ..options import DETECTOR_OPTIONS
 
@@ -121,26 +119,3 @@ def _is_plain_optimizer(optimizer: Any) -> bool:
         return False
     inner = getattr(optimizer, "optimizer", None)
     return not isinstance(inner, torch.optim.Optimizer)
-
-
-def warn_if_fused_amp(optimizer: torch.optim.Optimizer, scaler: Any) -> None:
-    """Warn when a GradScaler's overflow steps would reach the monitor as non-finite steps.
-
-    Why: fused optimizers (``AdamW(fused=True)``, the Trainer's default ``adamw_torch_fused``)
-    set ``_step_supports_amp_scaling``; ``GradScaler.step`` then calls their ``step()`` even on
-    an overflow (the fused kernel skips the update), so the step pre-hook cannot tell a skipped
-    step from a real one, and Lightning also leaves the gradients scaled for them.
-    """
-    if (
-        scaler is None
-        or not scaler.is_enabled()
-        or not getattr(optimizer, "_step_supports_amp_scaling", False)
-    ):
-        return
-    warnings.warn(
-        f"wandb_gradema: {type(optimizer).__name__} handles GradScaler overflow steps inside its fused "
-        "step, so they are judged as non-finite gradients instead of counted as skipped steps. "
-        "Use a non-fused optimizer with fp16 (fused=False; optim='adamw_torch' for the Trainer).",
-        GrademaWarning,
-        stacklevel=3,
-    )

@@ -18,7 +18,7 @@ from torch.utils.hooks import RemovableHandle
 from .. import watch
 from ..errors import RunPruned
 from ..monitor import GradientMonitor
-from ._common import InstancePatch, check_options, undo_all, unwrap_optimizer, warn_if_fused_amp
+from ._common import InstancePatch, check_options, undo_all, unwrap_optimizer
 from ._imports import OptionalImport
 
 with OptionalImport("transformers", extra="huggingface") as _imports:
@@ -76,9 +76,9 @@ class GradientDriftCallback(_Callback):
     after it, so the tracked norm is the pre-clip norm at true scale (the one the Trainer logs as
     ``grad_norm``). Where it is not called (DeepSpeed), the step pre-hook measures.
 
-    fp16: the Trainer's default optimizer, ``adamw_torch_fused``, takes GradScaler overflow steps
-    inside its fused step, so they reach the monitor as non-finite steps (a warning says so);
-    use ``optim="adamw_torch"`` with ``fp16=True``. bf16 needs no scaler.
+    fp16: the Trainer's default fused AdamW steps through GradScaler overflows itself; the monitor
+    reads the overflow flag and loss scale the scaler hands it, so those steps are counted as
+    skipped, not judged. bf16 needs no scaler.
 
     Loss: ``trainer.training_step`` is patched to add up the micro-batch losses it returns (the
     Trainer already divides them for gradient accumulation); their sum is the step's loss.
@@ -137,7 +137,6 @@ class GradientDriftCallback(_Callback):
         optimizer = unwrap_optimizer(trainer.optimizer)
         self._stash_on_load(optimizer)
         scaler = getattr(trainer.accelerator, "scaler", None)
-        warn_if_fused_amp(optimizer, scaler)
         wandb = sys.modules.get("wandb")
         self.monitor = watch(
             optimizer,

@@ -22,7 +22,6 @@ from ._common import (
     check_options,
     undo_all,
     unwrap_optimizer,
-    warn_if_fused_amp,
 )
 from ._imports import OptionalImport
 
@@ -71,8 +70,8 @@ class GradientDriftCallback(_Callback):
     the batch (not before ``min_steps``/``min_epochs``). ``fit()`` returns; ``pruned`` holds the
     ``RunPruned`` and ``check_pruned()`` raises it to end the script as ``watch()`` would.
 
-    With fp16, use a non-fused optimizer: a fused one (``AdamW(fused=True)``) takes GradScaler
-    overflow steps inside its own step, so they cannot be told apart (a warning says so).
+    Fused optimizers (``AdamW(fused=True)``) work with fp16 too: the monitor reads the overflow
+    flag and loss scale the GradScaler hands them, so skipped steps are counted, not judged.
 
     Checkpoints carry the monitors' state under ``state_key``; ``fit(ckpt_path=...)`` resumes
     drift tracking exactly. Strategies that step the optimizer themselves (DeepSpeed) are not
@@ -125,7 +124,6 @@ class GradientDriftCallback(_Callback):
         monitors: list[GradientMonitor] = []
         try:
             for optimizer, name in zip(optimizers, names):
-                warn_if_fused_amp(optimizer, scaler)
                 monitors.append(
                     watch(
                         optimizer,
