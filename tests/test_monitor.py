@@ -501,8 +501,8 @@ def test_remove_leaves_another_wrapper_of_the_scaler_in_place(tiny) -> None:
 @pytest.mark.parametrize(
     ("log_seconds", "step_seconds", "interval"),
     [
-        (0.0006, 0.0005, 60),  # a tiny model: logging every step would double the step
-        (0.0006, 0.010, 3),
+        (0.0006, 0.0005, 100),  # a tiny model: logging every step would double the step
+        (0.0006, 0.010, 6),
         (0.0006, 0.5, 1),  # a big model: every step
         (0.010, 0.0001, 100),  # never sparser than MAX_LOG_INTERVAL
         (0.0006, None, 10),  # no step time yet

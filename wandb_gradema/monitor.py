@@ -32,7 +32,7 @@ _FORMAT_VERSION = 1
 MAX_TELEMETRY_LAYERS = 128
 #: Adaptive logging (``log_every=None``): share of training time logging may take, and the
 #: longest gap between two rows, in steps.
-LOG_BUDGET = 0.02
+LOG_BUDGET = 0.01
 MAX_LOG_INTERVAL = 100
 #: Tag added to a pruned run.
 PRUNED_TAG = "gradema:pruned"
@@ -154,8 +154,10 @@ class GradientMonitor:
         self.pruned: RunPruned | None = None
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
         self._names = _param_names(optimizer, model)
+        # torch.distributed is set up before optimizers are built; checked once, not per step.
+        self._distributed = _dist.is_distributed()
         if sharded is None:  # FSDP2 (DTensor) and FSDP1 (FlatParameter) shard gradients
-            sharded = _dist.is_distributed() and any(
+            sharded = self._distributed and any(
                 type(p).__name__ in ("DTensor", "FlatParameter") for p in self._params
             )
         self.sharded = sharded
@@ -342,7 +344,10 @@ class GradientMonitor:
         now = time.perf_counter()
         if self._last_hook_time is not None:  # wall time per step, for the adaptive cadence
             dt = now - self._last_hook_time
-            self._step_time = dt if self._step_time is None else 0.8 * self._step_time + 0.2 * dt
+            if self._step_time is None:
+                self._step_time = dt
+            else:  # a pause (evaluation, checkpoint) counts as two steps at most
+                self._step_time = 0.8 * self._step_time + 0.2 * min(dt, 2.0 * self._step_time)
         self._last_hook_time = now
         # A fused optimizer stepped by a GradScaler sees scaled gradients and a found_inf flag
         # (torch.amp.GradScaler sets both on the optimizer for the duration of the step).
@@ -455,7 +460,7 @@ class GradientMonitor:
                 event = self._process(p, row, loss)
             if event is not None:
                 events.append(event)
-        if _dist.is_distributed():
+        if self._distributed:
             events = self._agree(events)
         self.events.extend(events)
         self._aggregator.counters["escalations"] += len(events)
@@ -562,7 +567,7 @@ class GradientMonitor:
 
     def _in_sweep(self) -> bool:
         """Inside a W&B sweep: the run says so, or (on every rank alike) the agent's env var."""
-        if _dist.is_distributed():
+        if self._distributed:
             return bool(os.environ.get("WANDB_SWEEP_ID"))
         return bool(self._guarded(lambda: self.sink.sweep_id))
 
@@ -707,8 +712,8 @@ def log_interval(log_seconds: float, step_seconds: float | None) -> int:
     step_seconds)`` steps, clamped to [1, ``MAX_LOG_INTERVAL``]; 10 until a step time is known.
 
     Example:
-        >>> log_interval(0.0006, 0.0005)  # a 0.6 ms row beside 0.5 ms steps
-        60
+        >>> log_interval(0.0006, 0.005)  # a 0.6 ms row beside 5 ms steps
+        12
         >>> log_interval(0.0006, 0.5)  # beside 0.5 s steps: every step
         1
     """
