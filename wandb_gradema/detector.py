@@ -337,10 +337,10 @@ class AnomalyDetector:
             self._stall_clock += 1  # no schedule to go by: every step counts
             return False
         if self._n_lr >= self.warmup_steps and self._lr_max > 0:
-            ratio = lr / self._lr_max
+            ratio, before = lr / self._lr_max, self._lr_max
             found["lr_jump"] = (
                 math.log(max(ratio, _TINY)) / self._log_jump,
-                lambda m=self._lr_max: f"Learning rate jumped to {lr:.3g}, {ratio:.3g}x anything before ({m:.3g}).",
+                lambda: f"Learning rate jumped to {lr:.3g}, {ratio:.3g}x anything before ({before:.3g}).",
             )
         rising = bool(self._lrs) and lr > self._lrs[0] * (1 + 1e-9)
         self._lrs = (self._lrs + [lr])[-self._RISE_LOOKBACK :]
@@ -409,10 +409,10 @@ class AnomalyDetector:
             # the last half-window or more.
             recent = (self._marks[0] - best) / l0 if len(self._marks) == 2 else math.inf
             if self._stall_clock >= self.stall_steps and recent < self.min_progress / 8:
-                progress = 1 - best / l0
+                progress, clock = 1 - best / l0, self._stall_clock
                 found["no_progress"] = (
                     (1 - progress) / (1 - self.min_progress),
-                    lambda c=self._stall_clock: f"No progress after {c} steps: best loss {best:.4g} vs initial {l0:.4g}.",
+                    lambda: f"No progress after {clock} steps: best loss {best:.4g} vs initial {l0:.4g}.",
                 )
             return
         span = l0 - best

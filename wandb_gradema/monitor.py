@@ -422,15 +422,15 @@ class GradientMonitor:
 
     def _unscaled(self, stats: norms.GradStats, grad_scale: Tensor) -> norms.GradStats:
         """The stats of gradients measured at the loss scale ``grad_scale``, at true scale."""
-        if self._host:
+        row, values = stats.row, stats.norms
+        if isinstance(row, list) and isinstance(values, list):  # measured on the host
             inv = 1.0 / float(grad_scale)
-            row = list(stats.row)
-            row[:2] = [row[0] * inv, row[1] * inv]
-            values = [v * inv for v in stats.norms]  # type: ignore[union-attr]
-            return norms.GradStats(row, values, stats.index, stats.grads, stats.clipped)
-        scale = grad_scale.to(stats.row.device).reshape(1).float()  # type: ignore[union-attr]
-        row = torch.cat((stats.row[:2] / scale, stats.row[2:]))  # type: ignore[index]
-        return norms.GradStats(row, stats.norms / scale, stats.index, stats.grads, stats.clipped)  # type: ignore[operator]
+            host_row = [row[0] * inv, row[1] * inv, *row[2:]]
+            return norms.GradStats(host_row, [v * inv for v in values], stats.index, stats.grads, stats.clipped)
+        assert isinstance(row, Tensor) and isinstance(values, Tensor)
+        scale = grad_scale.to(row.device).reshape(1).float()
+        device_row = torch.cat((row[:2] / scale, row[2:]))
+        return norms.GradStats(device_row, values / scale, stats.index, stats.grads, stats.clipped)
 
     def _take_loss(self) -> float | Tensor | None:
         if self._loss_sum is None:

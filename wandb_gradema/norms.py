@@ -17,7 +17,7 @@ from torch import Tensor
 try:  # private since torch 2.0, stable in practice; keep its use in this one place.
     from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 except ImportError:  # pragma: no cover - exercised only on torch builds without it
-    _group_tensors_by_device_and_dtype = None
+    _group_tensors_by_device_and_dtype = None  # type: ignore[assignment]
 
 __all__ = [
     "GradStats",
