@@ -4,32 +4,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 
 import pytest
 import torch
+from helpers import train_loop
 
 import wandb_gradema
 from wandb_gradema import EscalationError, GrademaWarning, GradientEMATracker
 from wandb_gradema.monitor import PRUNED_TAG
-
-Batch = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _train(model, opt, batch: Batch, steps: int, *, monitor=None, start: int = 0, nan_at=(), ref_norms=None):
-    """An ordinary loop; optionally poisons gradients at some steps and records torch's norm."""
-    for i in range(start, start + steps):
-        x, y = batch(i)
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        if monitor is not None:
-            monitor.observe_loss(loss)
-        loss.backward()
-        if i in nan_at:
-            next(model.parameters()).grad.fill_(float("nan"))
-        if ref_norms is not None:
-            ref_norms.append(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item())
-        opt.step()
-        opt.zero_grad()
 
 
 def test_watch_keeps_the_optimizer_and_its_scheduler(tiny) -> None:
@@ -39,12 +21,12 @@ def test_watch_keeps_the_optimizer_and_its_scheduler(tiny) -> None:
     cls = type(opt)
     with wandb_gradema.watch(opt) as monitor:
         for i in range(10):
-            _train(model, opt, batch, 1, start=i, monitor=monitor)
+            train_loop(model, opt, batch, 1, start=i, monitor=monitor)
             sched.step()
         assert monitor.step == 10
     assert type(opt) is cls and opt.param_groups[0]["lr"] == pytest.approx(2.5e-4)
     assert monitor.last[0].lr == pytest.approx(5e-4)  # the LR the last step used
-    _train(model, opt, batch, 2)
+    train_loop(model, opt, batch, 2)
     assert monitor.step == 10  # removed: no longer observing
 
 
@@ -54,7 +36,7 @@ def test_logs_one_section_with_the_optimizer_step_as_x_axis(tiny, wandb_offline)
     run = wandb_offline.init()
     monitor = wandb_gradema.watch(opt, log_every=5)
     ref: list[float] = []
-    _train(model, opt, batch, 20, monitor=monitor, ref_norms=ref)
+    train_loop(model, opt, batch, 20, monitor=monitor, ref_norms=ref)
     monitor.remove()
     run.finish()
     logged = wandb_offline.read(run)
@@ -82,7 +64,7 @@ def test_thinned_logging_keeps_the_maximum_drift_between_rows(tiny, wandb_offlin
     run = wandb_offline.init()
     monitor = wandb_gradema.watch(opt, log_every=10, ema_decay=0.9)
     ref: list[float] = []
-    _train(model, opt, batch, 30, monitor=monitor, ref_norms=ref)
+    train_loop(model, opt, batch, 30, monitor=monitor, ref_norms=ref)
     monitor.remove()
     run.finish()
     rows = {r["gradema/step"]: r for r in wandb_offline.read(run).history if "gradema/step" in r}
@@ -98,13 +80,13 @@ def test_nan_gradients_escalate_at_once_with_telemetry_summary_and_alert(tiny, w
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     run = wandb_offline.init()
     monitor = wandb_gradema.watch(opt, model=model, log_every=100, telemetry_steps=4)
-    _train(model, opt, batch, 12, monitor=monitor)
+    train_loop(model, opt, batch, 12, monitor=monitor)
     ema_before = monitor.tracker.norm_ema
     with pytest.warns(GrademaWarning, match="escalated at step 12: Non-finite gradient norm"):
-        _train(model, opt, batch, 1, start=12, monitor=monitor, nan_at={12})
+        train_loop(model, opt, batch, 1, start=12, monitor=monitor, nan_at={12})
     assert monitor.tracker.norm_ema == ema_before  # the NaN step never entered the EMA
     model.load_state_dict({k: torch.nan_to_num(v) for k, v in model.state_dict().items()})
-    _train(model, opt, batch, 8, start=13, monitor=monitor)
+    train_loop(model, opt, batch, 8, start=13, monitor=monitor)
     monitor.remove()
     run.finish()
     logged = wandb_offline.read(run)
@@ -129,7 +111,7 @@ def test_without_a_run_tracking_works_and_one_warning_says_logging_is_off(tiny) 
     monitor = wandb_gradema.watch(opt, log_every=1, on_escalation=lambda e: None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _train(model, opt, batch, 6, monitor=monitor, nan_at={3})
+        train_loop(model, opt, batch, 6, monitor=monitor, nan_at={3})
     messages = [str(w.message) for w in caught if issubclass(w.category, GrademaWarning)]
     assert sum("No active W&B run" in m for m in messages) == 1
     assert [e.step for e in monitor.events] == [3]
@@ -144,7 +126,7 @@ def test_disabled_wandb_warns_once_and_keeps_tracking(tiny, wandb_offline) -> No
     monitor = wandb_gradema.watch(opt, log_every=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _train(model, opt, batch, 5, monitor=monitor)
+        train_loop(model, opt, batch, 5, monitor=monitor)
     run.finish()
     messages = [str(w.message) for w in caught if issubclass(w.category, GrademaWarning)]
     assert messages == [m for m in messages if "disabled" in m] and len(messages) == 1
@@ -156,11 +138,11 @@ def test_a_wandb_failure_never_stops_training(tiny, wandb_offline) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     run = wandb_offline.init()
     monitor = wandb_gradema.watch(opt, run=run, log_every=1)
-    _train(model, opt, batch, 3, monitor=monitor)
+    train_loop(model, opt, batch, 3, monitor=monitor)
     run.finish()  # the script finishes the run early; W&B now raises on log()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _train(model, opt, batch, 5, start=3, monitor=monitor)
+        train_loop(model, opt, batch, 5, start=3, monitor=monitor)
     failures = [w for w in caught if "W&B log failed" in str(w.message)]
     assert len(failures) == 1
     assert monitor.step == 8
@@ -291,7 +273,7 @@ def _run_logged(tiny_factory, wandb_offline, steps, *, start=0, state=None):
     monitor = wandb_gradema.watch(opt, log_every=3, ema_decay=0.8, on_escalation=lambda e: None)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
-    _train(model, opt, batch, steps, start=start, monitor=monitor, nan_at={15})
+    train_loop(model, opt, batch, steps, start=start, monitor=monitor, nan_at={15})
     saved = {"model": model.state_dict(), "optimizer": opt.state_dict()}
     monitor.remove()
     run.finish()
@@ -325,7 +307,7 @@ def test_monitor_state_dict_round_trip_without_the_optimizer(tiny) -> None:
     model, batch = tiny
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = wandb_gradema.watch(opt, save_with_optimizer=False)
-    _train(model, opt, batch, 5, monitor=monitor)
+    train_loop(model, opt, batch, 5, monitor=monitor)
     assert "gradema" not in opt.state_dict()
     state = monitor.state_dict()
     monitor.remove()
@@ -343,13 +325,13 @@ def test_on_escalation_raise_and_callable(tiny) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = wandb_gradema.watch(opt, on_escalation="raise")
     with pytest.raises(EscalationError, match="at step 2") as err:
-        _train(model, opt, batch, 3, monitor=monitor, nan_at={2})
+        train_loop(model, opt, batch, 3, monitor=monitor, nan_at={2})
     assert err.value.step == 2
     opt.zero_grad()  # the aborted step left its NaN gradients behind
     monitor.remove()
     seen = []
     monitor = wandb_gradema.watch(opt, on_escalation=seen.append)
-    _train(model, opt, batch, 3, monitor=monitor, nan_at={1})
+    train_loop(model, opt, batch, 3, monitor=monitor, nan_at={1})
     assert [e.step for e in seen] == [1]
 
 
@@ -419,7 +401,7 @@ def test_pruning_outside_a_sweep_fails_the_run_and_unwinds_the_loop(tiny, wandb_
     cleaned = []
     with pytest.raises(wandb_gradema.RunPruned) as pruned:
         try:
-            _train(model, opt, batch, 10, monitor=monitor, nan_at={4})
+            train_loop(model, opt, batch, 10, monitor=monitor, nan_at={4})
         except Exception:  # noqa: BLE001 - a training script's broad handler must not swallow the prune
             pytest.fail("RunPruned was caught as an Exception")
         finally:
@@ -521,7 +503,7 @@ def test_default_logging_thins_rows_but_keeps_every_escalation_and_no_long_gap(t
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     run = wandb_offline.init()
     monitor = wandb_gradema.watch(opt, on_escalation=lambda e: None, telemetry_steps=0)  # log_every=None
-    _train(model, opt, batch, 400, monitor=monitor, nan_at={250})
+    train_loop(model, opt, batch, 400, monitor=monitor, nan_at={250})
     monitor.remove()
     run.finish()
     steps = [r["gradema/step"] for r in wandb_offline.read(run).history if "gradema/step" in r]

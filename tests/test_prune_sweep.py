@@ -22,6 +22,7 @@ import pytest
 import torch
 import wandb
 import yaml
+from helpers import train_loop
 
 import wandb_gradema
 from wandb_gradema import EscalationError, GrademaWarning, RunPruned
@@ -58,25 +59,6 @@ def enter_sweep(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Cal
     wandb.teardown()
 
 
-def train(model, opt, batch, steps: int, *, monitor=None, nan_at=(), log=None) -> int:
-    """An ordinary loop; NaN gradients at ``nan_at``; ``log(i)`` rows to W&B. Returns steps done."""
-    done = 0
-    for i in range(steps):
-        x, y = batch(i)
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        if monitor is not None:
-            monitor.observe_loss(loss)
-        loss.backward()
-        if i in nan_at:
-            next(model.parameters()).grad.fill_(float("nan"))
-        opt.step()
-        opt.zero_grad()
-        if log is not None:
-            log(i, loss.item())
-        done += 1
-    return done
-
-
 # ---------------------------------------------------------------------------- policy
 def test_inside_a_sweep_the_default_prunes_and_records_why(tiny, wandb_offline, enter_sweep) -> None:
     model, batch = tiny
@@ -88,7 +70,7 @@ def test_inside_a_sweep_the_default_prunes_and_records_why(tiny, wandb_offline, 
     cleaned: list[bool] = []
     with pytest.warns(GrademaWarning, match="Run pruned at step 6"), pytest.raises(RunPruned) as pruned:
         try:
-            train(model, opt, batch, 50, monitor=monitor, nan_at={6}, log=lambda i, v: run.log({"loss": v}))
+            train_loop(model, opt, batch, 50, monitor=monitor, nan_at={6}, log=lambda i, v: run.log({"loss": v}))
         except Exception:  # noqa: BLE001 - a broad handler in training code must not swallow it
             pytest.fail("RunPruned was caught as an Exception")
         finally:
@@ -118,7 +100,7 @@ def test_outside_a_sweep_the_default_warns_and_training_goes_on(tiny, wandb_offl
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = wandb_gradema.watch(opt)
     with pytest.warns(GrademaWarning, match="gradient drift escalated at step 6"):
-        assert train(model, opt, batch, 20, monitor=monitor, nan_at={6}) == 20
+        assert train_loop(model, opt, batch, 20, monitor=monitor, nan_at={6}) == 20
     monitor.remove()
     run.finish()
     logged = wandb_offline.read(run, history=False)
@@ -146,10 +128,10 @@ def test_on_escalation_overrides_the_sweep_default(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GrademaWarning)
         if outcome == "continues":
-            assert train(model, opt, batch, 12, monitor=monitor, nan_at={3}) == 12
+            assert train_loop(model, opt, batch, 12, monitor=monitor, nan_at={3}) == 12
         else:
             with pytest.raises(outcome):
-                train(model, opt, batch, 12, monitor=monitor, nan_at={3})
+                train_loop(model, opt, batch, 12, monitor=monitor, nan_at={3})
     monitor.remove()
     if wandb.run is run:  # not finished by a prune
         run.finish()
@@ -164,7 +146,7 @@ def test_a_callable_on_escalation_decides_inside_a_sweep(tiny, wandb_offline, en
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     seen = []
     monitor = wandb_gradema.watch(opt, on_escalation=seen.append)
-    assert train(model, opt, batch, 10, monitor=monitor, nan_at={2}) == 10
+    assert train_loop(model, opt, batch, 10, monitor=monitor, nan_at={2}) == 10
     monitor.remove()
     run.finish()
     assert [e.step for e in seen] == [2] and wandb_offline.read(run, history=False).state == "finished"
@@ -182,7 +164,7 @@ def test_sweep_parameters_set_options_through_the_param_file(tiny, wandb_offline
     monitor = wandb_gradema.watch(opt, patience=2)
     assert (monitor.on_escalation, monitor.policy.patience, monitor.log_every) == ("warn", 2, 3)
     with pytest.warns(GrademaWarning, match="escalated"):  # warn from the sweep: no prune
-        assert train(model, opt, batch, 8, monitor=monitor, nan_at={2}) == 8
+        assert train_loop(model, opt, batch, 8, monitor=monitor, nan_at={2}) == 8
     monitor.remove()
     run.finish()
     assert wandb_offline.read(run, history=False).state == "finished"
@@ -251,7 +233,7 @@ def test_a_pruned_run_records_a_bounded_sweep_metric(tiny, wandb_offline, enter_
         run.log({"val_loss": values[i]} if i in values else {"train_loss": loss})
 
     with pytest.warns(GrademaWarning), pytest.raises(RunPruned):
-        train(model, opt, batch, 40, monitor=monitor, nan_at={22}, log=log)
+        train_loop(model, opt, batch, 40, monitor=monitor, nan_at={22}, log=log)
     logged = wandb_offline.read(run, history=False)
     assert logged.state == "failed"
     assert logged.summary["val_loss"] == 2.5 and logged.summary["gradema/sweep_penalty"] == 2.5
@@ -264,7 +246,7 @@ def test_a_run_pruned_before_any_finite_metric_warns_or_takes_the_fixed_penalty(
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = wandb_gradema.watch(opt, on_escalation="prune", sweep_metric="val_acc", sweep_goal="maximize")
     with pytest.warns(GrademaWarning) as record, pytest.raises(RunPruned):
-        train(model, opt, batch, 10, monitor=monitor, nan_at={1})
+        train_loop(model, opt, batch, 10, monitor=monitor, nan_at={1})
     assert any("pruned before logging a finite `val_acc`" in str(w.message) for w in record)
     assert "val_acc" not in wandb_offline.read(run, history=False).summary
 
@@ -275,7 +257,7 @@ def test_a_run_pruned_before_any_finite_metric_warns_or_takes_the_fixed_penalty(
         opt, on_escalation="prune", sweep_metric="val_acc", sweep_goal="maximize", sweep_penalty=0.1
     )
     with pytest.warns(GrademaWarning), pytest.raises(RunPruned):
-        train(
+        train_loop(
             model2,
             opt,
             batch,

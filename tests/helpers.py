@@ -1,0 +1,42 @@
+"""Helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def train_loop(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    *,
+    monitor: Any = None,
+    start: int = 0,
+    nan_at: Any = (),
+    ref_norms: list[float] | None = None,
+    log: Callable[[int, float], None] | None = None,
+) -> int:
+    """An ordinary training loop; returns the steps done.
+
+    Poisons the gradients with NaN at the steps in ``nan_at``, records torch's own total norm
+    before each update in ``ref_norms``, and calls ``log(step, loss)`` after each update.
+    """
+    for i in range(start, start + steps):
+        x, y = batch(i)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        if monitor is not None:
+            monitor.observe_loss(loss)
+        loss.backward()
+        if i in nan_at:
+            next(model.parameters()).grad.fill_(float("nan"))
+        if ref_norms is not None:
+            ref_norms.append(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item())
+        opt.step()
+        opt.zero_grad()
+        if log is not None:
+            log(i, loss.item())
+    return steps
