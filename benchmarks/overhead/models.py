@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MODELS", "ModelSpec", "TinyTransformer", "mlp"]
+__all__ = ["DEFAULT_MODELS", "MODELS", "ModelSpec", "TinyTransformer", "mlp"]
 
 Batch = tuple[Tensor, Tensor]
 
@@ -158,6 +158,15 @@ MODELS: dict[str, ModelSpec] = {
             1.2,
         ),
         ModelSpec(
+            "mlp-10m",
+            "MLP 1024-2560-2560-1024",
+            lambda: mlp([1024, 2560, 2560, 1024]),
+            _regression_batches(1024, 1024, 32),
+            _mse,
+            "32",
+            1.2,
+        ),
+        ModelSpec(
             "transformer-5m",
             f"transformer, 16 layers, width 160, 4 heads, vocab {_VOCAB}",
             lambda: TinyTransformer(_VOCAB, 160, 16, 4, _SEQ),
@@ -177,3 +186,6 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+#: The models run by default (the issue's four sizes); others are picked with ``--models``.
+DEFAULT_MODELS = ("mlp-100k", "mlp-5m", "transformer-5m", "mlp-50m")
