@@ -28,6 +28,7 @@ __all__ = ["GradientMonitor", "OnEscalation"]
 OnEscalation = Literal["auto", "warn", "prune", "raise"] | Callable[[EscalationEvent], Any]
 _ACTIONS = ("auto", "warn", "prune", "raise")
 _FORMAT_VERSION = 1
+_STATE_KEYS = ("format_version", "step", "skip_streak", "next_log", "tracker", "detector", "policy", "aggregator", "events")
 #: Per-layer norms logged on a telemetry step, largest first (non-finite ones lead).
 MAX_TELEMETRY_LAYERS = 128
 #: Adaptive logging (``log_every=None``): share of training time logging may take, and the
@@ -298,7 +299,7 @@ class GradientMonitor:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what ``state_dict`` returned; rejects missing or unknown keys by name."""
         state = dict(state)
-        check_state_keys("GradientMonitor", state, tuple(self._empty_state_keys()))
+        check_state_keys("GradientMonitor", state, _STATE_KEYS)
         if state["format_version"] != _FORMAT_VERSION:
             raise ValueError(
                 f"GradientMonitor state has format_version {state['format_version']!r}; "
@@ -316,12 +317,6 @@ class GradientMonitor:
             EscalationEvent(**{**e, "reasons": tuple(e["reasons"]), "anomaly_types": tuple(e["anomaly_types"])})
             for e in state["events"]
         ]
-
-    @staticmethod
-    def _empty_state_keys() -> tuple[str, ...]:
-        return (
-            "format_version", "step", "skip_streak", "next_log", "tracker", "detector", "policy", "aggregator", "events",
-        )
 
     # ================================================================ the hook
     def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
@@ -462,9 +457,13 @@ class GradientMonitor:
                 events.append(event)
         if self._distributed:
             events = self._agree(events)
+        self._add_events(events)
+        return events
+
+    def _add_events(self, events: list[EscalationEvent]) -> None:
+        """Record escalations: ``events`` and the logged counter."""
         self.events.extend(events)
         self._aggregator.counters["escalations"] += len(events)
-        return events
 
     def _process(self, p: _Pending, row: list[float], loss: float | None) -> EscalationEvent | None:
         grad_norm, max_tensor, n_active, n_finite = row
@@ -651,8 +650,7 @@ class GradientMonitor:
         self._take_loss()
         event = self._skipped()
         if event is not None:
-            self.events.append(event)
-            self._aggregator.counters["escalations"] += 1
+            self._add_events([event])
             events.append(event)
         return events
 
