@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
+import pytest
 import torch
 
 
@@ -40,3 +44,12 @@ def train_loop(
         if log is not None:
             log(i, loss.item())
     return steps
+
+
+def import_without(monkeypatch: pytest.MonkeyPatch, package: str, module: str) -> ModuleType:
+    """Import ``module`` afresh as if ``package`` were not installed (for the optional extras)."""
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, package, None)
+    monkeypatch.delitem(sys.modules, module)
+    return importlib.import_module(module)

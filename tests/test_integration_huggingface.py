@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from helpers import import_without
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -205,10 +204,6 @@ def test_hf_watch_trainer_rejects_what_is_not_a_trainer() -> None:
 
 
 def test_hf_missing_package_raises_importerror_naming_the_extra(monkeypatch) -> None:
-    for name in [m for m in sys.modules if m == "transformers" or m.startswith("transformers.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "transformers", None)
-    monkeypatch.delitem(sys.modules, "wandb_gradema.integrations.huggingface")
-    module = importlib.import_module("wandb_gradema.integrations.huggingface")
+    module = import_without(monkeypatch, "transformers", "wandb_gradema.integrations.huggingface")
     with pytest.raises(ImportError, match=r'pip install "wandb_gradema\[huggingface\]"'):
         module.watch_trainer(object())

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 import wandb
+from helpers import import_without
 
 pytest.importorskip("lightning")
 
@@ -268,10 +267,6 @@ def test_lightning_bad_options_fail_when_the_callback_is_built(options, error, m
 
 
 def test_lightning_missing_package_raises_importerror_naming_the_extra(monkeypatch) -> None:
-    for name in [m for m in sys.modules if m == "lightning" or m.startswith("lightning.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "lightning", None)
-    monkeypatch.delitem(sys.modules, "wandb_gradema.integrations.lightning")
-    module = importlib.import_module("wandb_gradema.integrations.lightning")  # importing still works
+    module = import_without(monkeypatch, "lightning", "wandb_gradema.integrations.lightning")  # importing still works
     with pytest.raises(ImportError, match=r'pip install "wandb_gradema\[lightning\]"'):
         module.GradientDriftCallback()

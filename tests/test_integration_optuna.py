@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import import_without
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("optuna_integration")
@@ -134,10 +133,6 @@ def test_optuna_pruner_rejects_what_is_not_a_pruner() -> None:
 
 
 def test_optuna_missing_package_raises_importerror_naming_the_extra(monkeypatch) -> None:
-    for name in [m for m in sys.modules if m == "optuna" or m.startswith("optuna.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "optuna", None)
-    monkeypatch.delitem(sys.modules, "wandb_gradema.integrations.optuna")
-    module = importlib.import_module("wandb_gradema.integrations.optuna")
+    module = import_without(monkeypatch, "optuna", "wandb_gradema.integrations.optuna")
     with pytest.raises(ImportError, match=r'pip install "wandb_gradema\[optuna\]"'):
         module.GradientDriftPruner()
