@@ -491,13 +491,13 @@ def test_remove_leaves_another_wrapper_of_the_scaler_in_place(tiny) -> None:
     ],
 )
 def test_adaptive_log_interval_table(log_seconds, step_seconds, interval) -> None:
-    from wandb_gradema.monitor import log_interval
+    from wandb_gradema.cadence import log_interval
 
     assert log_interval(log_seconds, step_seconds) == interval
 
 
 def test_default_logging_thins_rows_but_keeps_every_escalation_and_no_long_gap(tiny, wandb_offline) -> None:
-    from wandb_gradema.monitor import MAX_LOG_INTERVAL
+    from wandb_gradema.cadence import MAX_LOG_INTERVAL
 
     model, batch = tiny
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

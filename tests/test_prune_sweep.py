@@ -28,7 +28,7 @@ import wandb_gradema
 from wandb_gradema import EscalationError, GrademaWarning, RunPruned
 from wandb_gradema.monitor import PRUNED_TAG
 from wandb_gradema.offline import find_runs, read_run
-from wandb_gradema.sweep_metric import pruned_metric_value
+from wandb_gradema.pruning import pruned_metric_value
 
 REPO = Path(__file__).resolve().parents[1]
 

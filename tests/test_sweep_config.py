@@ -10,7 +10,7 @@ import torch
 
 import wandb_gradema
 from wandb_gradema.options import options_from_config
-from wandb_gradema.sweep_config import (
+from wandb_gradema.sweep.config import (
     SweepConfigError,
     build_command,
     command_args,
@@ -20,8 +20,8 @@ from wandb_gradema.sweep_config import (
     resolve_program,
     searched_parameters,
 )
-from wandb_gradema.sweep_runner import SweepOptions, SweepRunner, _write_param_file
-from wandb_gradema.sweep_trial import Trial
+from wandb_gradema.sweep.runner import SweepOptions, SweepRunner, _write_param_file
+from wandb_gradema.sweep.trial import Trial
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "sweeps").glob("*.yaml"))

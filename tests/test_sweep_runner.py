@@ -27,9 +27,9 @@ import pytest
 import yaml
 
 from wandb_gradema.offline import OfflineRun, read_run
-from wandb_gradema.sweep_config import import_sweeps
-from wandb_gradema.sweep_runner import SweepOptions, SweepRunner
-from wandb_gradema.sweep_trial import Trial
+from wandb_gradema.sweep.config import import_sweeps
+from wandb_gradema.sweep.runner import SweepOptions, SweepRunner
+from wandb_gradema.sweep.trial import Trial
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "sweeps" / "train.py"

@@ -9,23 +9,22 @@ telemetry, raises an alert and, inside a W&B sweep, prunes the run.
 
 from __future__ import annotations
 
-import inspect
-import sys
 from typing import Any
 
 import torch
 
 from . import _dist
-from ._validate import reject_unknown
 from .detector import AnomalyDetector, AnomalyReport, Observation
 from .errors import EscalationError, GrademaError, GrademaWarning, RunPruned
 from .escalation import EscalationEvent, EscalationPolicy
 from .monitor import GradientMonitor
 from .norms import health_score, total_grad_norm
-from .options import DETECTOR_OPTIONS, options_from_config
+from .options import DETECTOR_OPTIONS, WATCH_OPTIONS, options_from_config
 from .tracker import DriftUpdate, GradientEMATracker
+from .wandb_sink import current_run
+from .wrappers import inner_scaler, unwrap_optimizer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AnomalyDetector",
@@ -46,17 +45,14 @@ __all__ = [
     "watch",
 ]
 
-_MONITOR_OPTIONS = tuple(
-    name for name in inspect.signature(GradientMonitor.__init__).parameters if name not in ("self", "optimizer", "run")
-)
-
 
 def watch(optimizer: torch.optim.Optimizer, *, run: Any = None, **options: Any) -> GradientMonitor:
     """Hook ``optimizer.step()`` to track, judge and chart gradient drift; returns the monitor.
 
     The optimizer stays the same object (a step pre-hook, not a proxy), so LR schedulers,
     ``GradScaler``, ``state_dict()`` and checkpoints keep working. ``monitor.remove()`` (or
-    ``with watch(opt): ...``) unhooks.
+    ``with watch(opt): ...``) unhooks. A framework's wrapper (Hugging Face Accelerate's
+    prepared optimizer) is watched through the optimizer inside it, with its GradScaler.
 
     Args:
         optimizer: the ``torch.optim.Optimizer`` to watch.
@@ -66,11 +62,12 @@ def watch(optimizer: torch.optim.Optimizer, *, run: Any = None, **options: Any) 
             ``model`` (names for per-layer telemetry), ``scaler`` (a ``GradScaler``: count the
             steps it skips), ``max_norm`` (clip in the same pass; the pre-clip norm is
             tracked), ``log_every`` (steps between logged rows; escalation steps are always
-            logged), ``on_escalation`` (``"auto"``, ``"warn"``, ``"prune"``, ``"raise"`` or a
-            callable), ``sensitivity`` (> 1 fires on less evidence), ``patience``,
-            ``cooldown_steps``, ``telemetry_steps``. Any ``AnomalyDetector`` setting
-            (``z_threshold``, ``stall_steps``...) is accepted too. Options found in the run's
-            config (a ``gradema`` section, e.g. from sweep parameters) apply unless given here.
+            logged), ``sync_every`` (steps between decision steps), ``on_escalation``
+            (``"auto"``, ``"warn"``, ``"prune"``, ``"raise"`` or a callable),
+            ``sensitivity`` (> 1 fires on less evidence), ``patience``, ``cooldown_steps``,
+            ``telemetry_steps``. Any ``AnomalyDetector`` setting (``z_threshold``,
+            ``stall_steps``...) is accepted too. Options found in the run's config (a
+            ``gradema`` section, e.g. from sweep parameters) apply unless given here.
 
     Raises:
         TypeError: ``optimizer`` is not an optimizer, or an option is unknown or mistyped.
@@ -86,15 +83,19 @@ def watch(optimizer: torch.optim.Optimizer, *, run: Any = None, **options: Any) 
         >>> monitor.step
         1
     """
-    reject_unknown("watch()", options, _MONITOR_OPTIONS + DETECTOR_OPTIONS)
-    live_run = run if run is not None else getattr(sys.modules.get("wandb"), "run", None)
-    from_config, error = _dist.broadcast_from_main(_config_options(live_run))  # rank 0's, everywhere
+    from ._validate import reject_unknown
+
+    reject_unknown("watch()", options, WATCH_OPTIONS)
+    inner = unwrap_optimizer(optimizer)
+    if inner is not optimizer and options.get("scaler") is None and inner_scaler(optimizer) is not None:
+        options = {**options, "scaler": inner_scaler(optimizer)}
+    from_config, error = _dist.broadcast_from_main(_config_options(current_run(run)))  # rank 0's, everywhere
     if error is not None:
         raise error
+    if "detector" in options:  # an explicit detector wins over detector settings from the config
+        from_config = {k: v for k, v in from_config.items() if k not in DETECTOR_OPTIONS}
     try:
-        merged = {**from_config, **options}
-        _build_detector(merged, explicit=options)
-        return GradientMonitor(optimizer, run=run, **merged)
+        return GradientMonitor(inner, run=run, **{**from_config, **options})
     except (TypeError, ValueError) as exc:
         if from_config and any(f"`{k}`" in str(exc) for k in from_config if k not in options):
             raise type(exc)(f"{str(exc).rstrip('.')} (set in wandb.config['gradema']).") from None
@@ -107,11 +108,3 @@ def _config_options(run: Any) -> tuple[dict[str, Any], Exception | None]:
         return options_from_config(getattr(run, "config", None)), None
     except (TypeError, ValueError) as exc:
         return {}, exc
-
-
-def _build_detector(options: dict[str, Any], *, explicit: dict[str, Any]) -> None:
-    """Replace detector settings in ``options`` by an ``AnomalyDetector`` built from them."""
-    settings = {k: options.pop(k) for k in DETECTOR_OPTIONS if k in options}
-    if not settings or "detector" in explicit:
-        return  # an explicit detector wins over settings
-    options["detector"] = AnomalyDetector(sensitivity=options.pop("sensitivity", 1.0), **settings)

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .norms import COUNT_FIELDS, NORM_FIELDS
+
 __all__ = ["agree", "broadcast_from_main", "is_distributed", "is_main_process", "reduce_sharded_row", "world_size"]
 
 
@@ -43,20 +45,32 @@ def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-def agree(fired_at: int | None) -> int | None:
-    """The earliest step any rank escalated at in this decision, or None: one all_reduce.
+def agree(first: int | None, first_confirmed: int | None) -> tuple[int | None, int | None]:
+    """The earliest escalation step and earliest confirmed one over all ranks: one all_reduce.
 
-    Every rank must call this at the same point (the monitor's decision steps are the same on
-    every rank), or the group hangs.
+    Each rank passes the first step it escalated at since the last decision (None: none) and
+    the first step of a confirmed escalation. Every rank must call this at the same decision
+    step (the monitor's decision steps are a function of the step count), or the group hangs.
+    A failing collective raises: a rank that swallowed it would leave the others waiting.
     """
     if not is_distributed():
-        return fired_at
-    # MAX over [fired, -step]: whether any rank fired, and the smallest step that did.
-    t = torch.tensor([0 if fired_at is None else 1, -(fired_at if fired_at is not None else 2**62)],
-                     dtype=torch.int64, device=_device())
+        return first, first_confirmed
+    none = 2**62
+    # MAX over [fired, -step, confirmed, -confirmed_step]: whether any rank fired (and confirmed),
+    # and the smallest step that did.
+    t = torch.tensor(
+        [
+            0 if first is None else 1,
+            -(none if first is None else first),
+            0 if first_confirmed is None else 1,
+            -(none if first_confirmed is None else first_confirmed),
+        ],
+        dtype=torch.int64,
+        device=_device(),
+    )
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    fired, neg_step = t.tolist()  # host sync: this is a decision step
-    return -neg_step if fired else None
+    fired, neg_step, confirmed, neg_confirmed = t.tolist()  # host sync: this is a decision step
+    return (-neg_step if fired else None), (-neg_confirmed if confirmed else None)
 
 
 def reduce_sharded_row(row: torch.Tensor) -> torch.Tensor:
@@ -69,6 +83,7 @@ def reduce_sharded_row(row: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return row
     gathered = torch.empty(world_size() * 2, dtype=row.dtype, device=row.device)
-    dist.all_gather_into_tensor(gathered, row[:2].contiguous())
-    gathered = gathered.view(-1, 2)
-    return torch.cat((gathered[:, 0].square().sum().sqrt().reshape(1), gathered[:, 1].amax().reshape(1), row[2:]))
+    dist.all_gather_into_tensor(gathered, row[NORM_FIELDS].contiguous())
+    gathered = gathered.view(-1, 2)  # per rank: (total norm, largest tensor norm)
+    total = gathered[:, 0].square().sum().sqrt().reshape(1)
+    return torch.cat((total, gathered[:, 1].amax().reshape(1), row[COUNT_FIELDS]))

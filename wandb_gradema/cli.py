@@ -15,7 +15,7 @@ __all__ = ["main"]
 #: subcommand -> (module, one-line help)
 COMMANDS = {
     "demo": ("wandb_gradema.demo", "train a small model that drifts, watched offline; show what happened"),
-    "sweep": ("wandb_gradema.sweep_runner", "run a W&B sweep offline with W&B's own sweep engine"),
+    "sweep": ("wandb_gradema.sweep.runner", "run a W&B sweep offline with W&B's own sweep engine"),
     "report": ("wandb_gradema.report", "render drift charts of offline runs to PNG and HTML"),
 }
 

@@ -21,6 +21,8 @@ class EscalationEvent:
         anomaly_types: the rules behind it (``"nonfinite"``, ``"grad_explosion"``...).
         score: the detector's score on the firing step.
         first_anomaly_step: where the run of anomalous steps that led here began.
+        confirmed: the evidence meets the stricter bar for an irreversible action: only
+            confirmed escalations prune a run.
     """
 
     step: int
@@ -28,6 +30,7 @@ class EscalationEvent:
     anomaly_types: tuple[str, ...]
     score: float
     first_anomaly_step: int
+    confirmed: bool = False
 
     @property
     def reason(self) -> str:
@@ -84,6 +87,7 @@ class EscalationPolicy:
             anomaly_types=tuple(self._streak_reasons),
             score=report.score,
             first_anomaly_step=self._streak_start,
+            confirmed=report.critical,
         )
         self._quiet_until = report.step + self.cooldown_steps
         self._telemetry_until = report.step + self.telemetry_steps

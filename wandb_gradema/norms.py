@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -22,6 +23,7 @@ except ImportError:  # pragma: no cover - exercised only on torch builds without
 __all__ = [
     "GradStats",
     "STATS_FIELDS",
+    "StatsRow",
     "clip_grads_",
     "collect_grads",
     "health_score",
@@ -30,8 +32,27 @@ __all__ = [
     "total_grad_norm",
 ]
 
+class StatsRow(NamedTuple):
+    """One step's gradient stats on the host (what the device row holds, by name).
+
+    Attributes:
+        grad_norm: total L2 norm (NaN/Inf when a gradient was).
+        max_tensor_norm: the largest per-tensor norm.
+        n_active: tensors with a finite norm above ``VANISH_EPS``.
+        n_finite: tensors with a finite norm.
+    """
+
+    grad_norm: float
+    max_tensor_norm: float
+    n_active: float
+    n_finite: float
+
+
 #: Layout of the stats row written per optimizer step (float32, on device).
-STATS_FIELDS = ("grad_norm", "max_tensor_norm", "n_active", "n_finite")
+STATS_FIELDS = StatsRow._fields
+#: The fields of a row that are norms (they scale with the gradients), then the counts.
+NORM_FIELDS = slice(0, 2)
+COUNT_FIELDS = slice(2, 4)
 
 #: A parameter tensor whose gradient norm is at or below this counts as vanished.
 VANISH_EPS = 1e-10
@@ -46,14 +67,15 @@ class GradStats:
     Attributes:
         row: the ``STATS_FIELDS``: total L2 norm, largest per-tensor norm, number of tensors
             with a finite norm above ``VANISH_EPS``, number with a finite norm. A float32 device
-            tensor shaped ``(4,)``, or a list of Python floats when measured with ``host=True``.
+            tensor shaped ``(4,)``, or a ``StatsRow`` of Python floats when measured with
+            ``host=True``.
         norms: per-tensor norms, in the order of ``index`` (a tensor, or a list with ``host``).
         index: position (in the monitor's parameter list) of each gradient measured.
         grads: the gradients measured, kept so clipping can reuse them without a second walk.
         clipped: set once ``grads`` have been clipped, so a step does not clip twice.
     """
 
-    row: Tensor | list[float]
+    row: Tensor | StatsRow
     norms: Tensor | list[float]
     index: Sequence[int]
     grads: list[Tensor]
@@ -148,6 +170,11 @@ def measure(params: Sequence[Tensor], *, local: bool = False, host: bool = False
     nothing, that beats half a dozen tiny tensor ops; on accelerators it would force a sync.
     ``uniform``: every parameter has the same device and dtype (see ``per_tensor_norms``).
     """
+    with torch.no_grad():  # gradients built with create_graph=True must not grow graphs here
+        return _measure(params, local=local, host=host, uniform=uniform)
+
+
+def _measure(params: Sequence[Tensor], *, local: bool, host: bool, uniform: bool) -> GradStats:
     grads, index = collect_grads(params, local=local)
     norms = per_tensor_norms(grads, uniform=uniform)
     if host:
@@ -168,17 +195,30 @@ def measure(params: Sequence[Tensor], *, local: bool = False, host: bool = False
     return GradStats(row=row, norms=norms, index=index, grads=grads)
 
 
-def _host_row(values: list[float]) -> list[float]:
+def _host_row(values: list[float]) -> StatsRow:
     """``STATS_FIELDS`` from per-tensor norms already on the host (NaN and Inf propagate)."""
     if not values:
-        return [0.0, 0.0, 0.0, 0.0]
+        return StatsRow(0.0, 0.0, 0.0, 0.0)
     total = math.hypot(*values)  # Inf if any is Inf, else NaN if any is NaN
     if math.isfinite(total):
         active = len([v for v in values if v > VANISH_EPS])
-        return [total, max(values), float(active), float(len(values))]
+        return StatsRow(total, max(values), float(active), float(len(values)))
     finite = [v for v in values if math.isfinite(v)]
     active = len([v for v in finite if v > VANISH_EPS])
-    return [total, total, float(active), float(len(finite))]
+    return StatsRow(total, total, float(active), float(len(finite)))
+
+
+def unscale(stats: GradStats, scale: Tensor) -> GradStats:
+    """``stats`` of gradients measured at the loss scale ``scale``, brought to true scale."""
+    row, values = stats.row, stats.norms
+    if isinstance(row, StatsRow) and isinstance(values, list):  # measured on the host
+        inv = 1.0 / float(scale)  # the scale is a CPU tensor here: no sync
+        host_row = row._replace(grad_norm=row.grad_norm * inv, max_tensor_norm=row.max_tensor_norm * inv)
+        return GradStats(host_row, [v * inv for v in values], stats.index, stats.grads, stats.clipped)
+    assert isinstance(row, Tensor) and isinstance(values, Tensor)
+    s = scale.to(row.device).reshape(1).float()
+    device_row = torch.cat((row[NORM_FIELDS] / s, row[COUNT_FIELDS]))
+    return GradStats(device_row, values / s, stats.index, stats.grads, stats.clipped)
 
 
 @torch.no_grad()
@@ -192,17 +232,22 @@ def total_grad_norm(tensors: Iterable[Tensor]) -> Tensor:
 def clip_grads_(grads: list[Tensor], total_norm: Tensor | float, max_norm: float) -> None:
     """Scale ``grads`` in place so their total norm is at most ``max_norm``.
 
-    Same rule as ``torch.nn.utils.clip_grads_with_norm_``. With a tensor norm the coefficient is
-    clamped rather than branched on, so there is no host-device sync; with a float norm
-    (measured on the host) gradients already within bounds are left untouched.
+    Same rule as ``torch.nn.utils.clip_grads_with_norm_`` for a finite norm. With a tensor
+    norm the coefficient is clamped rather than branched on, so there is no host-device sync;
+    with a float norm (measured on the host) gradients already within bounds are left untouched.
+
+    Non-finite gradients: when ``total_norm`` is NaN or Inf the gradients are left exactly as
+    they are, on every path (torch's own clip would multiply every gradient by NaN, destroying
+    the finite ones too); the monitor reports the step as non-finite.
     """
     if not grads:
         return
     if isinstance(total_norm, Tensor):
-        coef: Tensor | float = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+        clamped = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+        coef: Tensor | float = torch.where(torch.isfinite(total_norm), clamped, torch.ones_like(clamped))
     else:
         coef = max_norm / (total_norm + 1e-6)
-        if not coef < 1.0:  # within bounds (or a non-finite norm: nothing sensible to scale by)
+        if not math.isfinite(total_norm) or not coef < 1.0:  # non-finite, or within bounds
             return
     for device, idx in _group(grads):
         group = [grads[i] for i in idx]

@@ -1,23 +1,30 @@
 """WandbSink: everything wandb_gradema sends to W&B, behind one guard.
 
-Keys live under ``gradema/`` with ``gradema/step`` (the optimizer step) as their x-axis. The
-sink never imports ``wandb`` itself: with no ``wandb`` module loaded there can be no run. Any
-error from W&B is reported once as a warning and training carries on.
+Keys live under ``gradema/`` with ``gradema/step`` (the optimizer step) as their x-axis. Rows go
+through the run's ``HistoryWriter`` so the user's own rows are never split or dropped. The sink
+also owns what an escalation and a prune write (summary, alert, tag, finishing the run failed),
+for the monitor and the framework adapters alike. The sink never imports ``wandb`` itself:
+with no ``wandb`` module loaded there can be no run. Any error from W&B is reported once as a
+warning and training carries on.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _dist
 from .errors import warn
+from .escalation import EscalationEvent
+from .history import HistoryWriter
 
-__all__ = ["PREFIX", "WandbSink"]
+__all__ = ["PREFIX", "PRUNED_TAG", "WandbSink", "current_run"]
 
 PREFIX = "gradema"
+#: Tag added to a pruned run.
+PRUNED_TAG = "gradema:pruned"
 
 #: Metrics whose W&B summary is an aggregate rather than the last value.
 _SUMMARY_AGGREGATES = {
@@ -30,6 +37,14 @@ _SUMMARY_AGGREGATES = {
 
 #: Seconds between two alerts from one sink.
 ALERT_INTERVAL_S = 300.0
+
+
+def current_run(run: Any = None) -> Any:
+    """``run``, or the live ``wandb.run`` when ``run`` is None (None without one)."""
+    if run is not None:
+        return run
+    wandb = sys.modules.get("wandb")
+    return getattr(wandb, "run", None) if wandb is not None else None
 
 
 class WandbSink:
@@ -47,10 +62,12 @@ class WandbSink:
         self.prefix = prefix
         self.step_key = f"{prefix}/step"
         self._defined_for: int | None = None  # id() of the run define_metric ran on
+        self._history: HistoryWriter | None = None
         self._warned: set[str] = set()
         self._last_alert = -float("inf")
         self.enabled = _dist.is_main_process()
         self.finished = False  # set by finish(): W&B raises on writes to a finished run
+        self.closed = False  # set by close(): no more rows, summaries still go through
 
     # ------------------------------------------------------------------ run lookup
     @property
@@ -58,10 +75,7 @@ class WandbSink:
         """The live run to log to, or None (no run, a disabled or finished run, not rank 0)."""
         if not self.enabled or self.finished:
             return None
-        run = self._explicit
-        if run is None:
-            wandb = sys.modules.get("wandb")
-            run = getattr(wandb, "run", None) if wandb is not None else None
+        run = current_run(self._explicit)
         if run is None:
             self._warn_once(
                 "no-run",
@@ -76,8 +90,8 @@ class WandbSink:
                 "but logs nothing.",
             )
             return None
-        if id(run) != self._defined_for:
-            self._define_metrics(run)
+        if id(run) != self._defined_for and not self.closed:
+            self._attach(run)
         return run
 
     @property
@@ -86,8 +100,11 @@ class WandbSink:
         run = self.run
         return getattr(run, "sweep_id", None) or None if run is not None else None
 
-    def _define_metrics(self, run: Any) -> None:
+    def _attach(self, run: Any) -> None:
         self._defined_for = id(run)
+        if self._history is not None:
+            self._history.release()
+        self._history = HistoryWriter.attach(run, self._warn_once, self._failed)
         try:
             run.define_metric(self.step_key, hidden=True)
             run.define_metric(f"{self.prefix}/*", step_metric=self.step_key)
@@ -100,21 +117,33 @@ class WandbSink:
         """The full W&B key of metric ``name``."""
         return f"{self.prefix}/{name}"
 
-    # ------------------------------------------------------------------ writes
-    def log(self, row: Mapping[str, Any]) -> bool:
-        """Log one row (keys already prefixed, the step key included); True on success."""
+    # ------------------------------------------------------------------ rows
+    def log_rows(self, rows: Sequence[tuple[int, Mapping[str, Any]]]) -> bool:
+        """Write ``(step, metrics)`` rows (unprefixed names); True when a run took them."""
         run = self.run
-        if run is None:
+        if run is None or self._history is None:
             return False
-        try:
-            run.log(dict(row))
-            return True
-        except Exception as exc:  # noqa: BLE001
-            self._failed("log", exc)
-            return False
+        self._history.write([{self.step_key: step, **{self.key(k): v for k, v in row.items()}} for step, row in rows])
+        return True
 
+    def tick(self) -> None:
+        """One optimizer step went by (the history writer learns the user's logging style)."""
+        if self._history is not None:
+            self._history.tick()
+
+    def close(self) -> None:
+        """Write the rows still waiting and log no more; summaries still go through."""
+        self.closed = True
+        if self._history is not None:
+            history, self._history = self._history, None
+            try:
+                history.release()
+            except Exception as exc:  # noqa: BLE001
+                self._failed("log", exc)
+
+    # ------------------------------------------------------------------ summaries and alerts
     def update_summary(self, values: Mapping[str, Any]) -> None:
-        """Set summary values (shown in the runs table)."""
+        """Set summary values (shown in the runs table); names are full keys."""
         run = self.run
         if run is None:
             return
@@ -123,6 +152,40 @@ class WandbSink:
                 run.summary[key] = value
         except Exception as exc:  # noqa: BLE001
             self._failed("summary", exc)
+
+    def write_counters(self, counters: Mapping[str, Any]) -> None:
+        """Summary values under the prefix (``escalated``, ``steps_observed``...)."""
+        self.update_summary({self.key(k): v for k, v in counters.items()})
+
+    def announce(self, event: EscalationEvent, events: Sequence[EscalationEvent], *, alert: bool) -> None:
+        """An escalation was decided: summary (first and last escalation) and an alert."""
+        first = events[0]
+        self.write_counters(
+            {
+                "escalated": True,
+                "escalations": len(events),
+                "first_escalation_step": first.step,
+                "first_escalation_reason": first.reason,
+                "last_escalation_step": event.step,
+                "last_escalation_reason": event.reason,
+            }
+        )
+        if alert:
+            self.alert(f"Gradient drift escalated at step {event.step}", event.reason)
+
+    def mark_pruned(self, step: int, event: EscalationEvent, *, alert: bool, what: str = "Run") -> None:
+        """The summary block, tag and alert of a pruned run (``finish`` is separate)."""
+        self.write_counters(
+            {
+                "pruned": True,
+                "pruned_step": step,
+                "prune_reason": event.reason,
+                "prune_types": ",".join(event.anomaly_types),
+            }
+        )
+        self.add_tag(PRUNED_TAG)
+        if alert:
+            self.alert(f"{what} pruned at step {step}", event.reason, level="ERROR", force=True)
 
     def add_tag(self, tag: str) -> None:
         """Add ``tag`` to the run's tags."""
@@ -151,10 +214,11 @@ class WandbSink:
             return False
 
     def finish(self, exit_code: int) -> None:
-        """Finish the run with ``exit_code`` (non-zero marks it failed in W&B)."""
+        """Finish the run with ``exit_code`` (non-zero marks it failed in W&B); writes first."""
         run = self.run
         if run is None:
             return
+        self.close()
         try:
             run.finish(exit_code=exit_code)
         except Exception as exc:  # noqa: BLE001

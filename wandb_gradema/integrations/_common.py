@@ -1,4 +1,4 @@
-"""Plumbing shared by the framework adapters: option checks, instance patches, closures.
+"""Plumbing shared by the framework adapters: option checks, instance patches, prune-to-stop.
 
 Nothing here decides anything about gradients; it only lets an adapter build the same monitor
 ``wandb_gradema.watch()`` builds and call it at the right moment of a framework's loop.
@@ -6,22 +6,16 @@ Nothing here decides anything about gradients; it only lets an adapter build the
 
 from __future__ import annotations
 
-import inspect
-import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-
+from .._patch import InstancePatch, undo_all
 from .._validate import reject_unknown
-from ..monitor import GradientMonitor
-from ..options import DETECTOR_OPTIONS
+from ..errors import RunPruned
+from ..options import WATCH_OPTIONS, build_options
+from ..wrappers import unwrap_optimizer
 
-#: Every keyword ``watch()`` accepts.
-WATCH_OPTIONS = (
-    tuple(n for n in inspect.signature(GradientMonitor.__init__).parameters if n not in ("self", "optimizer"))
-    + DETECTOR_OPTIONS
-)
+__all__ = ["InstancePatch", "PruneStop", "check_options", "undo_all", "unwrap_optimizer"]
 
 
 def check_options(where: str, options: Mapping[str, Any], reserved: Mapping[str, str]) -> None:
@@ -38,84 +32,49 @@ def check_options(where: str, options: Mapping[str, Any], reserved: Mapping[str,
     for name, why in reserved.items():
         if name in options:
             raise TypeError(f"{where} sets `{name}` itself ({why}); do not pass it.")
-    reject_unknown(where, options, [n for n in WATCH_OPTIONS if n not in reserved])
-    # A throwaway monitor on a throwaway optimizer runs every check watch() runs. Its sink is
-    # switched off before anything could reach W&B; ``object()`` as run carries no config
-    # (the real run is checked when the adapter calls watch()).
-    from .. import watch
-
-    checked = {k: v for k, v in options.items() if k != "run"}
-    probe = watch(
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0),
-        run=object(),
-        **{"save_with_optimizer": False, **checked},
-    )
-    probe.sink.enabled = False
-    probe.remove()
+    reject_unknown(where, options, [n for n in ("run", *WATCH_OPTIONS) if n not in reserved])
+    build_options({k: v for k, v in options.items() if k != "run"})  # watch()'s own checks
 
 
-class InstancePatch:
-    """Replaces ``obj.<name>`` on one instance by ``wrapper(original, *args, **kwargs)``.
+class PruneStop:
+    """The prune-to-stop plumbing a framework adapter shares: catch, remember, stop, re-raise.
 
-    Why: the frameworks call ``optimizer.step`` / ``scaler.step`` / their own methods at fixed
-    points we cannot hook otherwise. The patch is bound like a method (torch's LR scheduler
-    wraps ``optimizer.step.__func__``), stacks with other instance patches, and ``undo()``
-    restores what was there, or turns itself into a pass-through if someone patched on top.
+    Why: inside a framework's loop a ``RunPruned`` raised from ``optimizer.step()`` must not
+    escape (it would abort the framework mid-step); the adapter catches it, stops the loop its
+    own way (``on_stop``) and lets the script end as ``watch()`` would with ``check_pruned()``.
+
+    Args:
+        on_stop: called once, with the first ``RunPruned``, to stop the framework's loop.
     """
 
-    def __init__(self, obj: Any, name: str, wrapper: Callable[..., Any]) -> None:
-        self._obj = obj
-        self._name = name
-        self._had_own = name in vars(obj)
-        self._previous = vars(obj).get(name)
-        original = getattr(obj, name)
-        self.active = True
-        patch = self
+    def __init__(self, on_stop: Callable[[RunPruned], None]) -> None:
+        self._on_stop = on_stop
+        #: The ``RunPruned`` that stopped training, or None.
+        self.pruned: RunPruned | None = None
 
-        def patched(_self: Any, *args: Any, **kwargs: Any) -> Any:
-            if patch.active:
-                return wrapper(original, *args, **kwargs)
+    def reset(self) -> None:
+        """A new fit / train() starts."""
+        self.pruned = None
+
+    def wrap(self, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """An ``InstancePatch`` wrapper: call ``original``; a prune stops instead of raising."""
+        try:
             return original(*args, **kwargs)
+        except RunPruned as pruned:
+            self.stop(pruned)
+            return None
 
-        # Keep markers others set on the method (torch's LR scheduler checks `_wrapped_by_lr_sched`).
-        patched.__dict__.update(getattr(original, "__dict__", {}))
-        self._bound = types.MethodType(patched, obj)
-        setattr(obj, name, self._bound)
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (e.g. ``monitor.remove``); a prune stops instead of raising."""
+        return self.wrap(fn)
 
-    def undo(self) -> None:
-        """Take the patch off (idempotent)."""
-        if not self.active:
-            return
-        self.active = False
-        if vars(self._obj).get(self._name) is self._bound:
-            if self._had_own:
-                setattr(self._obj, self._name, self._previous)
-            else:
-                delattr(self._obj, self._name)
+    def stop(self, pruned: RunPruned) -> None:
+        """Remember the prune and stop the loop (once)."""
+        if self.pruned is None:
+            self.pruned = pruned
+            self._on_stop(pruned)
 
-
-def undo_all(patches: list[InstancePatch]) -> None:
-    """Undo ``patches`` newest first and empty the list."""
-    while patches:
-        patches.pop().undo()
-
-
-def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside a framework's wrapper (LightningOptimizer, AcceleratedOptimizer)."""
-    seen = 0
-    while not _is_plain_optimizer(optimizer) and seen < 8:
-        inner = getattr(optimizer, "_optimizer", None) or getattr(optimizer, "optimizer", None)
-        if inner is None:
-            break
-        optimizer, seen = inner, seen + 1
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"Expected a torch.optim.Optimizer inside {type(optimizer).__name__}.")
-    return optimizer
-
-
-def _is_plain_optimizer(optimizer: Any) -> bool:
-    """A torch optimizer that is not itself a wrapper around another one."""
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        return False
-    inner = getattr(optimizer, "optimizer", None)
-    return not isinstance(inner, torch.optim.Optimizer)
+    def check_pruned(self) -> None:
+        """Raise the ``RunPruned`` that stopped training, if any (it exits with status 0)."""
+        if self.pruned is not None:
+            raise self.pruned

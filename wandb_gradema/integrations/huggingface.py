@@ -9,7 +9,6 @@ Needs ``pip install "wandb_gradema[huggingface]"``.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -18,7 +17,8 @@ from torch.utils.hooks import RemovableHandle
 from .. import watch
 from ..errors import RunPruned
 from ..monitor import GradientMonitor
-from ._common import InstancePatch, check_options, undo_all, unwrap_optimizer
+from ..wandb_sink import current_run
+from ._common import InstancePatch, PruneStop, check_options, undo_all, unwrap_optimizer
 from ._imports import OptionalImport
 
 with OptionalImport("transformers", extra="huggingface") as _imports:
@@ -102,8 +102,7 @@ class GradientDriftCallback(_Callback):
         self._options = dict(options)
         #: The monitor of the current (or last) ``train()``; None before training.
         self.monitor: GradientMonitor | None = None
-        #: The ``RunPruned`` that stopped the last ``train()``, or None.
-        self.pruned: RunPruned | None = None
+        self._prune = PruneStop(self._stop)
         self._live = False
         self._restored: dict[str, Any] | None = None
         self._loss: Tensor | None = None
@@ -121,10 +120,14 @@ class GradientDriftCallback(_Callback):
         if self in self._trainer.callback_handler.callbacks:
             self._trainer.remove_callback(self)
 
+    @property
+    def pruned(self) -> RunPruned | None:
+        """The ``RunPruned`` that stopped the last ``train()``, or None."""
+        return self._prune.pruned
+
     def check_pruned(self) -> None:
         """Raise the ``RunPruned`` that stopped training, if any (it exits with status 0)."""
-        if self.pruned is not None:
-            raise self.pruned
+        self._prune.check_pruned()
 
     # ================================================================ events
     def on_train_begin(
@@ -137,25 +140,25 @@ class GradientDriftCallback(_Callback):
         optimizer = unwrap_optimizer(trainer.optimizer)
         self._stash_on_load(optimizer)
         scaler = getattr(trainer.accelerator, "scaler", None)
-        wandb = sys.modules.get("wandb")
         self.monitor = watch(
             optimizer,
-            run=getattr(wandb, "run", None),
+            run=current_run(),
             model=trainer.model,
             scaler=scaler,
             **self._options,
         )
-        self._live, self.pruned, self._loss = True, None, None
+        self._live, self._loss = True, None
+        self._prune.reset()
         if self._restored is not None:
             self.monitor.load_state_dict(self._restored)
             self._restored = None
         self._train_patches += [
-            InstancePatch(trainer.optimizer, "step", self._stop_on_prune),
+            InstancePatch(trainer.optimizer, "step", self._prune.wrap),
             InstancePatch(trainer.accelerator, "unscale_gradients", self._unscale_then_measure),
             InstancePatch(trainer, "training_step", self._add_loss),
         ]
         if scaler is not None:
-            self._train_patches.append(InstancePatch(scaler, "step", self._stop_on_prune))
+            self._train_patches.append(InstancePatch(scaler, "step", self._prune.wrap))
 
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -174,8 +177,6 @@ class GradientDriftCallback(_Callback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
-        if control.should_save and self._live:
-            self._flush()  # a pending escalation acts now, not inside the checkpoint's save
         if self.pruned is not None:
             control.should_training_stop = True
         return control
@@ -222,26 +223,9 @@ class GradientDriftCallback(_Callback):
             self._loss = loss if self._loss is None else self._loss + loss
         return loss
 
-    def _stop_on_prune(self, original: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return original(*args, **kwargs)
-        except RunPruned as pruned:
-            self._stop(pruned)
-            return None
-
     # ================================================================ helpers
-    def _flush(self) -> None:
-        if self.monitor is None:
-            return
-        try:
-            self.monitor.flush()
-        except RunPruned as pruned:
-            self._stop(pruned)
-
     def _stop(self, pruned: RunPruned) -> None:
         """The run is failed and finished: stop sending to it; training stops after the step."""
-        if self.pruned is None:
-            self.pruned = pruned
         if self.monitor is not None:
             self.monitor.sink.enabled = False
         trainer = self._trainer
@@ -252,9 +236,6 @@ class GradientDriftCallback(_Callback):
         undo_all(self._train_patches)
         if self._live and self.monitor is not None:
             self._live = False
-            try:
-                self.monitor.remove()
-            except RunPruned as pruned:
-                self._stop(pruned)
+            self.monitor.remove()  # never raises an escalation
         self._live = False
         self._loss = None

@@ -17,18 +17,12 @@ from .. import watch
 from .._validate import check_state_keys
 from ..errors import RunPruned
 from ..monitor import GradientMonitor
-from ._common import (
-    InstancePatch,
-    check_options,
-    undo_all,
-    unwrap_optimizer,
-)
+from ._common import InstancePatch, PruneStop, check_options, undo_all, unwrap_optimizer
 from ._imports import OptionalImport
 
 with OptionalImport("lightning", extra="lightning") as _imports:
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import WandbLogger
-    from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -103,8 +97,7 @@ class GradientDriftCallback(_Callback):
         self._options = dict(options)
         #: One monitor per optimizer, in ``trainer.optimizers`` order (kept after the fit).
         self.monitors: list[GradientMonitor] = []
-        #: The ``RunPruned`` that stopped the last fit, or None.
-        self.pruned: RunPruned | None = None
+        self._prune = PruneStop(self._stop)
         self._restored: list[dict[str, Any]] | None = None
         self._by_optimizer: dict[int, GradientMonitor] = {}
         self._patches: list[InstancePatch] = []
@@ -135,17 +128,17 @@ class GradientDriftCallback(_Callback):
                         **self._monitor_options(),
                     )
                 )
-                self._patches.append(InstancePatch(optimizer, "step", self._stop_on_prune))
+                self._patches.append(InstancePatch(optimizer, "step", self._prune.wrap))
             if scaler is not None and optimizers:
                 # The monitor counts the steps the scaler skips; a run of them may prune.
-                self._patches.append(InstancePatch(scaler, "step", self._stop_on_prune))
+                self._patches.append(InstancePatch(scaler, "step", self._prune.wrap))
         except BaseException:
             undo_all(self._patches)
             for monitor in monitors:
                 monitor.remove()
             raise
         self.monitors = monitors
-        self.pruned = None
+        self._prune.reset()
         self._trainer = trainer
         self._by_optimizer = {id(o): m for o, m in zip(optimizers, monitors)}
         self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
@@ -192,8 +185,6 @@ class GradientDriftCallback(_Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The monitors' state, one entry per optimizer, for the Lightning checkpoint."""
-        for monitor in self.monitors:
-            self._flush(monitor)
         states = [m.state_dict() for m in self.monitors] if self.monitors else list(self._restored or [])
         return {"format_version": _FORMAT_VERSION, "monitors": states}
 
@@ -213,34 +204,21 @@ class GradientDriftCallback(_Callback):
             self._restored = states
 
     # ================================================================ pruning
+    @property
+    def pruned(self) -> RunPruned | None:
+        """The ``RunPruned`` that stopped the last fit, or None."""
+        return self._prune.pruned
+
     def check_pruned(self) -> None:
         """Raise the ``RunPruned`` that stopped the fit, if any (it exits with status 0)."""
-        if self.pruned is not None:
-            raise self.pruned
-
-    def _stop_on_prune(self, original: Any, *args: Any, **kwargs: Any) -> Any:
-        """``optimizer.step`` / ``scaler.step``: a prune skips the update and stops the Trainer.
-
-        (The monitor observes ``step(closure)`` once Lightning's closure has run backward, its
-        ``on_before_optimizer_step`` hooks and the clipping.)
-        """
-        try:
-            return original(*args, **kwargs)
-        except RunPruned as pruned:
-            self._stop(pruned)
-            return None
-
-    def _flush(self, monitor: GradientMonitor) -> None:
-        try:
-            monitor.flush()
-        except RunPruned as pruned:
-            self._stop(pruned)
+        self._prune.check_pruned()
 
     def _stop(self, pruned: RunPruned) -> None:
-        """The run is failed and finished: stop sending to it and let the fit end."""
-        if self.pruned is None:
-            self.pruned = pruned
-            rank_zero_info(f"wandb_gradema: {pruned} Signaling Trainer to stop.")
+        """The run is failed and finished (the monitor warned why): stop sending to it, end the fit.
+
+        (The monitor observes ``step(closure)`` once Lightning's closure has run backward, its
+        ``on_before_optimizer_step`` hooks and the clipping; the pruned step's update is skipped.)
+        """
         for monitor in self.monitors:
             monitor.sink.enabled = False
         trainer = self._trainer
@@ -254,10 +232,7 @@ class GradientDriftCallback(_Callback):
         live = list(self._by_optimizer.values())
         self._by_optimizer = {}
         for monitor in live:
-            try:
-                monitor.remove()
-            except RunPruned as pruned:
-                self._stop(pruned)
+            monitor.remove()  # never raises an escalation
         self._losses.clear()
         self._trainer = None
 

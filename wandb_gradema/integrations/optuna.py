@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import watch
+from ..errors import warn
 from ..escalation import EscalationEvent
-from ..monitor import PRUNED_TAG, GradientMonitor
+from ..monitor import GradientMonitor
+from ..wandb_sink import PRUNED_TAG
 from ._common import check_options
 from ._imports import OptionalImport
 
@@ -132,6 +134,10 @@ class _PruneTrial:
         monitor = self.monitor
         if monitor is None:  # set right after watch() returns, before any step can escalate
             return
+        if not event.confirmed:  # a prune is irreversible: the same bar as in a W&B sweep
+            warn(f"wandb_gradema: gradient drift escalated at step {event.step} (trial not pruned: "
+                 f"the evidence is below the prune bar so far): {event.reason}")
+            return
         step = monitor.step - 1  # the step in flight, as a pruned W&B run reports it
         if self.trial.user_attrs.get(TRIAL_ATTR) is None:
             self.trial.set_user_attr(
@@ -143,17 +149,7 @@ class _PruneTrial:
 
     def _mark_run(self, monitor: GradientMonitor, step: int, event: EscalationEvent) -> None:
         sink = monitor.sink
-        sink.update_summary(
-            {
-                sink.key("pruned"): True,
-                sink.key("pruned_step"): step,
-                sink.key("prune_reason"): event.reason,
-                sink.key("prune_types"): ",".join(event.anomaly_types),
-            }
-        )
-        sink.add_tag(PRUNED_TAG)
-        if monitor.alerts:
-            sink.alert(f"Trial pruned at step {step}", event.reason, level="ERROR", force=True)
+        sink.mark_pruned(step, event, alert=monitor.alerts, what="Trial")
         run = sink.run
         if run is not None and self.fail_run:
             _fail_when_finished(run)

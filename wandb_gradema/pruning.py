@@ -1,4 +1,4 @@
-"""Search hygiene: the sweep metric a pruned run leaves behind.
+"""Pruning inside a run: the sweep metric a pruned run leaves behind (search hygiene).
 
 W&B's bayes search scores a *failed* run by imputation (``metric.impute``, default ``worst``):
 the worst finite value of the metric among the sweep's terminal runs, or **0.0 when no run has

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._validate import check_int
-from .sweep_config import (
+from .._validate import check_int
+from .config import (
     SweepConfigError,
     build_command,
     command_args,
@@ -45,8 +45,8 @@ from .sweep_config import (
     resolve_program,
     searched_parameters,
 )
-from .sweep_report import progress_line, result_rows, summary_table
-from .sweep_trial import Trial
+from .report import progress_line, result_rows, summary_table
+from .trial import Trial
 
 __all__ = ["SweepRunner", "add_arguments", "run"]
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .sweep_trial import Trial, flatten_params
+from .trial import Trial, flatten_params
 
 __all__ = ["SweepTotals", "fmt", "progress_line", "result_rows", "summary_table", "totals"]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .offline import OfflineRun, find_runs, read_run
+from ..offline import OfflineRun, find_runs, read_run
 
 __all__ = ["OUTCOMES", "Trial", "flatten_params", "gradema_value", "metric_values"]
 
@@ -227,7 +227,7 @@ class Trial:
 
     def sweep_run(self, live: OfflineRun | None = None) -> Any:
         """The ``sweeps.SweepRun`` the engine reads; ``live``: a running run's log so far."""
-        from .sweep_config import import_sweeps
+        from .config import import_sweeps
 
         sweeps = import_sweeps()
         logged = self.run if self.run is not None else live

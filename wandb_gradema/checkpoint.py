@@ -1,0 +1,144 @@
+"""The monitor's checkpoint format: its version, its keys, and riding inside the optimizer's.
+
+``GradientMonitor.state_dict()`` is a dict of plain Python values with ``format_version``.
+This module checks a loaded state before anything is restored (a newer format is named as
+such, an older one is brought up to date), and owns the optimizer state-dict hooks that carry
+the monitor state inside ``optimizer.state_dict()`` under ``STATE_KEY``.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._validate import check_state_keys
+from .errors import warn
+
+__all__ = ["FORMAT_VERSION", "STATE_KEY", "STATE_KEYS", "OptimizerStateHooks", "upgrade"]
+
+#: The format ``state_dict()`` writes. 2: the decision schedule (``ticks``), steps processed but
+#: not yet decided, internal-error count and the ``confirmed`` flag of events.
+FORMAT_VERSION = 2
+#: The key under which the monitor state rides inside ``optimizer.state_dict()``.
+STATE_KEY = "gradema"
+STATE_KEYS = (
+    "format_version",
+    "step",
+    "ticks",
+    "skip_streak",
+    "cadence",
+    "tracker",
+    "detector",
+    "policy",
+    "aggregator",
+    "events",
+    "undecided_events",
+    "undecided_rows",
+    "internal_errors",
+)
+
+
+def upgrade(state: Mapping[str, Any], *, owner: str = "GradientMonitor") -> tuple[dict[str, Any], bool]:
+    """``state`` in the current format, and whether the detector's statistics must restart.
+
+    Raises:
+        TypeError: ``state`` is not a dict.
+        ValueError: it was written by a newer version of wandb_gradema (upgrade to read it).
+        KeyError: keys are missing or unknown for its format (named).
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{owner}.load_state_dict expects a dict, got {type(state).__name__}.")
+    version = state.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{owner} state has no valid format_version (got {version!r}); was it saved by wandb_gradema?")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{owner} state has format_version {version}, written by a newer wandb_gradema; this version "
+            f"reads formats up to {FORMAT_VERSION}. Upgrade wandb_gradema to load it."
+        )
+    state = dict(state)
+    restart_detector = False
+    if version == 1:
+        check_state_keys(
+            owner,
+            state,
+            ("format_version", "step", "skip_streak", "next_log", "tracker", "detector", "policy", "aggregator", "events"),
+        )
+        state["ticks"] = state["step"]
+        state["cadence"] = {"next_log": state.pop("next_log")}
+        state["events"] = [{**e, "confirmed": e.get("confirmed", False)} for e in state["events"]]
+        state.update(undecided_events=[], undecided_rows=[], internal_errors=0, format_version=FORMAT_VERSION)
+        restart_detector = True  # the detector's statistics changed with format 2
+    check_state_keys(owner, state, STATE_KEYS)
+    return state, restart_detector
+
+
+class OptimizerStateHooks:
+    """Carries a state inside ``optimizer.state_dict()`` and takes it back on load.
+
+    Args:
+        optimizer: the optimizer whose state-dict hooks are registered.
+        save: returns the state to store (called by the optimizer's ``state_dict()``).
+        load: restores a stored state (called by the optimizer's ``load_state_dict()``).
+
+    Only weak references to the callbacks' owner are kept. ``torch.distributed.checkpoint``'s
+    ``get_optimizer_state_dict`` rebuilds the dict from ``state`` and ``param_groups`` alone,
+    which drops the entry: a warning says so, once, with what to do instead.
+    """
+
+    def __init__(
+        self,
+        optimizer: Any,
+        save: Callable[[], dict[str, Any]],
+        load: Callable[[Mapping[str, Any]], None],
+    ) -> None:
+        self._save = weakref.WeakMethod(save)
+        self._load = weakref.WeakMethod(load)
+        self._warned = False
+        self.handles = [
+            optimizer.register_state_dict_post_hook(self._save_into),
+            optimizer.register_load_state_dict_pre_hook(self._load_from),
+        ]
+
+    def remove(self) -> None:
+        """Take both hooks off."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _save_into(self, optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
+        save = self._save()
+        if save is None:
+            return state
+        if not self._warned and _called_from_dcp():
+            self._warned = True
+            warn(
+                "wandb_gradema: torch.distributed.checkpoint's get_optimizer_state_dict keeps only "
+                "'state' and 'param_groups', so the monitor's state is not in the optimizer's "
+                "checkpoint. Save it beside: put the monitor itself in the DCP state dict "
+                "(dcp.save({..., 'gradema': monitor})) or torch.save(monitor.state_dict(), ...)."
+            )
+        state[STATE_KEY] = save()
+        return state
+
+    def _load_from(self, optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
+        load = self._load()
+        if load is None or STATE_KEY not in state:
+            return state
+        state = dict(state)
+        load(state.pop(STATE_KEY))
+        return state
+
+
+def _called_from_dcp() -> bool:
+    """True when the optimizer's ``state_dict()`` was called by DCP's state-dict helpers."""
+    frame = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            return False
+        if frame.f_code.co_filename.replace("\\", "/").endswith("distributed/checkpoint/state_dict.py"):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False

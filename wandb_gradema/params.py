@@ -1,0 +1,70 @@
+"""WatchedParams: the optimizer's parameters as the monitor measures them, kept up to date.
+
+Why a class: ``optimizer.add_param_group(...)`` after ``watch()`` (unfreezing layers while
+fine-tuning) adds parameters that must be measured and named too. A cheap signature of the
+param groups (their count and sizes) is compared on every step; the list is rebuilt only when
+it changes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["WatchedParams", "is_sharded"]
+
+
+def is_sharded(param: torch.Tensor) -> bool:
+    """True for a parameter whose gradient holds only this rank's shard.
+
+    FSDP2 parameters are ``DTensor``s; FSDP1 marks its ``FlatParameter``s and, with
+    ``use_orig_params=True``, the original parameters (views into the local shard) with
+    ``_fsdp_flattened``.
+    """
+    return type(param).__name__ in ("DTensor", "FlatParameter") or bool(getattr(param, "_fsdp_flattened", False))
+
+
+class WatchedParams:
+    """The parameters of ``optimizer``'s groups, in order, with a readable name for each.
+
+    Args:
+        optimizer: the optimizer whose ``param_groups`` are read (not kept: the caller passes it
+            to ``refresh``).
+        model: names parameters (``model.named_parameters()``); others are ``group<g>.param<i>``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None) -> None:
+        self._model_names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+        self.params: list[torch.Tensor] = []
+        self.names: list[str] = []
+        self._signature: tuple[int, ...] = ()
+        self.refresh(optimizer)
+
+    def refresh(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Re-read the param groups if they changed; True when they did."""
+        groups = optimizer.param_groups
+        signature = tuple(len(g["params"]) for g in groups)
+        if signature == self._signature:
+            return False
+        self._signature = signature
+        self.params = [p for g in groups for p in g["params"]]
+        self.names = [
+            self._model_names.get(id(p), f"group{gi}.param{pi}")
+            for gi, g in enumerate(groups)
+            for pi, p in enumerate(g["params"])
+        ]
+        return True
+
+    @property
+    def on_cpu(self) -> bool:
+        """Every parameter lives on the CPU (reading values back costs nothing)."""
+        return all(p.device.type == "cpu" for p in self.params)
+
+    @property
+    def uniform(self) -> bool:
+        """One device and one dtype for all: the foreach kernels need no grouping."""
+        return len({(p.device, p.dtype) for p in self.params}) <= 1
+
+    @property
+    def any_sharded(self) -> bool:
+        """Some parameter is an FSDP shard (see ``is_sharded``)."""
+        return any(is_sharded(p) for p in self.params)

@@ -1,0 +1,102 @@
+"""The queue of measured steps and its one read-back to the host.
+
+On accelerators a step's values (stats row, loss, learning rate, per-layer norms, a fused
+optimizer's overflow flag) stay on the device until the monitor needs them; ``read_back``
+brings every queued step to the host with a single transfer. Steps measured on the host
+(CPU, ``sync_every=1``) pass through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .norms import StatsRow
+
+__all__ = ["PendingStep", "StepValues", "read_back"]
+
+
+@dataclass(slots=True)
+class PendingStep:
+    """One optimizer step waiting to be read back.
+
+    ``row`` is None for a step a GradScaler skipped (its pre-hook never ran); ``found_inf`` is
+    the overflow flag a fused optimizer stepped by a GradScaler received (a no-op step).
+    """
+
+    step: int
+    row: Tensor | StatsRow | None
+    loss: float | Tensor | None = None
+    lr: float | Tensor | None = None
+    layer_norms: Tensor | list[float] | None = None
+    layer_index: Sequence[int] = ()
+    found_inf: float | Tensor | None = None
+
+
+@dataclass(slots=True)
+class StepValues:
+    """The host values of one queued step (``row`` None: skipped by the GradScaler)."""
+
+    step: int
+    row: StatsRow | None
+    loss: float | None
+    lr: float | None
+    layer_norms: list[float] | None
+    layer_index: Sequence[int]
+
+    @property
+    def n_tensors(self) -> int:
+        """Parameter tensors that had a gradient."""
+        return len(self.layer_index)
+
+
+def read_back(queue: Sequence[PendingStep]) -> list[StepValues]:
+    """Host values of every queued step, in order.
+
+    Host-device sync: one, for all device tensors of all queued steps together (concatenated
+    on the first tensor's device); none when everything was measured on the host.
+    """
+    tensors = [t for p in queue for t in (p.row, p.loss, p.lr, p.layer_norms, p.found_inf) if isinstance(t, Tensor)]
+    flat: list[float] = []
+    if tensors:
+        dev = tensors[0].device
+        flat = torch.cat([t.detach().reshape(-1).float().to(dev, non_blocking=True) for t in tensors]).tolist()
+    at = 0
+
+    def take(value: Tensor | float | list[float] | StatsRow | None) -> float | Sequence[float] | None:
+        """The host value of one queued field: as it was, or its slice of ``flat``."""
+        nonlocal at
+        if not isinstance(value, Tensor):
+            return value
+        n = value.numel()
+        at += n
+        return flat[at - n : at]
+
+    values = []
+    for p in queue:
+        row = take(p.row)
+        loss, lr = take(p.loss), take(p.lr)
+        norms = take(p.layer_norms)
+        inf = take(p.found_inf)
+        skipped = p.row is None or (inf is not None and bool(_scalar(inf)))
+        values.append(
+            StepValues(
+                step=p.step,
+                row=None if skipped or not isinstance(row, Sequence) else StatsRow(*row),
+                loss=_scalar(loss),
+                lr=_scalar(lr),
+                layer_norms=list(norms) if isinstance(norms, Sequence) else None,
+                layer_index=p.layer_index,
+            )
+        )
+    return values
+
+
+def _scalar(value: float | Sequence[float] | None) -> float | None:
+    """A float from a one-element read-back (or a float already)."""
+    if value is None:
+        return None
+    return float(value[0] if isinstance(value, Sequence) else value)
