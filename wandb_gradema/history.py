@@ -17,8 +17,9 @@ the user logs next (W&B then drops that row). One writer per run watches every o
   and escalation flags kept) and a warning, once, says how to keep them all.
 
 Until the user's style is known (their first ``log()`` call, or ``UNKNOWN_TICKS`` optimizer
-steps) the monitor's rows wait. Everything waiting is written when the last monitor using the
-writer is removed, and before the run finishes.
+steps) the monitor's rows wait. When the last monitor using the writer is removed, rows still
+waiting for a user row keep the observer on the run until they are written, at the latest
+just before the run finishes.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class HistoryWriter:
         self._merged_keys: set[str] = set()  # keys of ours merged into the pending row
         self._committed_own = 0  # rows we committed ourselves
         self._users = 0
+        self._closing = False  # every monitor let go: detach once nothing waits
         self.combined = 0  # rows folded into others because the user logs less often
         self._patches: list[InstancePatch] = []
         try:
@@ -110,7 +112,9 @@ class HistoryWriter:
     ) -> HistoryWriter:
         """The writer of ``run`` (created on first use); call ``release()`` when done."""
         writer = vars(run).get(_ATTR) if hasattr(run, "__dict__") else None
-        if not isinstance(writer, cls):
+        if not isinstance(writer, cls) or writer._closing:
+            if isinstance(writer, cls):
+                writer._finish()  # a new monitor on this run: the old writer's rows go first
             writer = cls(run, warn_once, on_error)
             try:
                 setattr(run, _ATTR, writer)
@@ -143,23 +147,27 @@ class HistoryWriter:
                 self._drain()
 
     def close(self) -> None:
-        """Write everything still waiting and take the patches off."""
+        """No more rows will come: write what can be written, and let go of the run.
+
+        Rows that must wait for the user's next row (``step=`` or an open row) keep the
+        observer on the run until they are written, at the latest when the run finishes.
+        """
         with self._lock:
+            self._closing = True
             if self.style == "unknown":
                 self.style = "own"
-            if self.style == "explicit":
-                self._drain()
-                if self._waiting:  # the user's row already holds ours: fold the rest into it
-                    rows = list(self._waiting)
-                    self._waiting.clear()
-                    self.combined += len(rows)
-                    self._log(combine_rows(rows), commit=False)
-            else:
-                self._user_open = False  # finishing commits the pending row anyway
-                self._drain()
-            self._undo()
-            if hasattr(self.run, "__dict__") and vars(self.run).get(_ATTR) is self:
-                delattr(self.run, _ATTR)
+            self._drain()
+
+    def _finish(self) -> None:
+        """The run ends: everything waiting is written now (no user row can follow)."""
+        with self._lock:
+            for row in list(self._waiting):
+                if self._merged_keys & row.keys():  # ours is in the pending row: commit it first
+                    self._log({}, commit=True)
+                    self._merged_keys = set()
+                self._log(row, commit=None)
+            self._waiting.clear()
+            self._detach()
 
     # ------------------------------------------------------------------ the user's side
     def _observe(
@@ -174,10 +182,14 @@ class HistoryWriter:
             rescued = self._behind(step, current)
         except Exception as exc:  # noqa: BLE001
             self._on_error("history", exc)
-        out = original(data, None, False) if rescued else original(data, step, commit)
+        if rescued:  # a row of its own at the current step: W&B would have dropped it
+            self._log(dict(data), commit=True, step=current)
+            out = None
+        else:
+            out = original(data, step, commit)
         try:
             with self._lock:
-                self._after_user_log(step, commit, rescued, current)
+                self._after_user_log(step, True if rescued else commit, current, rescued)
                 self._drain()
         except Exception as exc:  # noqa: BLE001
             self._on_error("history", exc)
@@ -190,18 +202,19 @@ class HistoryWriter:
         self._warn_once(
             "history-behind",
             f"W&B: your log(step={step}) came after gradema had committed rows of its own up to "
-            f"step {current}; W&B would have dropped it, so it was written at step {current}. gradema "
-            "writes only into your rows from now on. To keep your step axis, log your step as a "
-            "metric (run.define_metric('my_step'); run.log({'my_step': step, ...})).",
+            f"step {current}; W&B would have dropped it, so it was written at step {current} (and "
+            "later rows of yours that are behind as well); gradema writes only into your rows from "
+            "now on. To keep your step axis, log your step as a metric "
+            "(run.define_metric('my_step'); run.log({'my_step': step, ...})).",
         )
         return True
 
-    def _after_user_log(self, step: int | None, commit: bool | None, rescued: bool, current: Any) -> None:
+    def _after_user_log(self, step: int | None, commit: bool | None, current: Any, rescued: bool) -> None:
         if step is not None:
             self.style = "explicit"
         elif self.style in ("unknown", "own"):
             self.style = "implicit"
-        committed = not rescued and ((step is None and commit is None) or bool(commit))
+        committed = (step is None and commit is None) or bool(commit)
         new_row = not rescued and step is not None and (not isinstance(current, int) or step > current)
         if committed or new_row:
             self._merged_keys = set()  # the pending row holding ours was committed
@@ -209,7 +222,7 @@ class HistoryWriter:
 
     def _before_finish(self, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
-            self.close()
+            self._finish()
         except Exception as exc:  # noqa: BLE001
             self._on_error("history", exc)
         return original(*args, **kwargs)
@@ -229,6 +242,8 @@ class HistoryWriter:
                 self._committed_own += 1
         if len(self._waiting) > MAX_WAITING:
             self._combine_oldest()
+        if self._closing and not self._waiting:
+            self._detach()
 
     def _combine_oldest(self) -> None:
         keep = MAX_WAITING // 2
@@ -248,17 +263,23 @@ class HistoryWriter:
             "or pass log_every=N to watch().",
         )
 
-    def _log(self, row: dict[str, Any], *, commit: bool | None) -> None:
+    def _log(self, row: dict[str, Any], *, commit: bool | None, step: int | None = None) -> None:
         self._writing = True
         try:
             if commit is None:
                 self.run.log(row)
             else:
-                self.run.log(row, commit=commit)
+                self.run.log(row, step=step, commit=commit)
         except Exception as exc:  # noqa: BLE001 - W&B must never stop training
             self._on_error("log", exc)
         finally:
             self._writing = False
+
+    def _detach(self) -> None:
+        """Take the patches off the run and forget it."""
+        self._undo()
+        if hasattr(self.run, "__dict__") and vars(self.run).get(_ATTR) is self:
+            delattr(self.run, _ATTR)
 
     def _undo(self) -> None:
         while self._patches:

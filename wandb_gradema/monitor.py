@@ -135,6 +135,7 @@ class GradientMonitor:
             OptimizerStateHooks(optimizer, self.state_dict, self.load_state_dict) if opts.save_with_optimizer else None
         )
         self._scaler = ScalerWatch(opts.scaler, optimizer, self._tick_count, self._on_skipped) if opts.scaler else None
+        self._guarded(self.sink.attach)  # see the user's logging from their first log() on
 
     # ================================================================ public API
     @property

@@ -90,9 +90,26 @@ class WandbSink:
                 "but logs nothing.",
             )
             return None
+        if getattr(run, "_is_finished", False) is True:
+            self._warn_once(
+                "finished",
+                "The W&B run was finished while training goes on: gradema keeps tracking drift "
+                "(events, counters, state_dict()) but logs nothing more to it.",
+            )
+            return None
         if id(run) != self._defined_for and not self.closed:
             self._attach(run)
         return run
+
+    def attach(self) -> None:
+        """Start watching the run's history now if a run is live (quietly when none is yet).
+
+        Called when the monitor is created, so the user's first ``log()`` is seen.
+        """
+        if self.enabled and not self.closed:
+            run = current_run(self._explicit)
+            if run is not None and not getattr(run, "disabled", False) and id(run) != self._defined_for:
+                self._attach(run)
 
     @property
     def sweep_id(self) -> str | None:
