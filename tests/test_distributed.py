@@ -5,8 +5,10 @@ Workers write what they saw to JSON files; the test process asserts on them.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,21 @@ WORLD = 2
 def _init(rank: int, tmp: Path) -> None:
     torch.set_num_threads(1)
     os.environ["WANDB_DIR"] = str(tmp)
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),  # collectives out of step fail fast, not in 30 min
+    )
+
+
+def _spawn(fn, *args, timeout: float = 180.0) -> None:
+    """``mp.spawn`` with a deadline: a hang (ranks out of step) fails the test instead of CI."""
+    context = mp.start_processes(fn, args=args, nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(1.0, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"ranks did not finish within {timeout:.0f} s: a collective out of step")
 
 
 def _ddp_worker(rank: int, tmp: Path) -> None:
@@ -65,7 +81,7 @@ def _ddp_worker(rank: int, tmp: Path) -> None:
 
 
 def test_ddp_ranks_share_norms_and_decide_together_and_only_rank0_logs(tmp_path: Path) -> None:
-    mp.spawn(_ddp_worker, args=(tmp_path,), nprocs=WORLD, join=True)
+    _spawn(_ddp_worker, tmp_path)
     r0, r1 = (json.loads((tmp_path / f"ddp{r}.json").read_text()) for r in range(WORLD))
     assert len(r0["norms"]) == 6 and r0["norms"] == pytest.approx(r1["norms"], rel=1e-6)
     assert r0["raised"] == r1["raised"] == 6  # rank 0 saw no NaN, yet stops at the same step
@@ -122,7 +138,7 @@ def _fsdp_norm(rank: int) -> dict | None:
 
 
 def test_sharded_gradients_give_the_global_norm(tmp_path: Path) -> None:
-    mp.spawn(_sharded_worker, args=(tmp_path,), nprocs=WORLD, join=True)
+    _spawn(_sharded_worker, tmp_path)
     r0, r1 = (json.loads((tmp_path / f"shard{r}.json").read_text()) for r in range(WORLD))
     for r in (r0, r1):
         assert r["sharded"] == pytest.approx(r["expected"], rel=1e-5)
@@ -133,3 +149,78 @@ def test_sharded_gradients_give_the_global_norm(tmp_path: Path) -> None:
         for r in (r0, r1):
             assert r["fsdp"]["auto_sharded"] is True
             assert r["fsdp"]["tracked"] == pytest.approx(r["fsdp"]["expected"], rel=1e-5)
+
+
+FIELD_STEPS = 60
+NAN_RANK1_AT = 45
+
+
+def _field_worker(rank: int, tmp: Path, sync_every: int) -> None:
+    """A DDP script as users write it: ranks differ in everything but the gradients.
+
+    Rank 0 alone has a W&B run (so only its adaptive cadence runs, on its own wall clock),
+    saves checkpoints (``opt.state_dict()``) and reads ``monitor.last``, and sleeps now and
+    then; every rank unfreezes a layer with ``add_param_group`` at step 30; rank 1 alone sees
+    a NaN at step 45. The ranks must stop at the same step, on the same escalation.
+    """
+    _init(rank, tmp)
+    import wandb
+
+    torch.manual_seed(0)
+    body = torch.nn.Linear(8, 16)
+    model = torch.nn.Sequential(body, torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    for p in body.parameters():
+        p.requires_grad_(False)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    run = wandb.init(project="ddp", mode="offline", dir=str(tmp)) if rank == 0 else None
+    monitor = wandb_gradema.watch(opt, model=model, sync_every=sync_every, on_escalation="raise")
+    stopped, event_step, types, norms = None, None, [], []
+    step = -1
+    try:
+        for step in range(FIELD_STEPS):
+            if step == 30:  # unfreeze on every rank (DDP then needs the new parameters' grads)
+                for p in body.parameters():
+                    p.requires_grad_(True)
+                opt.add_param_group({"params": list(body.parameters()), "lr": 1e-4})
+            g = torch.Generator().manual_seed(100 * rank + step)
+            x = torch.randn(16, 8, generator=g)
+            loss = ddp(x).pow(2).mean()
+            monitor.observe_loss(loss)
+            loss.backward()
+            if rank == 1 and step == NAN_RANK1_AT:
+                model[2].weight.grad.fill_(float("nan"))  # after the all-reduce: rank 1 only
+            opt.step()
+            opt.zero_grad()
+            if rank == 0:
+                if step % 10 == 3:
+                    torch.save(opt.state_dict(), tmp / "ckpt.pt")  # reads back: never decides
+                if step % 7 == 0:
+                    norms.append(monitor.last[0].grad_norm)
+                if step % 9 == 0:
+                    time.sleep(0.03)  # rank 0's wall clock drifts from rank 1's
+    except wandb_gradema.EscalationError as exc:
+        stopped, event_step = step, exc.step
+        types = [list(e.anomaly_types) for e in monitor.events]
+    n_params = len(monitor.intake.watched.params)
+    monitor.remove()
+    if run is not None:
+        run.finish()
+    (tmp / f"field{rank}.json").write_text(json.dumps(
+        {"stopped": stopped, "event": event_step, "types": types, "n_params": n_params, "norms": norms}
+    ))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("sync_every", [1, 8], ids=["host", "deferred"])
+def test_ranks_that_differ_like_real_ranks_stop_together(tmp_path: Path, sync_every: int) -> None:
+    _spawn(_field_worker, tmp_path, sync_every)
+    r0, r1 = (json.loads((tmp_path / f"field{r}.json").read_text()) for r in range(WORLD))
+    decision = NAN_RANK1_AT if sync_every == 1 else (NAN_RANK1_AT // sync_every + 1) * sync_every - 1
+    assert r0["stopped"] == r1["stopped"] == decision  # the same step on every rank
+    assert r0["event"] == r1["event"] == NAN_RANK1_AT
+    assert r1["types"] == [["nonfinite"]] and r0["types"] == [["other_rank"]]
+    assert r0["n_params"] == r1["n_params"] == 4  # the unfrozen layer is measured too
+    assert r0["norms"] and all(n > 0 for n in r0["norms"])
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from .escalation import EscalationEvent
 from .norms import COUNT_FIELDS, NORM_FIELDS
 
-__all__ = ["agree", "broadcast_from_main", "is_distributed", "is_main_process", "reduce_sharded_row", "world_size"]
+__all__ = [
+    "agree",
+    "agree_events",
+    "broadcast_from_main",
+    "is_distributed",
+    "is_main_process",
+    "reduce_sharded_row",
+    "world_size",
+]
 
 
 def is_distributed() -> bool:
@@ -71,6 +82,35 @@ def agree(first: int | None, first_confirmed: int | None) -> tuple[int | None, i
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     fired, neg_step, confirmed, neg_confirmed = t.tolist()  # host sync: this is a decision step
     return (-neg_step if fired else None), (-neg_confirmed if confirmed else None)
+
+
+def agree_events(events: list[EscalationEvent]) -> list[EscalationEvent]:
+    """The escalations every rank acts on, from this rank's own (one all_reduce).
+
+    All ranks escalate together at the earliest step any rank escalated, and prune together at
+    the earliest confirmed escalation; a rank that saw nothing records why it escalates anyway
+    (``other_rank``). The caller then adopts the first event's cooldown and telemetry windows.
+    """
+    confirmed = [e for e in events if e.confirmed]
+    first, first_confirmed = agree(events[0].step if events else None, confirmed[0].step if confirmed else None)
+    agreed = []
+    if first is not None:
+        event = next((e for e in events if e.step == first), None) or _other_rank(first)
+        agreed.append(replace(event, confirmed=True) if first_confirmed == first else event)
+    if first_confirmed is not None and first_confirmed != first:
+        event = next((e for e in confirmed if e.step == first_confirmed), None) or _other_rank(first_confirmed)
+        agreed.append(replace(event, confirmed=True))
+    return agreed
+
+
+def _other_rank(step: int) -> EscalationEvent:
+    return EscalationEvent(
+        step=step,
+        reasons=(f"Escalation on another rank at step {step}.",),
+        anomaly_types=("other_rank",),
+        score=math.nan,
+        first_anomaly_step=step,
+    )
 
 
 def reduce_sharded_row(row: torch.Tensor) -> torch.Tensor:

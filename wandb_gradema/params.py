@@ -9,8 +9,9 @@ it changes.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-__all__ = ["WatchedParams", "is_sharded"]
+__all__ = ["WatchedParams", "is_sharded", "largest_lr"]
 
 
 def is_sharded(param: torch.Tensor) -> bool:
@@ -68,3 +69,21 @@ class WatchedParams:
     def any_sharded(self) -> bool:
         """Some parameter is an FSDP shard (see ``is_sharded``)."""
         return any(is_sharded(p) for p in self.params)
+
+
+def largest_lr(optimizer: torch.optim.Optimizer, *, host: bool) -> float | Tensor | None:
+    """The largest learning rate of the param groups (None when none has one).
+
+    Tensor LRs (capturable optimizers) on an accelerator stay there: a 0-d tensor read back
+    with the step's other values, never a sync of its own. ``host``: read them now.
+    """
+    lrs = [g.get("lr") for g in optimizer.param_groups]
+    floats = [float(v) for v in lrs if isinstance(v, (int, float))]
+    tensors = [v for v in lrs if isinstance(v, Tensor)]
+    if not tensors:
+        return max(floats) if floats else None
+    if host or all(t.device.type == "cpu" for t in tensors):
+        return max(floats + [float(t) for t in tensors])
+    dev = tensors[0].device
+    stacked = torch.stack([t.detach().to(dev).float().reshape(()) for t in tensors]).amax()
+    return torch.maximum(stacked, torch.tensor(max(floats), device=dev)) if floats else stacked

@@ -1,0 +1,157 @@
+"""StepIntake: measures each optimizer step on the gradients' device and queues it.
+
+The device side of the monitor: which parameters to measure (``WatchedParams``, refreshed
+after ``add_param_group``), how (on the host on CPU, with device tensors elsewhere; sharded
+gradients combined across ranks), the loss observed for the step, clipping in the same pass,
+and the queue of measured steps waiting for the next read-back. Nothing here reads values back
+to the host except on CPU, where that is free.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import _dist, norms
+from .params import WatchedParams, largest_lr
+from .readback import PendingStep
+
+__all__ = ["StepIntake"]
+
+
+class StepIntake:
+    """Measures and queues the steps of one optimizer.
+
+    Args:
+        optimizer: the optimizer whose param groups are measured.
+        model: names parameters for per-layer telemetry (or None).
+        sync_every: steps between read-backs; 1 on CPU measures on the host.
+        sharded: gradients are sharded across ranks (None: detect FSDP).
+        max_norm: clip to this total norm after measuring (None: no clipping).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: torch.nn.Module | None,
+        *,
+        sync_every: int | None,
+        sharded: bool | None,
+        max_norm: float | None,
+    ) -> None:
+        self.watched = WatchedParams(optimizer, model)
+        self.sync_every = sync_every if sync_every is not None else (1 if self.watched.on_cpu else 16)
+        self.max_norm = max_norm
+        self.queue: list[PendingStep] = []
+        self._sharded_option = sharded
+        self._distributed = _dist.is_distributed()
+        self._pending: norms.GradStats | None = None  # measured by measure() for the coming step
+        self._loss_sum: float | Tensor | None = None
+        self._loss_count = 0
+        self.configure()
+
+    def configure(self) -> None:
+        """Derive how to measure from the parameters (again after ``add_param_group``)."""
+        watched = self.watched
+        option = self._sharded_option
+        self.sharded = bool(option) if option is not None else self._distributed and watched.any_sharded
+        # On CPU every step is a decision step anyway: finish the stats in Python (cheaper).
+        self.host = watched.on_cpu and self.sync_every == 1 and not self.sharded
+        self.uniform = watched.uniform
+
+    # ------------------------------------------------------------------ before step()
+    def observe_loss(self, loss: float | Tensor) -> None:
+        """Add a loss for the coming step (see ``GradientMonitor.observe_loss``)."""
+        if isinstance(loss, Tensor):
+            if loss.numel() != 1:
+                raise ValueError(f"`loss` must be a scalar (one element), got shape {tuple(loss.shape)}.")
+            # On CPU reading the value now is free; elsewhere keep it on device until read back.
+            value: float | Tensor = loss.item() if self.host else loss.detach().reshape(()).float()
+        elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
+            value = float(loss)
+        else:
+            raise TypeError(f"`loss` must be a float or a scalar tensor, got {type(loss).__name__}.")
+        self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
+        self._loss_count += 1
+
+    @property
+    def has_loss(self) -> bool:
+        """A loss was observed for the coming step."""
+        return self._loss_sum is not None
+
+    def measure(self, optimizer: torch.optim.Optimizer) -> norms.GradStats:
+        """Measure now for the coming step; sharded gradients are combined (one all_gather)."""
+        if self.watched.refresh(optimizer):
+            self.configure()
+        stats = norms.measure(self.watched.params, local=self.sharded, host=self.host, uniform=self.uniform)
+        if self.sharded:
+            stats.row = _dist.reduce_sharded_row(stats.row)  # type: ignore[arg-type]
+        self._pending = stats
+        return stats
+
+    def clip_(self, stats: norms.GradStats, max_norm: float) -> None:
+        """Clip the gradients ``stats`` measured to ``max_norm`` (once per step)."""
+        norms.clip_grads_(stats.grads, stats.total, max_norm)
+        stats.clipped = True
+
+    # ------------------------------------------------------------------ in step()
+    def local_stats(self, optimizer: torch.optim.Optimizer) -> tuple[norms.GradStats, bool]:
+        """This step's stats, and whether they are combined across ranks already."""
+        if self.watched.refresh(optimizer):  # add_param_group since the last step
+            self.configure()
+            self._pending = None
+        stats, self._pending = self._pending, None
+        if stats is not None:  # measured by measure() / clip_grad_norm_(): combined there
+            return stats, True
+        return norms.measure(self.watched.params, local=self.sharded, host=self.host, uniform=self.uniform), False
+
+    def combine(self, stats: norms.GradStats | None) -> None:
+        """Combine a sharded step's stats across ranks: every rank calls this, even when its own
+        measurement failed (a NaN row then), or the others would wait forever."""
+        params = self.watched.params
+        device = params[0].device if params else torch.device("cpu")
+        row = stats.row if stats is not None else torch.full((4,), math.nan, device=device)
+        row = _dist.reduce_sharded_row(row)  # type: ignore[arg-type]
+        if stats is not None:
+            stats.row = row
+
+    def enqueue(
+        self, step: int, stats: norms.GradStats, optimizer: torch.optim.Optimizer, found_inf: Any, grad_scale: Any
+    ) -> None:
+        """Bring ``stats`` to true scale, clip (``max_norm``) and queue the step."""
+        if isinstance(grad_scale, Tensor):  # measured at the loss scale: bring back to true scale
+            stats = norms.unscale(stats, grad_scale)
+        if self.max_norm is not None and not stats.clipped:
+            self.clip_(stats, self.max_norm)
+        inf: float | Tensor | None = None
+        if isinstance(found_inf, Tensor):
+            inf = found_inf.item() if self.host else found_inf.detach().clone()
+        lr = largest_lr(optimizer, host=self.host)
+        self.queue.append(PendingStep(step, stats.row, self.take_loss(), lr, stats.norms, stats.index, inf))
+
+    def skipped(self, step: int) -> None:
+        """Queue a step a GradScaler skipped (its gradients were not finite)."""
+        self._pending = None
+        self.take_loss()
+        self.queue.append(PendingStep(step, None))
+
+    def take_loss(self) -> float | Tensor | None:
+        """The mean loss observed since the last step (None if none), and start afresh."""
+        if self._loss_sum is None:
+            return None
+        loss = self._loss_sum / self._loss_count
+        self._loss_sum, self._loss_count = None, 0
+        return loss
+
+    def take_queue(self) -> list[PendingStep]:
+        """Every queued step, in order; the queue starts afresh."""
+        queue, self.queue = self.queue, []
+        return queue
+
+    def reset(self) -> None:
+        """Forget what is queued and observed (a checkpoint replaces the trajectory)."""
+        self.queue, self._pending = [], None
+        self._loss_sum, self._loss_count = None, 0
