@@ -1,4 +1,4 @@
-"""``python -m benchmarks.overhead [--quick] [--models M ...] [--profile] [--threads N] [--budget S]``.
+"""``python -m benchmarks.overhead [--quick] [--models M ...] [--device D] [--profile] [--threads N] [--budget S]``.
 
 Times whole AdamW training steps of four models, interleaved in one process (A B A B ...),
 for the bare step and every variant in ``variants.VARIANTS``; prints per model a table of
@@ -76,6 +76,9 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="busy-window threshold")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory section")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device", default="cpu", help="where the models train: cpu (default) or cuda (blocks end with a device sync)"
+    )
     args = parser.parse_args(argv)
     if args.models is None:
         args.models = ["mlp-100k"] if args.quick else list(DEFAULT_MODELS)
@@ -102,8 +105,11 @@ class Bench:
         self.args = args
         self.root = root
         torch.manual_seed(args.seed)
-        self.base = spec.build()
-        self.batches: list[Batch] = spec.batches(torch.Generator().manual_seed(args.seed))
+        device = torch.device(args.device)
+        self.base = spec.build().to(device)
+        self.batches: list[Batch] = [
+            (x.to(device), y.to(device)) for x, y in spec.batches(torch.Generator().manual_seed(args.seed))
+        ]
         self.n_params = sum(p.numel() for p in self.base.parameters())
         self.n_tensors = len(list(self.base.parameters()))
         self.rng = random.Random(args.seed)
@@ -307,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "# wandb_gradema overhead per training step (python -m benchmarks.overhead"
         f"{' ' + ' '.join(sys.argv[1:]) if argv is None and sys.argv[1:] else ''})"
     )
-    print(report.header(args.threads), "\n", flush=True)
+    print(report.header(args.threads, args.device), "\n", flush=True)
     clock = report.CpuClock()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gradema-overhead-") as root, isolated_step_clock() as isolated:

@@ -4,9 +4,10 @@ The monitor's adaptive logging cadence (``log_every=None``) estimates the step t
 wall time between two of its hooks. Interleaved timing runs other variants' steps between two
 steps of one variant, so that estimate would be several times too long, and the monitor would
 log several times more often than in an uninterrupted training loop: the benchmark would
-measure a cadence no user gets. ``isolated_step_clock`` gives ``wandb_gradema.monitor`` a
-``time`` whose ``perf_counter`` stops while other trainers run (each trainer reports when it
-starts and stops a step); nothing else in the library is touched.
+measure a cadence no user gets. ``isolated_step_clock`` gives ``wandb_gradema.cadence`` (the
+step-time estimate) and ``wandb_gradema.monitor`` (the cost of a row) a ``time`` whose
+``perf_counter`` stops while other trainers run (each trainer reports when it starts and stops a
+step); nothing else in the library is touched.
 """
 
 from __future__ import annotations
@@ -60,15 +61,18 @@ class _TimeModule(types.SimpleNamespace):
 
 @contextlib.contextmanager
 def isolated_step_clock() -> Iterator[bool]:
-    """Give ``wandb_gradema.monitor`` the trainer clock; yields False if it has no ``time``."""
-    from wandb_gradema import monitor
+    """Give the monitor's cadence the trainer clock; yields False if a module has no ``time``."""
+    from wandb_gradema import cadence, monitor
 
-    original = getattr(monitor, "time", None)
-    if not isinstance(original, types.ModuleType):
+    modules = (cadence, monitor)
+    originals = [getattr(m, "time", None) for m in modules]
+    if not all(isinstance(o, types.ModuleType) for o in originals):
         yield False
         return
-    monitor.time = _TimeModule(perf_counter=TRAINER_CLOCK.perf_counter)  # type: ignore[assignment]
+    for m in modules:
+        m.time = _TimeModule(perf_counter=TRAINER_CLOCK.perf_counter)  # type: ignore[attr-defined]
     try:
         yield True
     finally:
-        monitor.time = original
+        for m, original in zip(modules, originals):
+            m.time = original  # type: ignore[attr-defined]

@@ -44,17 +44,18 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def header(threads: int) -> str:
+def header(threads: int, device: str = "cpu") -> str:
     """Date, machine, versions and load: what a reader needs to compare two runs."""
     import wandb
 
+    gpu = f"; device {device}: {torch.cuda.get_device_name(0)}" if device.startswith("cuda") else ""
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     mem = psutil.virtual_memory().total / 2**30
     return "\n".join(
         [
             f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
             f"machine: {_cpu_model()}, {os.cpu_count()} logical cores, {mem:.0f} GiB; "
-            f"{platform.system()} {platform.release()}",
+            f"{platform.system()} {platform.release()}{gpu}",
             f"torch {torch.__version__} ({torch.get_num_threads()} threads, set to {threads}), "
             f"wandb {wandb.__version__}, python {platform.python_version()}",
             f"load average at start (1, 5, 15 min): {load}",

@@ -57,7 +57,7 @@ class Trainer:
     """
 
     def __init__(self, base: nn.Module, spec: ModelSpec, batches: list[Batch]) -> None:
-        self.model = copy.deepcopy(base)
+        self.model = copy.deepcopy(base)  # on the base model's device, like the batches
         self.spec = spec
         self.batches = batches
         self.params = list(self.model.parameters())
@@ -87,11 +87,20 @@ class Trainer:
         TRAINER_CLOCK.leave(self)
 
     def timed(self, n: int) -> tuple[int, int]:
-        """Run ``n`` steps; return their wall time and the variant's in-step time (ns)."""
+        """Run ``n`` steps; return their wall time and the variant's in-step time (ns).
+
+        On an accelerator the device is synchronised before and after, so the wall time holds
+        the queued GPU work and every sync the variant caused.
+        """
+        cuda = self.params[0].is_cuda
+        if cuda:
+            torch.cuda.synchronize()
         direct = self.direct_ns
         t0 = time.perf_counter_ns()
         for _ in range(n):
             self.step()
+        if cuda:
+            torch.cuda.synchronize()
         return time.perf_counter_ns() - t0, self.direct_ns - direct
 
     def bracket(self, install: Callable[[], Any]) -> Any:
@@ -174,14 +183,14 @@ def _install_monitor(**options: Any) -> Callable[[Trainer, Any], None]:
 
 
 def _count_rows(t: Trainer, monitor: wandb_gradema.GradientMonitor) -> None:
-    """Count the rows the monitor logs (its sink's ``log``, wrapped on this instance only)."""
-    log = monitor.sink.log
+    """Count the rows the monitor logs (its sink's ``log_rows``, wrapped on this instance only)."""
+    log_rows = monitor.sink.log_rows
 
-    def counted(row: Any) -> bool:
-        t.rows += 1
-        return log(row)
+    def counted(rows: Any) -> bool:
+        t.rows += len(rows)
+        return log_rows(rows)
 
-    monitor.sink.log = counted  # type: ignore[method-assign]
+    monitor.sink.log_rows = counted  # type: ignore[method-assign]
 
 
 def _escalate_now(t: Trainer) -> None:
