@@ -121,9 +121,9 @@ def test_cache_is_reused_and_table_prints(quick: list[Trace], tmp_path: Path) ->
 
 
 def test_product_options_are_validated() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="not_an_option"):
         product(not_an_option=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="`patience` must be an int >= 1"):
         product(patience=0)
 
 

@@ -109,7 +109,7 @@ def test_a_prune_ends_the_accelerate_loop_and_fails_the_run(wandb_offline) -> No
     model = _model()
     model, opt = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.01))
     run = wandb_offline.init()
-    monitor = wandb_gradema.watch(opt, on_escalation="prune")
+    wandb_gradema.watch(opt, on_escalation="prune")  # not kept: the optimizer keeps it alive
     with pytest.raises(wandb_gradema.RunPruned) as pruned, pytest.warns(GrademaWarning, match="Run pruned at step 2"):
         for i in range(6):
             x, y = _batch(i)

@@ -157,7 +157,7 @@ def test_hf_prune_in_a_sweep_stops_training_and_fails_the_run(tmp_path, wandb_of
     assert trainer.state.global_step == 3 and callback.pruned.step == 2
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # NaN update skipped
     assert not any(isinstance(c, WandbCallback) for c in trainer.callback_handler.callbacks)
-    with pytest.raises(RunPruned):
+    with pytest.raises(RunPruned, match="Run pruned at step 2"):
         callback.check_pruned()
     logged = wandb_offline.read(run)
     assert (logged.state, logged.exit_code) == ("failed", 1)

@@ -206,7 +206,7 @@ def test_lightning_prune_in_a_sweep_stops_the_fit_and_fails_the_run(wandb_offlin
     assert trainer.should_stop and trainer.global_step == 4 and callback.pruned.step == 3
     assert all(torch.isfinite(p).all() for p in module.parameters())  # the NaN update was skipped
     assert logger not in trainer.loggers  # its run is over
-    with pytest.raises(RunPruned) as pruned:
+    with pytest.raises(RunPruned, match="Run pruned at step 3") as pruned:
         callback.check_pruned()
     assert pruned.value.code == 0
     logged = wandb_offline.read(run)

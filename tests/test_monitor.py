@@ -402,7 +402,7 @@ def test_pruning_outside_a_sweep_fails_the_run_and_unwinds_the_loop(tiny, wandb_
     run = wandb_offline.init()
     monitor = wandb_gradema.watch(opt, on_escalation="prune")
     cleaned = []
-    with pytest.raises(wandb_gradema.RunPruned) as pruned:
+    with pytest.raises(wandb_gradema.RunPruned, match="Run pruned at step 4") as pruned:
         try:
             train_loop(model, opt, batch, 10, monitor=monitor, nan_at={4})
         except Exception:  # noqa: BLE001 - a training script's broad handler must not swallow the prune

@@ -130,7 +130,7 @@ def test_on_escalation_overrides_the_sweep_default(
         if outcome == "continues":
             assert train_loop(model, opt, batch, 12, monitor=monitor, nan_at={3}) == 12
         else:
-            with pytest.raises(outcome):
+            with pytest.raises(outcome, match="at step 3"):
                 train_loop(model, opt, batch, 12, monitor=monitor, nan_at={3})
     monitor.remove()
     if wandb.run is run:  # not finished by a prune
@@ -232,7 +232,7 @@ def test_a_pruned_run_records_a_bounded_sweep_metric(tiny, wandb_offline, enter_
     def log(i: int, loss: float) -> None:
         run.log({"val_loss": values[i]} if i in values else {"train_loss": loss})
 
-    with pytest.warns(GrademaWarning), pytest.raises(RunPruned):
+    with pytest.warns(GrademaWarning, match="Run pruned at step 22"), pytest.raises(RunPruned, match="step 22"):
         train_loop(model, opt, batch, 40, monitor=monitor, nan_at={22}, log=log)
     logged = wandb_offline.read(run, history=False)
     assert logged.state == "failed"
@@ -245,7 +245,7 @@ def test_a_run_pruned_before_any_finite_metric_warns_or_takes_the_fixed_penalty(
     run = wandb_offline.init()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = wandb_gradema.watch(opt, on_escalation="prune", sweep_metric="val_acc", sweep_goal="maximize")
-    with pytest.warns(GrademaWarning) as record, pytest.raises(RunPruned):
+    with pytest.warns(GrademaWarning, match="Run pruned at step 1") as record, pytest.raises(RunPruned, match="step 1"):
         train_loop(model, opt, batch, 10, monitor=monitor, nan_at={1})
     assert any("pruned before logging a finite `val_acc`" in str(w.message) for w in record)
     assert "val_acc" not in wandb_offline.read(run, history=False).summary
@@ -256,7 +256,7 @@ def test_a_run_pruned_before_any_finite_metric_warns_or_takes_the_fixed_penalty(
     monitor = wandb_gradema.watch(
         opt, on_escalation="prune", sweep_metric="val_acc", sweep_goal="maximize", sweep_penalty=0.1
     )
-    with pytest.warns(GrademaWarning), pytest.raises(RunPruned):
+    with pytest.warns(GrademaWarning, match="Run pruned at step"), pytest.raises(RunPruned, match="Run pruned"):
         train_loop(
             model2,
             opt,

@@ -42,7 +42,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_report_of_one_run_has_four_panels(wandb_offline, tmp_path: Path) -> None:
-    with pytest.warns(wandb_gradema.GrademaWarning):
+    with pytest.warns(wandb_gradema.GrademaWarning, match="escalated at step 20"):
         _offline_run(wandb_offline, nan_at=20, prune=False, lr=0.01)
     files = render(tmp_path / "wandb", tmp_path / "out")
     png = [f for f in files if f.suffix == ".png"]

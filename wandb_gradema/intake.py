@@ -58,9 +58,10 @@ class StepIntake:
         watched = self.watched
         option = self._sharded_option
         self.sharded = bool(option) if option is not None else self._distributed and watched.any_sharded
-        # On CPU every step is a decision step anyway: finish the stats in Python (cheaper).
-        self.host = watched.on_cpu and self.sync_every == 1 and not self.sharded
-        self.uniform = watched.uniform
+        # On CPU every step is a decision step anyway: read values back at once and finish the
+        # stats in Python (cheaper than half a dozen tiny tensor ops).
+        self.read_at_once = watched.on_cpu and self.sync_every == 1 and not self.sharded
+        self.one_group = watched.uniform  # one device and dtype: the foreach kernels need no grouping
 
     # ------------------------------------------------------------------ before step()
     def observe_loss(self, loss: float | Tensor) -> None:
@@ -69,7 +70,7 @@ class StepIntake:
             if loss.numel() != 1:
                 raise ValueError(f"`loss` must be a scalar (one element), got shape {tuple(loss.shape)}.")
             # On CPU reading the value now is free; elsewhere keep it on device until read back.
-            value: float | Tensor = loss.item() if self.host else loss.detach().reshape(()).float()
+            value: float | Tensor = loss.item() if self.read_at_once else loss.detach().reshape(()).float()
         elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
             value = float(loss)
         else:
@@ -86,7 +87,7 @@ class StepIntake:
         """Measure now for the coming step; sharded gradients are combined (one all_gather)."""
         if self.watched.refresh(optimizer):
             self.configure()
-        stats = norms.measure(self.watched.params, local=self.sharded, host=self.host, uniform=self.uniform)
+        stats = norms.measure(self.watched.params, local=self.sharded, host=self.read_at_once, uniform=self.one_group)
         if self.sharded:
             stats.row = _dist.reduce_sharded_row(stats.row)  # type: ignore[arg-type]
         self._pending = stats
@@ -106,7 +107,7 @@ class StepIntake:
         stats, self._pending = self._pending, None
         if stats is not None:  # measured by measure() / clip_grad_norm_(): combined there
             return stats, True
-        return norms.measure(self.watched.params, local=self.sharded, host=self.host, uniform=self.uniform), False
+        return norms.measure(self.watched.params, local=self.sharded, host=self.read_at_once, uniform=self.one_group), False
 
     def combine(self, stats: norms.GradStats | None) -> None:
         """Combine a sharded step's stats across ranks: every rank calls this, even when its own
@@ -128,8 +129,8 @@ class StepIntake:
             self.clip_(stats, self.max_norm)
         inf: float | Tensor | None = None
         if isinstance(found_inf, Tensor):
-            inf = found_inf.item() if self.host else found_inf.detach().clone()
-        lr = largest_lr(optimizer, host=self.host)
+            inf = found_inf.item() if self.read_at_once else found_inf.detach().clone()
+        lr = largest_lr(optimizer, host=self.read_at_once)
         self.queue.append(PendingStep(step, stats.row, self.take_loss(), lr, stats.norms, stats.index, inf))
 
     def skipped(self, step: int) -> None:

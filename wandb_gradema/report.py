@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from .offline import OfflineRun, find_runs, read_run
+from .wandb_sink import PREFIX
 
 __all__ = ["add_arguments", "render", "run"]
 
-_P = "gradema/"
+_P = PREFIX + "/"
 #: Relative drift band drawn around the EMA: the original tracker's 0.5 threshold.
 _BAND = 0.5
 
@@ -144,7 +145,7 @@ def _render_run(run: OfflineRun, png: Path) -> None:
     _health_panel(axes[2], run)
     if has_loss:
         _loss_panel(axes[3], run)
-    axes[-1].set_xlabel("optimizer step (gradema/step)")
+    axes[-1].set_xlabel(f"optimizer step ({_P}step)")
     fig.suptitle(_title(run), fontsize=11)
     fig.tight_layout()
     fig.savefig(png, dpi=110)

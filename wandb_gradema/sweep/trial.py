@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..offline import OfflineRun, find_runs, read_run
+from ..wandb_sink import PREFIX
 
 __all__ = ["OUTCOMES", "Trial", "flatten_params", "gradema_value", "metric_values"]
 
@@ -45,10 +46,10 @@ def flatten_params(params: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 def gradema_value(summary: Mapping[str, Any], name: str) -> Any:
     """Summary value ``gradema/<name>`` (or ``gradema/<monitor name>/<name>``), else None."""
-    if f"gradema/{name}" in summary:
-        return summary[f"gradema/{name}"]
+    if f"{PREFIX}/{name}" in summary:
+        return summary[f"{PREFIX}/{name}"]
     for key, value in summary.items():
-        if key.startswith("gradema/") and key.endswith(f"/{name}") and key.count("/") == 2:
+        if key.startswith(f"{PREFIX}/") and key.endswith(f"/{name}") and key.count("/") == 2:
             return value
     return None
 
@@ -195,7 +196,7 @@ class Trial:
         steps = gradema_value(self.run.summary, "steps_observed")
         if isinstance(steps, (int, float)):
             return int(steps)
-        logged = [s for s in self.run.column("gradema/step") if isinstance(s, (int, float))]
+        logged = [s for s in self.run.column(f"{PREFIX}/step") if isinstance(s, (int, float))]
         return int(max(logged)) + 1 if logged else None
 
     def budget(self, key: str) -> int | None:
