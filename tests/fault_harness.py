@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,9 @@ from wandb_gradema.offline import OfflineRun, find_runs, read_run
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).with_name("fault_train.py")
 TIMEOUT_S = 120
+#: The escalations of the reference run: NaN losses (critical under any detector).
+NAN_AT = ("15", "27", "50")
+_KEEP: list[tempfile.TemporaryDirectory[str]] = []
 
 
 @dataclass
@@ -126,3 +131,15 @@ def nan_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [nan_safe(v) for v in value]
     return "nan" if isinstance(value, float) and math.isnan(value) else value
+
+
+@functools.cache
+def uninterrupted(sync_every: int) -> tuple[Finished, OfflineRun]:
+    """The reference: the script run once to its end with ``NAN_AT``, no fault (cached)."""
+    tmp = tempfile.TemporaryDirectory(prefix="gradema-uninterrupted-")
+    _KEEP.append(tmp)
+    workdir = Path(tmp.name)
+    done = run_script(workdir, "--sync-every", str(sync_every), "--nan-loss-at", *NAN_AT, "--user-log")
+    assert done.returncode == 0 and done.result is not None, done.stderr[-3000:]
+    (run,) = wandb_runs(workdir)
+    return done, run

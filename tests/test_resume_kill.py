@@ -4,7 +4,7 @@ Real processes (``fault_train.py``): a checkpoint (model, optimizer with the mon
 inside) every 10 steps, W&B offline with a fixed run id and ``resume="allow"``. Offline, each
 process writes its own run file, as ``wandb sync`` would upload them, in order. Escalations are
 NaN losses (critical under any detector). Both decision paths: on the deferred one
-(``sync_every=8``) the escalation at step 27 is still undecided when step 30's checkpoint is
+(``sync_every=8``) the escalation at step 27 (of ``NAN_AT``) is still undecided when step 30's checkpoint is
 written, so it must travel in the checkpoint and be decided after the restart.
 
 What W&B itself loses at a kill is W&B's: its offline transaction log is written in 32 KiB
@@ -14,36 +14,28 @@ there, never a repeat or a step going back).
 
 from __future__ import annotations
 
-import functools
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_harness import Finished, gradema_rows, nan_safe, run_script, run_until_killed, wandb_runs
+from fault_harness import (
+    NAN_AT,
+    gradema_rows,
+    nan_safe,
+    run_script,
+    run_until_killed,
+    uninterrupted,
+    wandb_runs,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the harness reads /proc")
 
 STEPS = 60
 CKPT = 30  # the checkpoint the killed process left (written after step 29)
-NAN_AT = ("15", "27", "50")  # 27: judged, not yet decided, at step 30's checkpoint with sync_every=8
 PATHS = pytest.mark.parametrize("sync_every", [1, pytest.param(8, marks=pytest.mark.slow)], ids=["host", "deferred"])
 #: Summary keys W&B aggregates over the history of one process (define_metric summary="max"/"min").
 AGGREGATED = {"grad_norm_max", "health_drift_max", "norm_drift_max", "score_max", "health_min"}
-_KEEP: list[tempfile.TemporaryDirectory[str]] = []
-
-
-@functools.cache
-def uninterrupted(sync_every: int) -> tuple[Finished, Any]:
-    """The same script run once without a kill (shared by the tests of this module)."""
-    tmp = tempfile.TemporaryDirectory(prefix="gradema-uninterrupted-")
-    _KEEP.append(tmp)
-    workdir = Path(tmp.name)
-    done = run_script(workdir, "--sync-every", str(sync_every), "--nan-loss-at", *NAN_AT, "--user-log")
-    assert done.returncode == 0 and done.result is not None, done.stderr[-3000:]
-    (run,) = wandb_runs(workdir)
-    return done, run
 
 
 def _summary(run: Any) -> dict[str, Any]:
