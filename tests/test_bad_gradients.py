@@ -68,6 +68,23 @@ class SparseNet(nn.Module):
         return self.head(self.emb(idx).mean(dim=1))
 
 
+class LoraRankZero(nn.Module):
+    """An MLP whose layers carry rank-0 LoRA adapters: zero-size parameters, as many as the
+    real ones (their gradients have no elements: neither dead nor alive)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(8, 16), nn.Linear(16, 1)])
+        self.lora_a = nn.ParameterList(nn.Parameter(torch.zeros(0, lin.in_features)) for lin in self.layers)
+        self.lora_b = nn.ParameterList(nn.Parameter(torch.zeros(lin.out_features, 0)) for lin in self.layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, (layer, a, b) in enumerate(zip(self.layers, self.lora_a, self.lora_b)):
+            x = layer(x) + x @ a.T @ b.T
+            x = torch.tanh(x) if i == 0 else x
+        return x
+
+
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
 
@@ -125,6 +142,7 @@ CASES = {
     "mixed-dtypes-fp16-inf": Case(Mixed, poison(INF, "one"), "Non-finite gradient norm (inf)"),
     "complex": Case(ComplexNet, None, None),
     "complex-nan": Case(ComplexNet, poison(NAN, "one"), "Non-finite gradient norm (nan)"),
+    "zero-size": Case(LoraRankZero, None, None),
 }
 
 

@@ -47,12 +47,16 @@ class WatchedParams:
         if signature == self._signature:
             return False
         self._signature = signature
-        self.params = [p for g in groups for p in g["params"]]
-        self.names = [
-            self._model_names.get(id(p), f"group{gi}.param{pi}")
+        # Zero-size parameters (a rank-0 adapter) have nothing to measure: left out, or every
+        # one would count as a dead tensor.
+        named = [
+            (p, self._model_names.get(id(p), f"group{gi}.param{pi}"))
             for gi, g in enumerate(groups)
             for pi, p in enumerate(g["params"])
+            if p.numel() > 0
         ]
+        self.params = [p for p, _ in named]
+        self.names = [name for _, name in named]
         return True
 
     @property
