@@ -221,3 +221,15 @@ def test_bad_gradients_never_crash_never_poison_and_escalate_with_the_right_reas
     assert _nonfinite_paths(out.state["detector"]) <= _nonfinite_paths(clean.state["detector"])
     assert not any(p.endswith("=nan") for p in _nonfinite_paths(out.state["detector"]))
     assert out.state["internal_errors"] == 0
+
+
+def test_meta_device_parameters_are_rejected_by_watch_with_what_to_do() -> None:
+    with torch.device("meta"):
+        model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"parameter '0\.weight' is on the meta device.*to_empty"):
+        wandb_gradema.watch(opt, model=model)
+    assert not opt._optimizer_step_pre_hooks  # nothing was hooked
+    bare = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2, device="meta"))], lr=0.1)
+    with pytest.raises(ValueError, match=r"parameter 'group0\.param0' is on the meta device"):
+        wandb_gradema.watch(bare)

@@ -28,6 +28,7 @@ from .escalation import EscalationEvent, EscalationPolicy
 from .intake import StepIntake
 from .judge import StepJudge
 from .options import OnEscalation, build_options
+from .params import meta_parameter
 from .pruning import make_penalty
 from .readback import read_back
 from .scaler import ScalerWatch
@@ -82,6 +83,13 @@ class GradientMonitor:
                 "This optimizer is already watched by a GradientMonitor; call its remove() before watching it again."
             )
         opts = build_options(options)
+        meta = meta_parameter(optimizer, opts.model)
+        if meta is not None:
+            raise ValueError(
+                f"watch(): parameter '{meta}' is on the meta device (a shape without data): there are no "
+                "gradients to measure. Materialize the model first (model.to_empty(device=...), then load "
+                "or initialise the weights), build the optimizer over those parameters, then call watch()."
+            )
         penalty = make_penalty(opts.sweep_metric, opts.sweep_goal, opts.sweep_penalty)
         self.detector = opts.detector if opts.detector is not None else AnomalyDetector(sensitivity=opts.sensitivity)
         self.tracker = GradientEMATracker(decay=opts.ema_decay, eps=opts.eps)

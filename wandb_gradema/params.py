@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["WatchedParams", "is_sharded", "largest_lr"]
+__all__ = ["WatchedParams", "is_sharded", "largest_lr", "meta_parameter"]
 
 
 def is_sharded(param: torch.Tensor) -> bool:
@@ -22,6 +22,16 @@ def is_sharded(param: torch.Tensor) -> bool:
     ``_fsdp_flattened``.
     """
     return type(param).__name__ in ("DTensor", "FlatParameter") or bool(getattr(param, "_fsdp_flattened", False))
+
+
+def meta_parameter(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None) -> str | None:
+    """The name of the first of ``optimizer``'s parameters on the meta device, or None."""
+    names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+    for gi, g in enumerate(optimizer.param_groups):
+        for pi, p in enumerate(g["params"]):
+            if p.device.type == "meta":
+                return names.get(id(p), f"group{gi}.param{pi}")
+    return None
 
 
 class WatchedParams:
