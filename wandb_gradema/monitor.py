@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
@@ -103,7 +104,7 @@ class GradientMonitor:
         self._distributed = _dist.is_distributed()  # set up before optimizers are built: once
         self.actions = EscalationActions(
             self.sink, opts.on_escalation, alerts=opts.alerts, penalty=penalty,
-            distributed=self._distributed, summary=self._write_summary,
+            distributed=self._distributed, summary=_weak(self._write_summary),
         )
         self.events: list[EscalationEvent] = []
         # While hooked, optimizer and monitor hold each other (the hook must keep alive a monitor
@@ -445,6 +446,20 @@ class GradientMonitor:
                     f"{traceback.format_exc()}"
                 )
             return None
+
+
+def _weak(method: Callable[[], None]) -> Callable[[], None]:
+    """``method`` of the monitor for its own parts: a weak reference, so that the monitor holds
+    no cycle through its parts and plain reference counting frees it (and its optimizer) once
+    ``remove()`` has taken the hooks off."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
 
 
 def _event(data: Mapping[str, Any]) -> EscalationEvent:
