@@ -13,7 +13,7 @@ import copy
 import gc
 import pickle
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -135,4 +135,13 @@ def test_copying_a_watched_optimizer_gives_an_unwatched_copy_whose_monitor_resum
     train_loop(model2, opt2, tiny[1], 3, start=5, monitor=twin)
     assert monitor.step == twin.step == 8 and twin.state_dict() == monitor.state_dict()
     twin.remove()
+    monitor.remove()
+
+
+@pytest.mark.parametrize("how", [copy.deepcopy, copy.copy, pickle.dumps], ids=["deepcopy", "copy", "pickle"])
+def test_copying_the_monitor_itself_fails_saying_what_to_do(tiny: Any, wandb_offline: Any, how: Callable) -> None:
+    wandb_offline.init()
+    _, _, monitor = _watched(tiny)
+    with pytest.raises(TypeError, match=r"cannot be copied or pickled.*monitor\.state_dict\(\).*watch\(\)"):
+        how(monitor)
     monitor.remove()

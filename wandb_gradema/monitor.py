@@ -14,7 +14,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NoReturn, SupportsIndex
 
 import torch
 from torch import Tensor
@@ -253,6 +253,17 @@ class GradientMonitor:
             self.sink.close()
 
     close = remove
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        """Copying or pickling a monitor is refused with what to do instead (``copy``,
+        ``deepcopy`` and ``pickle`` all come here): it is bound to one optimizer's hooks and one
+        W&B run, and a copy would watch nothing. (torch copies an optimizer without its hooks.)"""
+        raise TypeError(
+            "A GradientMonitor cannot be copied or pickled: it is bound to one optimizer's hooks and one "
+            "W&B run. Save monitor.state_dict() instead (it also rides inside optimizer.state_dict()); to "
+            "watch a copy of the optimizer, call wandb_gradema.watch() on the copy and load that state "
+            "with load_state_dict()."
+        )
 
     def __enter__(self) -> GradientMonitor:
         return self
