@@ -1,5 +1,5 @@
 """Bad gradients, the whole matrix: no crash, statistics never poisoned, the right reason at the
-right step, on both decision paths.
+right step, on both decision paths (and on a CUDA device where there is one).
 
 Each case trains a small model for ``STEPS`` steps (SGD; the weights are put back after each
 step, so only the batches move the gradients and a poisoned step cannot spread into the next)
@@ -25,7 +25,16 @@ from wandb_gradema import EscalationEvent
 
 STEPS = 40
 BAD_AT = 24
-PATHS = pytest.mark.parametrize("sync_every", [1, 8], ids=["host", "deferred"])
+#: Both decision paths on CPU, and the accelerator's own (its default: decisions every 16 steps).
+PATHS = pytest.mark.parametrize(
+    ("device", "sync_every"),
+    [
+        ("cpu", 1),
+        ("cpu", 8),
+        pytest.param("cuda", None, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+    ],
+    ids=["host", "deferred", "cuda"],
+)
 pytestmark = pytest.mark.filterwarnings("ignore:No active W&B run")
 
 
@@ -155,9 +164,9 @@ class Outcome:
     clean_norms: list[float]
 
 
-def _train(case: Case, sync_every: int, *, clean: bool = False) -> Outcome:
+def _train(case: Case, device: str, sync_every: int | None, *, clean: bool = False) -> Outcome:
     torch.manual_seed(0)
-    model = case.build()
+    model = case.build().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     weights = [p.detach().clone() for p in model.parameters()]
     events: list[EscalationEvent] = []
@@ -165,7 +174,7 @@ def _train(case: Case, sync_every: int, *, clean: bool = False) -> Outcome:
     norms: list[float] = []
     reference = math.nan
     for step in range(STEPS):
-        x = torch.randn(16, 8, generator=torch.Generator().manual_seed(step))
+        x = torch.randn(16, 8, generator=torch.Generator().manual_seed(step)).to(device)
         model(x).pow(2).mean().backward()
         if case.bad is not None and not clean:
             case.bad(model, step)
@@ -202,9 +211,11 @@ def _nonfinite_paths(value: Any, path: str = "") -> set[str]:
 
 @PATHS
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_gradients_never_crash_never_poison_and_escalate_with_the_right_reason(name: str, sync_every: int) -> None:
+def test_bad_gradients_never_crash_never_poison_and_escalate_with_the_right_reason(
+    name: str, device: str, sync_every: int | None
+) -> None:
     case = CASES[name]
-    out = _train(case, sync_every)
+    out = _train(case, device, sync_every)
     if case.reason is None:
         assert out.events == [], f"a false escalation: {out.events}"
     else:
@@ -217,7 +228,7 @@ def test_bad_gradients_never_crash_never_poison_and_escalate_with_the_right_reas
     assert tracker["count"] == len(out.clean_norms), "a step without a finite gradient entered the EMA"
     assert min(out.clean_norms) <= tracker["norm_ema"] <= max(out.clean_norms)
     assert 0.0 <= tracker["health_ema"] <= 1.0
-    clean = _train(case, sync_every, clean=True)
+    clean = _train(case, device, sync_every, clean=True)
     assert _nonfinite_paths(out.state["detector"]) <= _nonfinite_paths(clean.state["detector"])
     assert not any(p.endswith("=nan") for p in _nonfinite_paths(out.state["detector"]))
     assert out.state["internal_errors"] == 0
