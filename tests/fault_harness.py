@@ -36,13 +36,14 @@ class Finished:
 
 
 def _env(workdir: Path) -> dict[str, str]:
-    env = dict(os.environ)
+    """A fresh script's environment: none of this process's W&B variables (``WANDB_SERVICE``
+    would connect the script to this process's W&B service, which still knows the run ids of
+    earlier tests), offline W&B in ``workdir``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(
         WANDB_MODE="offline", WANDB_DIR=str(workdir), WANDB_SILENT="true", WANDB_CONSOLE="off",
         PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     )
-    for var in ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RUN_ID"):
-        env.pop(var, None)
     return env
 
 
