@@ -21,7 +21,7 @@ from torch import Tensor
 from . import _dist
 from .actions import EscalationActions
 from .cadence import LogCadence
-from .checkpoint import FORMAT_VERSION, OptimizerStateHooks, upgrade
+from .checkpoint import FORMAT_VERSION, DCPStateful, OptimizerStateHooks, upgrade
 from .detector import AnomalyDetector, AnomalyReport, Observation
 from .errors import EscalationError, RunPruned, warn
 from .escalation import EscalationEvent, EscalationPolicy
@@ -284,6 +284,15 @@ class GradientMonitor:
         self._undecided_rows = [(int(step), dict(row)) for step, row in state["undecided_rows"]]
         self._internal_errors = self._errors_written = int(state["internal_errors"])
         self.intake.reset()
+
+    def stateful(self) -> DCPStateful:
+        """This monitor as an entry of a ``torch.distributed.checkpoint`` state dict (FSDP).
+
+        DCP's ``get_optimizer_state_dict`` keeps only ``state`` and ``param_groups``, so the
+        monitor's state does not ride in a sharded optimizer checkpoint; save it beside:
+        ``dcp.save({..., "gradema": monitor.stateful()})``, and the same in ``dcp.load``.
+        """
+        return DCPStateful(self.state_dict, self.load_state_dict)
 
     # ================================================================ the hook
     def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
