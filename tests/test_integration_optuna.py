@@ -18,8 +18,8 @@ from optuna.trial import TrialState  # noqa: E402
 
 from wandb_gradema import GrademaWarning  # noqa: E402
 from wandb_gradema.integrations.optuna import TRIAL_ATTR, GradientDriftPruner, watch_trial  # noqa: E402
-from wandb_gradema.wandb_sink import PRUNED_TAG  # noqa: E402
 from wandb_gradema.offline import find_runs, read_run  # noqa: E402
+from wandb_gradema.wandb_sink import PRUNED_TAG  # noqa: E402
 
 Batch = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 

@@ -33,6 +33,7 @@ from .readback import read_back
 from .scaler import ScalerWatch
 from .tracker import DriftUpdate, GradientEMATracker
 from .wandb_sink import PREFIX, PRUNED_TAG, WandbSink
+from .wrappers import not_an_optimizer
 
 __all__ = ["GradientMonitor", "OnEscalation", "PRUNED_TAG"]
 
@@ -72,11 +73,7 @@ class GradientMonitor:
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, run: Any = None, **options: Any) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer) or not hasattr(optimizer, "_optimizer_step_pre_hooks"):
-            raise TypeError(
-                f"watch() expects a torch.optim.Optimizer, got {type(optimizer).__name__}. "
-                "Pass the optimizer whose step() runs the update (for Lightning, use the "
-                "wandb_gradema.integrations.lightning callback)."
-            )
+            raise not_an_optimizer(optimizer)
         if any(getattr(h, _HOOK_MARK, False) for h in optimizer._optimizer_step_pre_hooks.values()):
             raise ValueError(
                 "This optimizer is already watched by a GradientMonitor; call its remove() before watching it again."
@@ -193,8 +190,7 @@ class GradientMonitor:
         Call it where gradients are about to be changed before the step (clipping). Returns the
         total norm as a 0-d tensor (no sync).
         """
-        total = self.intake.measure(self.optimizer).total
-        return total.clone() if isinstance(total, Tensor) else torch.tensor(total)
+        return _norm_tensor(self.intake.measure(self.optimizer).total)
 
     def clip_grad_norm_(self, max_norm: float) -> Tensor:
         """Drop-in for ``torch.nn.utils.clip_grad_norm_`` over the optimizer's parameters.
@@ -210,8 +206,7 @@ class GradientMonitor:
         if self._scaler is not None:
             self._scaler.unscale(self.optimizer)
         stats = self.intake.measure(self.optimizer)
-        total = stats.total
-        total = total.clone() if isinstance(total, Tensor) else torch.tensor(total)
+        total = _norm_tensor(stats.total)
         self.intake.clip_(stats, max_norm)
         return total
 
@@ -446,6 +441,11 @@ class GradientMonitor:
                     f"{traceback.format_exc()}"
                 )
             return None
+
+
+def _norm_tensor(total: Tensor | float) -> Tensor:
+    """The measured total norm as a 0-d tensor of the caller's own (no sync)."""
+    return total.clone() if isinstance(total, Tensor) else torch.tensor(total)
 
 
 def _event(data: Mapping[str, Any]) -> EscalationEvent:
