@@ -1,0 +1,273 @@
+"""Loss rules: every change is judged against the loss's own batch-to-batch noise.
+
+Statistics of the finite observed losses:
+
+- the **level** ``m``: the median of the last ``window`` losses (a burst of up to
+  ``window // 2`` corrupted batches cannot move it);
+- the **noise** ``sigma``: 1.048 x the median absolute difference between consecutive losses
+  over the last ``trend_window`` steps (the standard deviation for Gaussian noise; a smooth
+  trend barely moves it, heavy tails do not inflate it); the level's standard error is
+  ``se = 1.2533 sigma / sqrt(window)`` and a change of the level counts only beyond
+  ``band = z x sqrt(2) x se``;
+- the **start** ``ref``: the Theil-Sen line through the first ``reference_steps`` losses, read
+  at step 0 (the median of pairwise slopes: one lucky or corrupted batch cannot set it, a loss
+  already falling fast is traced back to where it began). A fine-tune's start is its
+  pretrained level;
+- the **best** level so far: the lowest median of the last ``trend_window`` losses (a longer
+  window than the level's, so the minimum of many noisy medians is not a lucky one), and the
+  Mann-Kendall trend of the same window (``trend_z`` < -threshold: still improving);
+- a **departure** from the start at the very first steps: a fresh optimizer with a far too
+  high LR can wreck a pretrained model in one step, so every loss but the first is already
+  the wrecked level. When the first loss is below every one of the next ``reference_steps - 1``
+  and their median is ``DEPART_LOSS`` x it, *and* the gradient norm rose ``DEPART_NORM`` x from
+  the first step (two independent signs; a lucky first batch shows neither), the first loss is
+  the start the explosion rules compare with.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._common import MEDIAN_SE, Findings
+from ._window import RollingWindow
+from .gradient import Ema
+
+__all__ = ["LossStats", "judge_loss", "theil_sen_start"]
+
+#: Losses in the fast median, read only in the window after an LR jump.
+FAST_WINDOW = 5
+#: Decay of the slow EMA of the noise (about 50 steps of memory).
+SLOW_NOISE_DECAY = 0.98
+#: A departure at the first steps: loss median / first loss, and gradient-norm rise.
+DEPART_LOSS = 8.0
+DEPART_NORM = 4.0
+
+_DIFF_TO_SD = 1.0 / (0.6745 * math.sqrt(2.0))  # median |x_t - x_{t-1}| -> sigma, Gaussian
+_SQRT2 = math.sqrt(2.0)
+
+
+def theil_sen_start(values: list[float]) -> float:
+    """The Theil-Sen line through ``(i, values[i])`` read at ``i = 0``: median of
+    ``values[i] - slope * i``, with ``slope`` the median of the pairwise slopes."""
+    n = len(values)
+    slopes = sorted((values[j] - values[i]) / (j - i) for i in range(n) for j in range(i + 1, n))
+    slope = _median(slopes) if slopes else 0.0
+    return _median(sorted(v - slope * i for i, v in enumerate(values)))
+
+
+def _median(ordered: list[float]) -> float:
+    n = len(ordered)
+    half = n // 2
+    return ordered[half] if n % 2 else 0.5 * (ordered[half - 1] + ordered[half])
+
+
+class LossStats:
+    """Running statistics of the finite losses (see the module docstring)."""
+
+    __slots__ = (
+        "reference_steps", "n", "first", "ref", "start", "prev", "short", "fast", "long", "diffs", "best", "slow_sigma",
+    )  # fmt: skip
+
+    def __init__(self, *, window: int, trend_window: int, reference_steps: int) -> None:
+        self.reference_steps = reference_steps
+        self.n = 0
+        self.first: list[float] = []
+        self.ref: float | None = None  # the robust start (Theil-Sen)
+        self.start = math.nan  # what the explosion rules compare with: ref, or a departed first loss
+        self.prev = math.nan
+        self.short = RollingWindow(window)
+        self.fast = RollingWindow(FAST_WINDOW)
+        self.long = RollingWindow(trend_window)
+        self.diffs = RollingWindow(trend_window)
+        self.best = math.inf
+        self.slow_sigma = Ema(SLOW_NOISE_DECAY)  # the noise, slowly: what "no change" looks like
+
+    def observe(self, loss: float, norm_rise: float = 0.0) -> None:
+        """Fold in one finite loss; ``norm_rise``: log of the median gradient norm so far over the
+        first one (read once, when the start is set)."""
+        if self.ref is None:
+            self.first.append(loss)
+            if len(self.first) >= self.reference_steps:
+                self.ref = theil_sen_start(self.first)
+                self.start = self.ref
+                head, rest = self.first[0], sorted(self.first[1:])
+                if 0 < head < rest[0] and _median(rest) >= DEPART_LOSS * head and norm_rise >= math.log(DEPART_NORM):
+                    self.start = head
+        if self.n:
+            self.diffs.push(abs(loss - self.prev))
+            self.slow_sigma.update(self.sigma)
+        self.prev = loss
+        self.n += 1
+        self.short.push(loss)
+        self.fast.push(loss)
+        self.long.push(loss)
+        if self.ref is not None and self.short.full:
+            self.best = min(self.best, self.short.median())
+
+    @property
+    def sigma(self) -> float:
+        """Batch-to-batch noise of the loss (a standard deviation)."""
+        return _DIFF_TO_SD * self.diffs.median() if len(self.diffs) else math.nan
+
+    def band(self, z: float, sigma: float | None = None, n: int | None = None) -> float:
+        """The smallest change of a median of ``n`` losses (the level's window by default) that is
+        significant at ``z`` standard errors (of the current noise, or of ``sigma``)."""
+        n = len(self.short) if n is None else n
+        return z * _SQRT2 * MEDIAN_SE * (self.sigma if sigma is None else sigma) / math.sqrt(n)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "first": list(self.first),
+            "ref": self.ref,
+            "start": self.start,
+            "prev": self.prev,
+            "short": self.short.state(),
+            "fast": self.fast.state(),
+            "long": self.long.state(),
+            "diffs": self.diffs.state(),
+            "best": self.best,
+            "slow_sigma": self.slow_sigma.state(),
+        }
+
+    def load(self, s: dict[str, Any]) -> None:
+        self.n = int(s["n"])
+        self.first = [float(x) for x in s["first"]]
+        self.ref = None if s["ref"] is None else float(s["ref"])
+        self.start = float(s["start"])
+        self.prev, self.best = float(s["prev"]), float(s["best"])
+        self.slow_sigma.load(s["slow_sigma"])
+        self.short.load(s["short"])
+        self.fast.load(s["fast"])
+        self.long.load(s["long"])
+        self.diffs.load(s["diffs"])
+
+
+class LossView:
+    """The derived quantities every loss rule reads, computed once per step."""
+
+    __slots__ = ("m", "m_long", "ref", "start", "best", "band", "best_band", "trend", "recent_trend", "progress", "learned")
+
+    def __init__(self, st: LossStats, *, z: float, learned_progress: float) -> None:
+        assert st.ref is not None
+        self.m = st.short.median()
+        self.m_long = st.long.median()
+        self.ref = st.ref
+        self.start = st.start
+        self.best = st.best
+        self.band = st.band(z)  # against the current noise
+        # Against the slow noise: the noise of a diverging loss grows with it within a few
+        # steps and must not hide the rise.
+        slow = st.slow_sigma.mean
+        self.best_band = st.band(z, slow)
+        self.trend = st.long.trend_z()
+        self.recent_trend = st.short.trend_z()
+        self.progress = self.ref - self.best  # how far below its start the level has been
+        self.learned = self.best <= (1 - learned_progress) * self.ref and self.progress > self.best_band
+
+    def lost(self, level: float, band: float) -> float:
+        """Share of the progress given back by ``level``; 0 until the rise beats ``band``."""
+        rise = level - self.best
+        return rise / self.progress if self.progress > 0 and rise > band else 0.0
+
+
+def view(st: LossStats, *, z: float, learned_progress: float) -> LossView | None:
+    """The derived quantities, or None while the rules cannot judge yet."""
+    if st.ref is None or st.ref <= 0 or st.start <= 0 or not st.short.full or not math.isfinite(st.best):
+        return None  # relative rules need a positive starting level (cross-entropy, MSE...)
+    return LossView(st, z=z, learned_progress=learned_progress)
+
+
+def holds_progress(v: LossView | None) -> bool:
+    """The run has learned and still holds most of it (shrinking gradients are convergence)."""
+    return v is not None and v.learned and v.m - v.best < 0.5 * v.progress
+
+
+def judge_loss(
+    st: LossStats,
+    v: LossView,
+    found: Findings,
+    *,
+    trend_z: float,
+    log_explode: float,
+    log_above: float,
+    relapse_threshold: float,
+    rise_threshold: float,
+    new_high: bool,
+) -> None:
+    """Score the loss rules into ``found``.
+
+    * ``loss_explosion`` / ``above_start``: the level is ``exp(log_explode)`` /
+      ``exp(log_above)`` x the start, significantly, and not falling (a transient that training
+      is already recovering from is not one; ``above_start`` waits for half a trend window).
+      For a fine-tune this is forgetting.
+    * ``progress_lost``: a run that has learned (``learned_progress`` of its start, beyond
+      noise) has given back ``relapse_threshold`` of it, significantly, and its trend is not
+      still improving.
+    * ``unstable_rise``: while the LR climbs to new heights, the loss is trending up
+      significantly and the upper quartile of its recent values has given back
+      ``rise_threshold`` of the progress: the LR has left the stable range (healthy warm-ups
+      keep improving).
+    """
+    m, ref, band, trend = v.m, v.ref, v.band, v.trend
+    start = v.start
+    improving = trend <= -trend_z
+    if not improving and m - start > band:
+        ratio = math.log(m / start)
+        found["loss_explosion"] = (
+            ratio / log_explode,
+            lambda: f"Loss is at {m:.4g} (median of the last {len(st.short)}), {m / start:.3g}x where it started ({start:.4g}).",
+        )
+        if len(st.long) * 2 >= st.long.size:
+            found["above_start"] = (
+                ratio / log_above,
+                lambda: f"Loss is back above where it started and not recovering: {m:.4g} vs {start:.4g} at the start "
+                f"({m / start:.3g}x; forgetting, for a fine-tune).",
+            )
+    if not v.learned:
+        return
+    best, level = v.best, v.m_long
+    lost = v.lost(level, v.best_band)
+    if lost > 0 and not improving:
+        found["progress_lost"] = (
+            lost / relapse_threshold,
+            lambda: f"Loss is back at {level:.4g} (median of the last {len(st.long)}): {lost:.0%} of the progress "
+            f"from {ref:.4g} to {best:.4g} lost (beyond its noise, {v.best_band:.2g}).",
+        )
+    if new_high and m > best:  # not at a new best while the LR climbs
+        upper = st.short.quantile(0.75)
+        lost_upper = v.lost(upper, v.best_band)
+        if lost_upper > 0:
+            found["unstable_rise"] = (
+                lost_upper / rise_threshold,
+                lambda: f"Loss rising ({lost_upper:.0%} of the progress lost in its upper quartile) while the "
+                "learning rate climbs to new heights.",
+            )
+
+
+def judge_stall(
+    st: LossStats,
+    v: LossView,
+    found: Findings,
+    *,
+    clock: int,
+    stall_steps: int,
+    min_progress: float,
+    trend_z: float,
+    dead_gradients: bool,
+) -> None:
+    """``stalled``: after ``stall_steps`` steps at a non-rising LR the level is still at its start
+    (within noise and ``min_progress``), with no significant downward trend, *and* the
+    gradients look dead (most tensors silent, or one tensor holding nearly all the norm). A
+    plateau whose gradients are alive is a slow or late learner, never a stall."""
+    if not dead_gradients or v.trend <= -trend_z:
+        return
+    m, ref = v.m, v.ref
+    if ref - m >= max(v.band, min_progress * ref):
+        return
+    found["stalled"] = (
+        clock / stall_steps,
+        lambda: f"Stalled: after {clock} steps the loss is still at its start ({m:.4g} vs {ref:.4g}) and the "
+        "gradients look dead.",
+    )
