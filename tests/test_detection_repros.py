@@ -143,7 +143,7 @@ def test_plain_mlp_regression_loops_stay_quiet(target: Callable[[int], Batch], l
         model = mlp()
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         events, losses = train(model, opt, target(batch_size), 300, seed=seed, clip=clip)
-        assert level(losses, -50) < 0.8 * level(losses, 0, 20), f"seed {seed} did not learn"
+        assert level(losses, -50) < 0.9 * level(losses, 0, 20), f"seed {seed} did not learn"
         assert events == [], f"seed {seed}: {events[0].reason}"
 
 
@@ -237,7 +237,7 @@ def test_a_fine_tune_with_a_far_too_high_lr_forgets_and_escalates() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
     with pytest.warns(GrademaWarning, match="escalated"):
         events, losses = train(model, opt, sine_target(16), 300, seed=1)
-    assert level(losses, -100) > 1.5 * level(losses, 0, 3)  # forgotten, for good
+    assert level(losses, -100) > 1.4 * losses[0]  # forgotten, for good (the first step is the pretrained model)
     assert events and any(e.confirmed for e in events)
 
 

@@ -176,7 +176,7 @@ class AnomalyDetector:
         above_start_factor: float = 1.5,
         learned_progress: float = 0.3,
         relapse_threshold: float = 0.5,
-        rise_threshold: float = 0.35,
+        rise_threshold: float = 0.25,
         stall_steps: int = 200,
         min_progress: float = 0.1,
         lr_jump_ratio: float = 4.0,
@@ -220,7 +220,10 @@ class AnomalyDetector:
         window = 2 * self.burst_steps + 1
         self._grads = gradient.GradientStats(slow_decay=self.slow_decay, window=window, warmup_steps=self.warmup_steps)
         self._losses = loss.LossStats(
-            window=window, trend_window=self.trend_window, reference_steps=self.reference_steps
+            window=window,
+            trend_window=self.trend_window,
+            reference_steps=self.reference_steps,
+            above_factor=self.above_start_factor,
         )
         self._lr = schedule.ScheduleStats()
         self._episode = 0  # anomalous reports in a row
@@ -301,7 +304,9 @@ class AnomalyDetector:
                 found["nonfinite"] = (math.inf, lambda: f"Non-finite loss ({x}) at step {obs.step}.")
                 critical = True
             else:
-                norm_rise = grads.norms.median() - grads.first if grads.n else 0.0
+                norm_rise = 0.0
+                if grads.n == loss.DEPART_STEPS + 1:  # the first steps' norms against the first one
+                    norm_rise = _median(list(grads.norms.values)[1:]) - grads.first
                 losses.observe(x, norm_rise)
                 v = loss.view(losses, z=self.loss_z_threshold, learned_progress=self.learned_progress)
         if grads_ok:
@@ -334,6 +339,7 @@ class AnomalyDetector:
             relapse_threshold=self.relapse_threshold,
             rise_threshold=self.rise_threshold,
             new_high=self._lr.new_high,
+            warm=self._grads.warm or losses.n > self.warmup_steps,
         )
         loss.judge_stall(
             losses,
@@ -405,3 +411,9 @@ class AnomalyDetector:
             confirmed=confirmed,
             immediate=immediate and "lr_jump" in details,
         )
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else 0.5 * (ordered[half - 1] + ordered[half])

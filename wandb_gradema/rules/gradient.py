@@ -151,10 +151,11 @@ def judge_gradients(
 ) -> None:
     """Score the gradient rules on the latest statistics into ``found``.
 
-    * ``grad_explosion``: the median log norm is ``log_explode`` above the baseline *and*
-      ``z_threshold`` standard deviations above it (while warming up: twice the log ratio above
-      the first norm). A median over the window: a transient jump of Adam's first steps, or a
-      burst of corrupted batches, is not an explosion; one that persists is.
+    * ``grad_explosion``: once warm, the median log norm is ``log_explode`` above the baseline
+      *and* ``z_threshold`` standard deviations above it. A median over the window: a burst of
+      corrupted batches is not an explosion; one that persists is. During the warm-up nothing
+      is: the jump of Adam's first steps is judged by what follows (non-finite values, dead
+      units, a loss that stays above its start).
     * ``grad_vanish``: the median log norm has fallen ``log_vanish`` below its peak.
     * ``dead_units``: the median share of non-vanishing gradient tensors is at most
       ``dead_share``.
@@ -165,15 +166,15 @@ def judge_gradients(
     if not st.norms.full:
         return
     med = st.norms.median()
-    base, sd = st.base, st.sd
-    ratio = med - base
-    z = ratio / sd
-    need = log_explode * (1.0 if st.warm else 2.0)
-    found["grad_explosion"] = (
-        min(z / z_threshold, ratio / need),
-        lambda: f"Gradient norm {math.exp(med):.4g} (median of the last {len(st.norms)} steps) is "
-        f"{math.exp(ratio):.3g}x its baseline ({z:.1f} sigma).",
-    )
+    if st.warm:  # an early jump (Adam's first steps) is confirmed by what follows, not by itself
+        base, sd = st.base, st.sd
+        ratio = med - base
+        z = ratio / sd
+        found["grad_explosion"] = (
+            min(z / z_threshold, ratio / log_explode),
+            lambda: f"Gradient norm {math.exp(med):.4g} (median of the last {len(st.norms)} steps) is "
+            f"{math.exp(ratio):.3g}x its baseline ({z:.1f} sigma).",
+        )
     if learned:
         return
     if st.warm and st.peak > -math.inf:

@@ -16,17 +16,20 @@ Statistics of the finite observed losses:
 - the **best** level so far: the lowest median of the last ``trend_window`` losses (a longer
   window than the level's, so the minimum of many noisy medians is not a lucky one), and the
   Mann-Kendall trend of the same window (``trend_z`` < -threshold: still improving);
-- a **departure** from the start at the very first steps: a fresh optimizer with a far too
+- a **departure** from the start at the very first step: a fresh optimizer with a far too
   high LR can wreck a pretrained model in one step, so every loss but the first is already
-  the wrecked level. When the first loss is below every one of the next ``reference_steps - 1``
-  and their median is ``DEPART_LOSS`` x it, *and* the gradient norm rose ``DEPART_NORM`` x from
-  the first step (two independent signs; a lucky first batch shows neither), the first loss is
-  the start the explosion rules compare with.
+  the wrecked level (the Theil-Sen start then traces the recovery back to a high start).
+  When the median of the next ``DEPART_STEPS`` losses is ``DEPART_LOSS`` x the first *and*
+  the median of their gradient norms ``DEPART_NORM`` x the first one (two independent signs;
+  a lucky first batch of 2 shows both at once in about 1% of runs, of 8 or more practically
+  never), or milder rises (``DEPART_*_MILD``) with every later loss of the reference window
+  above the first, the first loss is the start the explosion rules compare with.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any
 
 from ._common import MEDIAN_SE, Findings
@@ -39,12 +42,22 @@ __all__ = ["LossStats", "judge_loss", "theil_sen_start"]
 FAST_WINDOW = 5
 #: Decay of the slow EMA of the noise (about 50 steps of memory).
 SLOW_NOISE_DECAY = 0.98
-#: A departure at the first steps: loss median / first loss, and gradient-norm rise.
+#: Standard errors the longer median must be above the start for ``above_start`` (which also
+#: needs it to last a whole trend window: persistence, not one extreme median, is the evidence).
+ABOVE_Z = 3.0
+#: A departure at the first step: the next losses / the first, their gradient norms / the first.
+DEPART_STEPS = 3
 DEPART_LOSS = 8.0
-DEPART_NORM = 4.0
+DEPART_NORM = 8.0
+#: ... or, when every one of the first ``reference_steps - 1`` losses is above the first, these.
+DEPART_LOSS_MILD = 2.0
+DEPART_NORM_MILD = 4.0
+#: ``above_start`` needs the longer median not to have fallen below this share of its value a
+#: trend window earlier (a fine-tune kicked by a fresh optimizer keeps recovering, by more than
+#: a quarter per window; forgetting stays).
+STAYS = 0.75
 
 _DIFF_TO_SD = 1.0 / (0.6745 * math.sqrt(2.0))  # median |x_t - x_{t-1}| -> sigma, Gaussian
-_SQRT2 = math.sqrt(2.0)
 
 
 def theil_sen_start(values: list[float]) -> float:
@@ -54,6 +67,18 @@ def theil_sen_start(values: list[float]) -> float:
     slopes = sorted((values[j] - values[i]) / (j - i) for i in range(n) for j in range(i + 1, n))
     slope = _median(slopes) if slopes else 0.0
     return _median(sorted(v - slope * i for i, v in enumerate(values)))
+
+
+def _departed(first: list[float], norm_rise: float) -> bool:
+    """Did the run leave its start at the first step (see the module docstring)?"""
+    head = first[0]
+    if head <= 0:
+        return False
+    early = _median(sorted(first[1 : DEPART_STEPS + 1]))
+    if early >= DEPART_LOSS * head and norm_rise >= math.log(DEPART_NORM):
+        return True
+    # milder, but every later loss is above the first one
+    return head < min(first[1:]) and early >= DEPART_LOSS_MILD * head and norm_rise >= math.log(DEPART_NORM_MILD)
 
 
 def _median(ordered: list[float]) -> float:
@@ -66,15 +91,21 @@ class LossStats:
     """Running statistics of the finite losses (see the module docstring)."""
 
     __slots__ = (
-        "reference_steps", "n", "first", "ref", "start", "prev", "short", "fast", "long", "diffs", "best", "slow_sigma",
+        "reference_steps", "above_factor", "n", "first", "ref", "start", "departed", "prev", "short", "fast", "long",
+        "diffs", "best", "slow_sigma", "above_run", "history", "norm_rise",
     )  # fmt: skip
 
-    def __init__(self, *, window: int, trend_window: int, reference_steps: int) -> None:
+    def __init__(self, *, window: int, trend_window: int, reference_steps: int, above_factor: float) -> None:
         self.reference_steps = reference_steps
+        self.above_factor = above_factor
+        self.above_run = 0  # steps in a row with the longer median above_factor x the start
         self.n = 0
         self.first: list[float] = []
         self.ref: float | None = None  # the robust start (Theil-Sen)
         self.start = math.nan  # what the explosion rules compare with: ref, or a departed first loss
+        self.departed = False
+        self.norm_rise = 0.0  # log norm rise over the first steps (for the departure test)
+        self.history: deque[float] = deque(maxlen=trend_window + 1)  # the longer medians
         self.prev = math.nan
         self.short = RollingWindow(window)
         self.fast = RollingWindow(FAST_WINDOW)
@@ -84,16 +115,16 @@ class LossStats:
         self.slow_sigma = Ema(SLOW_NOISE_DECAY)  # the noise, slowly: what "no change" looks like
 
     def observe(self, loss: float, norm_rise: float = 0.0) -> None:
-        """Fold in one finite loss; ``norm_rise``: log of the median gradient norm so far over the
-        first one (read once, when the start is set)."""
+        """Fold in one finite loss; ``norm_rise``: log of the median gradient norm of steps 1 to
+        ``DEPART_STEPS`` over the first one (read once, at that step)."""
         if self.ref is None:
             self.first.append(loss)
+            if len(self.first) == DEPART_STEPS + 1:
+                self.norm_rise = norm_rise
             if len(self.first) >= self.reference_steps:
                 self.ref = theil_sen_start(self.first)
-                self.start = self.ref
-                head, rest = self.first[0], sorted(self.first[1:])
-                if 0 < head < rest[0] and _median(rest) >= DEPART_LOSS * head and norm_rise >= math.log(DEPART_NORM):
-                    self.start = head
+                self.departed = _departed(self.first, self.norm_rise)
+                self.start = self.first[0] if self.departed else self.ref
         if self.n:
             self.diffs.push(abs(loss - self.prev))
             self.slow_sigma.update(self.sigma)
@@ -104,17 +135,27 @@ class LossStats:
         self.long.push(loss)
         if self.ref is not None and self.short.full:
             self.best = min(self.best, self.short.median())
+            level = self.long.median()
+            # against the start's own uncertainty too: a median of ``reference_steps`` batches
+            # (a departed start is one batch of a settled pretrained model: trusted as it is)
+            above = level >= self.above_factor * self.start and level - self.start > self.band(
+                ABOVE_Z, None, len(self.long), 10**9 if self.departed else self.reference_steps
+            )
+            self.above_run = self.above_run + 1 if above else 0
+            self.history.append(level)
 
     @property
     def sigma(self) -> float:
         """Batch-to-batch noise of the loss (a standard deviation)."""
         return _DIFF_TO_SD * self.diffs.median() if len(self.diffs) else math.nan
 
-    def band(self, z: float, sigma: float | None = None, n: int | None = None) -> float:
-        """The smallest change of a median of ``n`` losses (the level's window by default) that is
-        significant at ``z`` standard errors (of the current noise, or of ``sigma``)."""
+    def band(self, z: float, sigma: float | None = None, n: int | None = None, n_other: int | None = None) -> float:
+        """The smallest difference between a median of ``n`` losses (the level's window by
+        default) and one of ``n_other`` (as many by default) that is significant at ``z``
+        standard errors (of the current noise, or of ``sigma``)."""
         n = len(self.short) if n is None else n
-        return z * _SQRT2 * MEDIAN_SE * (self.sigma if sigma is None else sigma) / math.sqrt(n)
+        n_other = n if n_other is None else n_other
+        return z * MEDIAN_SE * (self.sigma if sigma is None else sigma) * math.sqrt(1 / n + 1 / n_other)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -122,6 +163,8 @@ class LossStats:
             "first": list(self.first),
             "ref": self.ref,
             "start": self.start,
+            "departed": self.departed,
+            "norm_rise": self.norm_rise,
             "prev": self.prev,
             "short": self.short.state(),
             "fast": self.fast.state(),
@@ -129,6 +172,8 @@ class LossStats:
             "diffs": self.diffs.state(),
             "best": self.best,
             "slow_sigma": self.slow_sigma.state(),
+            "above_run": self.above_run,
+            "history": list(self.history),
         }
 
     def load(self, s: dict[str, Any]) -> None:
@@ -138,6 +183,10 @@ class LossStats:
         self.start = float(s["start"])
         self.prev, self.best = float(s["prev"]), float(s["best"])
         self.slow_sigma.load(s["slow_sigma"])
+        self.above_run = int(s["above_run"])
+        self.departed = bool(s["departed"])
+        self.norm_rise = float(s["norm_rise"])
+        self.history = deque((float(x) for x in s["history"]), maxlen=self.history.maxlen)
         self.short.load(s["short"])
         self.fast.load(s["fast"])
         self.long.load(s["long"])
@@ -147,7 +196,7 @@ class LossStats:
 class LossView:
     """The derived quantities every loss rule reads, computed once per step."""
 
-    __slots__ = ("m", "m_long", "ref", "start", "best", "band", "best_band", "trend", "recent_trend", "progress", "learned")
+    __slots__ = ("m", "m_long", "ref", "start", "best", "band", "best_band", "long_band", "trend", "recent_trend", "progress", "learned")
 
     def __init__(self, st: LossStats, *, z: float, learned_progress: float) -> None:
         assert st.ref is not None
@@ -161,6 +210,7 @@ class LossView:
         # steps and must not hide the rise.
         slow = st.slow_sigma.mean
         self.best_band = st.band(z, slow)
+        self.long_band = st.band(z, None, len(st.long))
         self.trend = st.long.trend_z()
         self.recent_trend = st.short.trend_z()
         self.progress = self.ref - self.best  # how far below its start the level has been
@@ -195,13 +245,18 @@ def judge_loss(
     relapse_threshold: float,
     rise_threshold: float,
     new_high: bool,
+    warm: bool,
 ) -> None:
     """Score the loss rules into ``found``.
 
     * ``loss_explosion`` / ``above_start``: the level is ``exp(log_explode)`` /
       ``exp(log_above)`` x the start, significantly, and not falling (a transient that training
-      is already recovering from is not one; ``above_start`` waits for half a trend window).
-      For a fine-tune this is forgetting.
+      is already recovering from is not one). ``loss_explosion`` waits for the warm-up (an
+      early transient is confirmed by what follows) and is off after a departure at the first
+      step (a fresh optimizer's kick to a pretrained model recovers over tens of steps);
+      ``above_start`` compares the longer median
+      and needs it above for a whole trend window (Adam's kick to a pretrained model lasts tens
+      of steps, then recovers). For a fine-tune this is forgetting.
     * ``progress_lost``: a run that has learned (``learned_progress`` of its start, beyond
       noise) has given back ``relapse_threshold`` of it, significantly, and its trend is not
       still improving.
@@ -213,18 +268,20 @@ def judge_loss(
     m, ref, band, trend = v.m, v.ref, v.band, v.trend
     start = v.start
     improving = trend <= -trend_z
-    if not improving and m - start > band:
+    if not improving and m - start > band and warm and not st.departed:
         ratio = math.log(m / start)
         found["loss_explosion"] = (
             ratio / log_explode,
             lambda: f"Loss is at {m:.4g} (median of the last {len(st.short)}), {m / start:.3g}x where it started ({start:.4g}).",
         )
-        if len(st.long) * 2 >= st.long.size:
-            found["above_start"] = (
-                ratio / log_above,
-                lambda: f"Loss is back above where it started and not recovering: {m:.4g} vs {start:.4g} at the start "
-                f"({m / start:.3g}x; forgetting, for a fine-tune).",
-            )
+    m_long = v.m_long
+    stays = len(st.history) == st.history.maxlen and m_long >= STAYS * st.history[0]
+    if stays and st.above_run >= st.long.size:
+        found["above_start"] = (
+            math.log(m_long / start) / log_above,
+            lambda: f"Loss is back above where it started and not recovering: {m_long:.4g} (median of the last "
+            f"{len(st.long)}) vs {start:.4g} at the start ({m_long / start:.3g}x; forgetting, for a fine-tune).",
+        )
     if not v.learned:
         return
     best, level = v.best, v.m_long
