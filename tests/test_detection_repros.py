@@ -22,6 +22,8 @@ import wandb_gradema
 from wandb_gradema import GrademaWarning
 
 Batch = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
+#: The loss of the best constant prediction of ``x.sum(1)`` over 16 standard normal inputs.
+SUM_CHANCE = 16.0
 
 
 @pytest.fixture(autouse=True)
@@ -148,16 +150,17 @@ def test_plain_mlp_regression_loops_stay_quiet(target: Callable[[int], Batch], l
 
 
 def test_adams_first_step_norm_jump_that_training_recovers_from_is_not_an_explosion() -> None:
-    """Adam at a high LR on a ReLU regression net: the norm jumps ~100x in the first steps
-    (the issue's ``grad_explosion`` at step 3), then the run learns."""
-    torch.manual_seed(3)
-    model = mlp()
-    opt = torch.optim.Adam(model.parameters(), lr=0.03)
-    norms: list[float] = []
-    events, losses = train(model, opt, sum_target(8), 300, seed=3, norms=norms)
-    assert max(norms[1:10]) > 30 * norms[0]  # the jump of the first steps
-    assert level(losses, -50) < 0.1 * level(losses, 0, 10)  # recovered and learned
-    assert events == [], events[0].reason
+    """Adam at a high LR on a ReLU regression net: the norm jumps ~2000x in the first steps (the
+    issue's ``grad_explosion`` at step 3), the loss with it, then the run learns."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = mlp()
+        opt = torch.optim.Adam(model.parameters(), lr=0.3)
+        norms: list[float] = []
+        events, losses = train(model, opt, sum_target(32), 300, seed=seed, norms=norms)
+        assert max(norms[1:10]) > 200 * norms[0]  # the jump of the first steps
+        assert level(losses, -50) < 0.3 * SUM_CHANCE  # recovered and learned
+        assert events == [], f"seed {seed}: {events[0].reason}"
 
 
 def test_a_converged_run_whose_gradients_vanish_stays_quiet() -> None:
@@ -192,18 +195,26 @@ def test_a_plateau_then_learning_is_not_a_stall() -> None:
     assert events == [], events[0].reason
 
 
-def test_a_burst_of_corrupted_batches_that_training_absorbs_stays_quiet() -> None:
-    """Six batches in a row with targets x30: loss and norm spike, then training goes on."""
+@pytest.mark.parametrize("kind", ["noisy targets", "shuffled targets"])
+def test_a_burst_of_corrupted_batches_that_training_absorbs_stays_quiet(kind: str) -> None:
+    """Six corrupted batches in a row: loss and norm spike 100-1000x, then training goes on."""
     torch.manual_seed(0)
     model = mlp()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    noise = torch.Generator().manual_seed(7)
 
     def corrupt(step: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        return (x, y * 30) if 300 <= step < 306 else (x, y)
+        if not 300 <= step < 306:
+            return x, y
+        if kind == "shuffled targets":
+            return x, y.roll(1, 0)
+        return x, y + 10 * torch.randn(y.shape, generator=noise)
 
-    events, losses = train(model, opt, sum_target(32), 500, corrupt=corrupt)
+    norms: list[float] = []
+    events, losses = train(model, opt, sum_target(32), 500, corrupt=corrupt, norms=norms)
     assert max(losses[300:306]) > 100 * level(losses, 280, 300)  # the burst is violent
-    assert level(losses, -50) < 2 * level(losses, 280, 300)  # and absorbed
+    assert max(norms[300:306]) > 10 * max(norms[250:300])
+    assert level(losses, -50) < level(losses, 280, 300)  # and absorbed
     assert events == [], events[0].reason
 
 
@@ -268,18 +279,30 @@ def test_an_exploding_run_escalates_before_it_turns_nan() -> None:
 
 
 def test_a_learning_rate_warmed_up_far_too_high_escalates_before_the_run_dies() -> None:
-    """The README's demo mechanism: SGD warmed up to 3x a stable LR; a ReLU net that learns,
-    then gives its progress back as the LR keeps rising, and dies at chance."""
-    torch.manual_seed(0)
-    model = mlp(depth=2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    """The README demo's mechanism: SGD warmed up over 200 steps to 3x a stable LR on a ReLU
+    classifier; it learns, gives its progress back as the LR keeps rising, and dies at chance
+    (dead units). The escalation comes while the loss is still rising, before the death."""
+    for seed in range(2):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        centers = torch.randn(10, 32, generator=gen)
+        labels = torch.randint(0, 10, (4096,), generator=gen)
+        inputs = centers[labels] + torch.randn(4096, 32, generator=gen)
+        model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
 
-    def warmup(step: int) -> None:
-        opt.param_groups[0]["lr"] = 0.02 * min(1.0, (step + 1) / 200)
+        def batch(_: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+            idx = torch.randint(0, len(inputs), (32,), generator=g)
+            return inputs[idx], labels[idx]
 
-    with pytest.warns(GrademaWarning, match="escalated"):
-        events, losses = train(model, opt, sine_target(32), 300, sched=warmup)
-    assert events
-    learned = min(level(losses, s, s + 10) for s in range(0, 150, 10))
-    assert learned < 0.7 * level(losses, 0, 10)  # it had learned before it went wrong
-    assert any(e.confirmed for e in events)
+        def warmup(step: int) -> None:
+            opt.param_groups[0]["lr"] = 0.3 * min(1.0, (step + 1) / 200)
+
+        with pytest.warns(GrademaWarning, match="escalated"):
+            events, losses = train(
+                model, opt, batch, 300, sched=warmup, loss_fn=nn.functional.cross_entropy, seed=seed
+            )
+        assert min(level(losses, s, s + 10) for s in range(0, 100, 10)) < 0.05  # it had learned
+        dead = next(s for s in range(100, 290) if level(losses, s, s + 10) > 2.0)  # then died at chance
+        assert events[0].step < dead and "unstable_rise" in events[0].anomaly_types
+        assert any(e.confirmed for e in events)
