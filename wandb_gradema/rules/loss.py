@@ -133,16 +133,16 @@ class LossStats:
         self.short.push(loss)
         self.fast.push(loss)
         self.long.push(loss)
+        level = self.long.median()
+        self.history.append(level)  # from the first step: a fixed-size window once warm
         if self.ref is not None and self.short.full:
             self.best = min(self.best, self.short.median())
-            level = self.long.median()
             # against the start's own uncertainty too: a median of ``reference_steps`` batches
             # (a departed start is one batch of a settled pretrained model: trusted as it is)
             above = level >= self.above_factor * self.start and level - self.start > self.band(
                 ABOVE_Z, None, len(self.long), 10**9 if self.departed else self.reference_steps
             )
             self.above_run = self.above_run + 1 if above else 0
-            self.history.append(level)
 
     @property
     def sigma(self) -> float:
