@@ -278,31 +278,33 @@ def test_an_exploding_run_escalates_before_it_turns_nan() -> None:
     assert any(e.confirmed for e in events)
 
 
-def test_a_learning_rate_warmed_up_far_too_high_escalates_before_the_run_dies() -> None:
-    """The README demo's mechanism: SGD warmed up over 200 steps to 3x a stable LR on a ReLU
-    classifier; it learns, gives its progress back as the LR keeps rising, and dies at chance
-    (dead units). The escalation comes while the loss is still rising, before the death."""
-    for seed in range(2):
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        centers = torch.randn(10, 32, generator=gen)
-        labels = torch.randint(0, 10, (4096,), generator=gen)
-        inputs = centers[labels] + torch.randn(4096, 32, generator=gen)
-        model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
-        opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+def _warmed_up_too_high(seed: int) -> tuple[list, list[float]]:
+    """The README demo's run: SGD warmed up over 200 steps to 3x a stable LR, ReLU classifier."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(10, 32, generator=gen)
+    labels = torch.randint(0, 10, (4096,), generator=gen)
+    inputs = centers[labels] + torch.randn(4096, 32, generator=gen)
+    model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
 
-        def batch(_: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-            idx = torch.randint(0, len(inputs), (32,), generator=g)
-            return inputs[idx], labels[idx]
+    def batch(_: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(0, len(inputs), (32,), generator=g)
+        return inputs[idx], labels[idx]
 
-        def warmup(step: int) -> None:
-            opt.param_groups[0]["lr"] = 0.3 * min(1.0, (step + 1) / 200)
+    def warmup(step: int) -> None:
+        opt.param_groups[0]["lr"] = 0.3 * min(1.0, (step + 1) / 200)
 
-        with pytest.warns(GrademaWarning, match="escalated"):
-            events, losses = train(
-                model, opt, batch, 300, sched=warmup, loss_fn=nn.functional.cross_entropy, seed=seed
-            )
-        assert min(level(losses, s, s + 10) for s in range(0, 100, 10)) < 0.05  # it had learned
-        dead = next(s for s in range(100, 290) if level(losses, s, s + 10) > 2.0)  # then died at chance
-        assert events[0].step < dead and "unstable_rise" in events[0].anomaly_types
-        assert any(e.confirmed for e in events)
+    return train(model, opt, batch, 300, sched=warmup, loss_fn=nn.functional.cross_entropy, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_learning_rate_warmed_up_far_too_high_escalates_before_the_run_dies(seed: int) -> None:
+    """It learns, gives its progress back as the LR keeps rising, and dies at chance (dead
+    units). The escalation comes while the loss is still rising, before the death."""
+    with pytest.warns(GrademaWarning, match="escalated"):
+        events, losses = _warmed_up_too_high(seed)
+    assert min(level(losses, s, s + 10) for s in range(0, 100, 10)) < 0.05  # it had learned
+    dead = next(s for s in range(100, 290) if level(losses, s, s + 10) > 2.0)  # then died at chance
+    assert events[0].step < dead and "unstable_rise" in events[0].anomaly_types
+    assert any(e.confirmed for e in events)

@@ -182,8 +182,8 @@ def test_loss_spikes_that_recover_table(name, spike) -> None:
 
 
 def test_loss_turning_up_while_the_learning_rate_still_rises_escalates() -> None:
-    def loss(t):  # learns, then oscillates ever wider as the LR ramp passes the stable range
-        return learning(t) if t < 120 else learning(t) * (1 + 0.08 * (t - 120) * (t % 2))
+    def loss(t):  # learns, then climbs and oscillates ever wider as the LR ramp passes the stable range
+        return learning(t) if t < 120 else learning(t) * (1 + 0.02 * (t - 120)) * (1 + 0.05 * (t - 120) * (t % 2))
 
     (event, *_) = _escalations(_run(loss=loss, lr=lambda t: 0.001 * (t + 1)))
     assert 120 < event[0] < 150 and "unstable_rise" in event[1]
@@ -337,9 +337,13 @@ def test_rolling_window_keeps_median_quantiles_and_mann_kendall_exactly() -> Non
 @pytest.mark.parametrize(
     ("values", "start"),
     [
-        ([5.0, 4.0, 3.0, 2.0, 1.0], 5.0),  # a straight fall is traced back to where it began
+        ([16.0, 8.0, 4.0, 2.0, 1.0], 16.0),  # a fall by factors is traced back to where it began
+        ([2.0, 20.0, 200.0, 2e3, 2e4], 2.0),  # so is an explosion
         ([2.0, 2.0, 50.0, 2.0, 2.0], 2.0),  # one corrupted batch cannot set it
-        ([1.0, 3.0, 1.0, 3.0, 1.0, 3.0], 2.0),  # noise around a level: the level
+        ([1.0, 4.0, 1.0, 4.0, 1.0, 4.0], 2.0),  # noise around a level: the (geometric) level
+        ([3.0, 2.5, 2.0, 1.5, 1.0], 3.0),  # a straight fall: the line in log space, kept in range
+        ([5.0, 2.0, 13.0, 40.0, 12.0, 9.0, 17.0, 4.0, 12.0], 12.0),  # noise, no trend: the median
+        ([-1.0, -2.0, -3.0, -4.0, -5.0], -1.0),  # not positive: linear
     ],
 )
 def test_theil_sen_start_table(values, start) -> None:

@@ -224,6 +224,7 @@ class AnomalyDetector:
             trend_window=self.trend_window,
             reference_steps=self.reference_steps,
             above_factor=self.above_start_factor,
+            trend_z=self.trend_z_threshold,
         )
         self._lr = schedule.ScheduleStats()
         self._episode = 0  # anomalous reports in a row
@@ -318,6 +319,7 @@ class AnomalyDetector:
                 log_vanish=self._log_vanish,
                 dead_share=self.dead_share,
                 learned=loss.holds_progress(v),
+                trend_z=self.trend_z_threshold,
             )
         if v is not None:
             self._judge_loss(v, found, obs.n_tensors)
@@ -340,6 +342,7 @@ class AnomalyDetector:
             rise_threshold=self.rise_threshold,
             new_high=self._lr.new_high,
             warm=self._grads.warm or losses.n > self.warmup_steps,
+            z_loss=self.loss_z_threshold,
         )
         loss.judge_stall(
             losses,

@@ -21,7 +21,6 @@ from wandb_gradema import AnomalyDetector, EscalationPolicy, GradientEMATracker
 from .trace import Trace
 
 
-
 class Firing(NamedTuple):
     """Where a detector first escalated and first pruned on one trace (None: never)."""
 

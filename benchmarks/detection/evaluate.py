@@ -163,6 +163,12 @@ def format_table(results: dict[str, Metrics], *, prunes: bool = True) -> str:
     return _markdown(header, rows)
 
 
+def _lead(diverged: list[tuple[int, Firing]], kind: str) -> str:
+    """Median lead (t_div - fire step) over the runs caught before t_div, by ``kind`` of firing."""
+    leads = [td - getattr(f, kind) for td, f in diverged if getattr(f, kind) is not None and getattr(f, kind) < td]
+    return f"{np.median(leads):.0f}" if leads else "–"
+
+
 FAMILY_COLUMNS = (
     "family (h/d/c)", "healthy escalated", "healthy pruned", "diverged caught", "caught early (t_div>=30)",
     "diverged pruned", "pruned early (t_div>=30)", "median lead esc / prune", "collapse esc / prune",
@@ -189,9 +195,6 @@ def format_families(traces: Sequence[Trace], firings: Sequence[Firing]) -> str:
         c = [f for t, f in runs if t.label == "collapsed"]
         late = [(td, f) for td, f in d if td >= LATE]
 
-        def lead(kind: str) -> str:
-            leads = [td - getattr(f, kind) for td, f in d if getattr(f, kind) is not None and getattr(f, kind) < td]
-            return f"{np.median(leads):.0f}" if leads else "–"
 
         rows.append([
             f"{family} ({len(h)}/{len(d)}/{len(c)})",
@@ -201,7 +204,7 @@ def format_families(traces: Sequence[Trace], firings: Sequence[Firing]) -> str:
             frac([f.escalated is not None and f.escalated < td for td, f in late]),
             frac([f.pruned is not None for _, f in d]),
             frac([f.pruned is not None and f.pruned < td for td, f in late]),
-            f"{lead('escalated')} / {lead('pruned')}" if d else "–",
+            f"{_lead(d, 'escalated')} / {_lead(d, 'pruned')}" if d else "–",
             f"{frac([f.escalated is not None for f in c])} / {frac([f.pruned is not None for f in c])}" if c else "–",
         ])  # fmt: skip
     return _markdown(list(FAMILY_COLUMNS), rows)

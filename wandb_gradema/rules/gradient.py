@@ -148,14 +148,17 @@ def judge_gradients(
     log_vanish: float,
     dead_share: float,
     learned: bool,
+    trend_z: float,
 ) -> None:
     """Score the gradient rules on the latest statistics into ``found``.
 
     * ``grad_explosion``: once warm, the median log norm is ``log_explode`` above the baseline
-      *and* ``z_threshold`` standard deviations above it. A median over the window: a burst of
-      corrupted batches is not an explosion; one that persists is. During the warm-up nothing
-      is: the jump of Adam's first steps is judged by what follows (non-finite values, dead
-      units, a loss that stays above its start).
+      *and* ``z_threshold`` standard deviations above it, or, while still growing (a
+      significant Mann-Kendall trend over the window), twice ``log_explode`` above the first
+      norm (an explosion that began in the warm-up has dragged the baseline along). A median
+      over the window: a burst of corrupted batches is not an explosion; one that persists is.
+      During the warm-up nothing is: the jump of Adam's first steps is judged by what follows
+      (non-finite values, dead units, a loss that stays above its start).
     * ``grad_vanish``: the median log norm has fallen ``log_vanish`` below its peak.
     * ``dead_units``: the median share of non-vanishing gradient tensors is at most
       ``dead_share``.
@@ -170,10 +173,16 @@ def judge_gradients(
         base, sd = st.base, st.sd
         ratio = med - base
         z = ratio / sd
+        score = min(z / z_threshold, ratio / log_explode)
+        # One that began during the warm-up has dragged the baseline along: against the first
+        # norm (squared ratio), as long as the norm is still growing.
+        since_first = med - st.first
+        if st.norms.trend_z() >= trend_z:
+            score = max(score, since_first / (2 * log_explode))
         found["grad_explosion"] = (
-            min(z / z_threshold, ratio / log_explode),
+            score,
             lambda: f"Gradient norm {math.exp(med):.4g} (median of the last {len(st.norms)} steps) is "
-            f"{math.exp(ratio):.3g}x its baseline ({z:.1f} sigma).",
+            f"{math.exp(ratio):.3g}x its baseline, {math.exp(since_first):.3g}x the first ({z:.1f} sigma).",
         )
     if learned:
         return

@@ -9,10 +9,11 @@ Statistics of the finite observed losses:
   trend barely moves it, heavy tails do not inflate it); the level's standard error is
   ``se = 1.2533 sigma / sqrt(window)`` and a change of the level counts only beyond
   ``band = z x sqrt(2) x se``;
-- the **start** ``ref``: the Theil-Sen line through the first ``reference_steps`` losses, read
-  at step 0 (the median of pairwise slopes: one lucky or corrupted batch cannot set it, a loss
-  already falling fast is traced back to where it began). A fine-tune's start is its
-  pretrained level;
+- the **start** ``ref``: the median of the first ``reference_steps`` losses or, when they
+  trend significantly, the Theil-Sen line through their logs read at step 0 (the median of
+  pairwise slopes: one lucky or corrupted batch cannot set it, a loss already falling or
+  exploding fast is traced back to where it began). A fine-tune's start is its pretrained
+  level;
 - the **best** level so far: the lowest median of the last ``trend_window`` losses (a longer
   window than the level's, so the minimum of many noisy medians is not a lucky one), and the
   Mann-Kendall trend of the same window (``trend_z`` < -threshold: still improving);
@@ -45,6 +46,8 @@ SLOW_NOISE_DECAY = 0.98
 #: Standard errors the longer median must be above the start for ``above_start`` (which also
 #: needs it to last a whole trend window: persistence, not one extreme median, is the evidence).
 ABOVE_Z = 3.0
+#: ``unstable_rise`` needs the level this share of ``best_band`` above its best.
+RISE_LEVEL = 0.25
 #: A departure at the first step: the next losses / the first, their gradient norms / the first.
 DEPART_STEPS = 3
 DEPART_LOSS = 8.0
@@ -60,13 +63,26 @@ STAYS = 0.75
 _DIFF_TO_SD = 1.0 / (0.6745 * math.sqrt(2.0))  # median |x_t - x_{t-1}| -> sigma, Gaussian
 
 
-def theil_sen_start(values: list[float]) -> float:
-    """The Theil-Sen line through ``(i, values[i])`` read at ``i = 0``: median of
-    ``values[i] - slope * i``, with ``slope`` the median of the pairwise slopes."""
+def theil_sen_start(values: list[float], trend_z: float = 2.0) -> float:
+    """Where a run's loss started, from its first ``values``.
+
+    With a significant trend (Mann-Kendall z beyond ``trend_z``), the Theil-Sen line through
+    ``(i, log values[i])`` read at ``i = 0`` (losses rise and fall by factors): the median of
+    ``log values[i] - slope * i``, with ``slope`` the median of the pairwise slopes, kept
+    within the values' range. Without one, the median: extrapolating a slope that is noise
+    would only add noise. Linear when a value is not positive.
+    """
     n = len(values)
-    slopes = sorted((values[j] - values[i]) / (j - i) for i in range(n) for j in range(i + 1, n))
-    slope = _median(slopes) if slopes else 0.0
-    return _median(sorted(v - slope * i for i, v in enumerate(values)))
+    positive = min(values) > 0
+    ys = [math.log(v) for v in values] if positive else list(values)
+    slopes = sorted((ys[j] - ys[i]) / (j - i) for i in range(n) for j in range(i + 1, n))
+    mk = sum((d > 0) - (d < 0) for d in slopes)  # Mann-Kendall S
+    significant = n >= 4 and abs(mk) - 1 >= trend_z * math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
+    slope = _median(slopes) if slopes and significant else 0.0
+    start = _median(sorted(y - slope * i for i, y in enumerate(ys)))
+    if positive:
+        start = math.exp(start)
+    return min(max(start, min(values)), max(values))
 
 
 def _departed(first: list[float], norm_rise: float) -> bool:
@@ -91,12 +107,15 @@ class LossStats:
     """Running statistics of the finite losses (see the module docstring)."""
 
     __slots__ = (
-        "reference_steps", "above_factor", "n", "first", "ref", "start", "departed", "prev", "short", "fast", "long",
-        "diffs", "best", "slow_sigma", "above_run", "history", "norm_rise",
+        "reference_steps", "above_factor", "trend_z", "n", "first", "ref", "start", "departed", "prev", "short", "fast", "long",
+        "diffs", "log_diffs", "best", "best_upper", "slow_sigma", "above_run", "history", "norm_rise",
     )  # fmt: skip
 
-    def __init__(self, *, window: int, trend_window: int, reference_steps: int, above_factor: float) -> None:
+    def __init__(
+        self, *, window: int, trend_window: int, reference_steps: int, above_factor: float, trend_z: float = 2.5
+    ) -> None:
         self.reference_steps = reference_steps
+        self.trend_z = trend_z
         self.above_factor = above_factor
         self.above_run = 0  # steps in a row with the longer median above_factor x the start
         self.n = 0
@@ -111,7 +130,9 @@ class LossStats:
         self.fast = RollingWindow(FAST_WINDOW)
         self.long = RollingWindow(trend_window)
         self.diffs = RollingWindow(trend_window)
+        self.log_diffs = RollingWindow(trend_window)  # |log x_t - log x_{t-1}|, for ratios
         self.best = math.inf
+        self.best_upper = math.inf  # the upper quartile of the window where the best level was
         self.slow_sigma = Ema(SLOW_NOISE_DECAY)  # the noise, slowly: what "no change" looks like
 
     def observe(self, loss: float, norm_rise: float = 0.0) -> None:
@@ -122,11 +143,13 @@ class LossStats:
             if len(self.first) == DEPART_STEPS + 1:
                 self.norm_rise = norm_rise
             if len(self.first) >= self.reference_steps:
-                self.ref = theil_sen_start(self.first)
+                self.ref = theil_sen_start(self.first, self.trend_z)
                 self.departed = _departed(self.first, self.norm_rise)
                 self.start = self.first[0] if self.departed else self.ref
         if self.n:
             self.diffs.push(abs(loss - self.prev))
+            if loss > 0 and self.prev > 0:
+                self.log_diffs.push(abs(math.log(loss / self.prev)))
             self.slow_sigma.update(self.sigma)
         self.prev = loss
         self.n += 1
@@ -136,13 +159,25 @@ class LossStats:
         level = self.long.median()
         self.history.append(level)  # from the first step: a fixed-size window once warm
         if self.ref is not None and self.short.full:
-            self.best = min(self.best, self.short.median())
+            median = self.short.median()
+            if median < self.best:
+                self.best, self.best_upper = median, self.short.quantile(0.75)
+            # in log space (a ratio to the start; an exploding loss's noise explodes with it),
             # against the start's own uncertainty too: a median of ``reference_steps`` batches
             # (a departed start is one batch of a settled pretrained model: trusted as it is)
-            above = level >= self.above_factor * self.start and level - self.start > self.band(
-                ABOVE_Z, None, len(self.long), 10**9 if self.departed else self.reference_steps
+            above = level >= self.above_factor * self.start and self.log_ratio(level) > self.log_band(
+                ABOVE_Z, len(self.long), 10**9 if self.departed else self.reference_steps
             )
             self.above_run = self.above_run + 1 if above else 0
+
+    def log_ratio(self, level: float) -> float:
+        """log(level / start), or -inf where undefined."""
+        return math.log(level / self.start) if level > 0 and self.start > 0 else -math.inf
+
+    def log_band(self, z: float, n: int, n_other: int) -> float:
+        """``band`` for log levels: the noise of the log losses (1.048 x median |d log x|)."""
+        sigma = _DIFF_TO_SD * self.log_diffs.median() if len(self.log_diffs) else math.inf
+        return z * MEDIAN_SE * sigma * math.sqrt(1 / n + 1 / n_other)
 
     @property
     def sigma(self) -> float:
@@ -170,7 +205,9 @@ class LossStats:
             "fast": self.fast.state(),
             "long": self.long.state(),
             "diffs": self.diffs.state(),
+            "log_diffs": self.log_diffs.state(),
             "best": self.best,
+            "best_upper": self.best_upper,
             "slow_sigma": self.slow_sigma.state(),
             "above_run": self.above_run,
             "history": list(self.history),
@@ -181,7 +218,7 @@ class LossStats:
         self.first = [float(x) for x in s["first"]]
         self.ref = None if s["ref"] is None else float(s["ref"])
         self.start = float(s["start"])
-        self.prev, self.best = float(s["prev"]), float(s["best"])
+        self.prev, self.best, self.best_upper = float(s["prev"]), float(s["best"]), float(s["best_upper"])
         self.slow_sigma.load(s["slow_sigma"])
         self.above_run = int(s["above_run"])
         self.departed = bool(s["departed"])
@@ -191,6 +228,7 @@ class LossStats:
         self.fast.load(s["fast"])
         self.long.load(s["long"])
         self.diffs.load(s["diffs"])
+        self.log_diffs.load(s["log_diffs"])
 
 
 class LossView:
@@ -216,9 +254,10 @@ class LossView:
         self.progress = self.ref - self.best  # how far below its start the level has been
         self.learned = self.best <= (1 - learned_progress) * self.ref and self.progress > self.best_band
 
-    def lost(self, level: float, band: float) -> float:
-        """Share of the progress given back by ``level``; 0 until the rise beats ``band``."""
-        rise = level - self.best
+    def lost(self, level: float, band: float, best: float | None = None) -> float:
+        """Share of the progress given back by ``level`` since ``best`` (the best level by
+        default); 0 until the rise beats ``band``."""
+        rise = level - (self.best if best is None else best)
         return rise / self.progress if self.progress > 0 and rise > band else 0.0
 
 
@@ -246,30 +285,35 @@ def judge_loss(
     rise_threshold: float,
     new_high: bool,
     warm: bool,
+    z_loss: float,
 ) -> None:
     """Score the loss rules into ``found``.
 
     * ``loss_explosion`` / ``above_start``: the level is ``exp(log_explode)`` /
       ``exp(log_above)`` x the start, significantly, and not falling (a transient that training
-      is already recovering from is not one). ``loss_explosion`` waits for the warm-up (an
-      early transient is confirmed by what follows) and is off after a departure at the first
-      step (a fresh optimizer's kick to a pretrained model recovers over tens of steps);
-      ``above_start`` compares the longer median
+      is already recovering from is not one). Ratios are judged in log space, against the
+      noise of the log losses (an exploding loss's noise explodes with it).
+      ``loss_explosion`` waits for the warm-up (an early transient is confirmed by what
+      follows) and, after a departure at the first step, needs the loss still rising (a fresh
+      optimizer's kick to a pretrained model recovers over tens of steps); ``above_start`` compares the longer median
       and needs it above for a whole trend window (Adam's kick to a pretrained model lasts tens
       of steps, then recovers). For a fine-tune this is forgetting.
     * ``progress_lost``: a run that has learned (``learned_progress`` of its start, beyond
       noise) has given back ``relapse_threshold`` of it, significantly, and its trend is not
       still improving.
-    * ``unstable_rise``: while the LR climbs to new heights, the loss is trending up
-      significantly and the upper quartile of its recent values has given back
-      ``rise_threshold`` of the progress: the LR has left the stable range (healthy warm-ups
-      keep improving).
+    * ``unstable_rise``: while the LR climbs to new heights, the level is significantly above
+      its best and the upper quartile of the recent losses has given back ``rise_threshold``
+      of the progress (against the upper quartile where the level was best): the LR has left
+      the stable range; growing oscillations show in the upper quartile first (healthy
+      warm-ups keep improving).
     """
-    m, ref, band, trend = v.m, v.ref, v.band, v.trend
+    m, ref, trend = v.m, v.ref, v.trend
     start = v.start
     improving = trend <= -trend_z
-    if not improving and m - start > band and warm and not st.departed:
-        ratio = math.log(m / start)
+    # after a departure at the first step, only while still rising (a kicked model recovers)
+    going = trend >= trend_z if st.departed else not improving
+    ratio = st.log_ratio(m)
+    if going and warm and ratio > st.log_band(z_loss, len(st.short), st.reference_steps):
         found["loss_explosion"] = (
             ratio / log_explode,
             lambda: f"Loss is at {m:.4g} (median of the last {len(st.short)}), {m / start:.3g}x where it started ({start:.4g}).",
@@ -292,9 +336,9 @@ def judge_loss(
             lambda: f"Loss is back at {level:.4g} (median of the last {len(st.long)}): {lost:.0%} of the progress "
             f"from {ref:.4g} to {best:.4g} lost (beyond its noise, {v.best_band:.2g}).",
         )
-    if new_high and m > best:  # not at a new best while the LR climbs
-        upper = st.short.quantile(0.75)
-        lost_upper = v.lost(upper, v.best_band)
+    if new_high and m - best > RISE_LEVEL * v.best_band:  # the level itself has left its best while the LR climbs
+        upper = st.short.quantile(0.75)  # against the upper quartile where the level was best
+        lost_upper = v.lost(upper, v.best_band, st.best_upper)
         if lost_upper > 0:
             found["unstable_rise"] = (
                 lost_upper / rise_threshold,
