@@ -317,7 +317,7 @@ def test_bad_arguments_are_named(kwargs, error, match) -> None:
 # ---------------------------------------------------------------------------- statistics
 def test_rolling_window_keeps_median_quantiles_and_mann_kendall_exactly() -> None:
     rng = random.Random(3)
-    window = RollingWindow(16)
+    window = RollingWindow(16, trend=True)
     seen: list[float] = []
     for i in range(200):
         x = rng.gauss(0.01 * i, 1.0)
@@ -328,7 +328,7 @@ def test_rolling_window_keeps_median_quantiles_and_mann_kendall_exactly() -> Non
         s = sum((b > a) - (b < a) for j, a in enumerate(seen) for b in seen[j + 1 :])
         assert window.s == s
     assert window.median() == pytest.approx(0.5 * (ordered[7] + ordered[8]))
-    up = RollingWindow(32)
+    up = RollingWindow(32, trend=True)
     for i in range(32):
         up.push(i + rng.gauss(0, 0.1))
     assert up.trend_z() > 5 and up.quantile(0.0) == min(up.values)

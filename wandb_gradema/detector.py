@@ -218,7 +218,9 @@ class AnomalyDetector:
     def reset(self) -> None:
         """Forget every observation."""
         window = 2 * self.burst_steps + 1
-        self._grads = gradient.GradientStats(slow_decay=self.slow_decay, window=window, warmup_steps=self.warmup_steps)
+        self._grads = gradient.GradientStats(
+            slow_decay=self.slow_decay, window=window, warmup_steps=self.warmup_steps, dead_health=DEAD_HEALTH
+        )
         self._losses = loss.LossStats(
             window=window,
             trend_window=self.trend_window,
@@ -289,8 +291,8 @@ class AnomalyDetector:
 
         grads, losses = self._grads, self._losses
         if lr.jumped:  # what the loss and gradients looked like before the jump
-            lr.jump_level = losses.short.median() if len(losses.short) else math.nan
-            lr.jump_norm = grads.norms.median() if len(grads.norms) else math.nan
+            lr.jump_level = losses.level if len(losses.short) else math.nan
+            lr.jump_norm = grads.med if len(grads.norms) else math.nan
         g = obs.grad_norm
         grads_ok = math.isfinite(g)
         if not grads_ok:
@@ -344,6 +346,8 @@ class AnomalyDetector:
             warm=self._grads.warm or losses.n > self.warmup_steps,
             z_loss=self.loss_z_threshold,
         )
+        if self._lr.clock * self.sensitivity < self.stall_steps:
+            return  # ``stalled`` scores the clock: it cannot fire yet
         loss.judge_stall(
             losses,
             v,
@@ -352,9 +356,7 @@ class AnomalyDetector:
             stall_steps=self.stall_steps,
             min_progress=self.min_progress,
             trend_z=self.trend_z_threshold,
-            dead_gradients=gradient.one_sided(
-                self._grads, dead_share=self.dead_share, dead_health=DEAD_HEALTH, n_tensors=n_tensors
-            ),
+            dead_gradients=gradient.one_sided(self._grads, dead_share=self.dead_share, n_tensors=n_tensors),
         )
 
     def _judge_jump(self, v: loss.LossView | None, found: Findings, step: int) -> None:
@@ -363,13 +365,13 @@ class AnomalyDetector:
         if v is not None and math.isfinite(lr.jump_level):
             # After a jump, trouble is likely: judge the median of the last few losses, fast.
             held = v.ref - lr.jump_level  # the progress held at the jump
-            rise = self._losses.fast.median() - lr.jump_level
+            rise = self._losses.fast_level() - lr.jump_level
             if rise > v.best_band * FAST_BAND:
                 lost = rise / held if held > 0 else math.inf
         grads = self._grads
         norm_rise = 0.0
-        if grads.norms.full and math.isfinite(lr.jump_norm):
-            norm_rise = max(0.0, grads.norms.median() - lr.jump_norm)
+        if grads.full and math.isfinite(lr.jump_norm):
+            norm_rise = max(0.0, grads.med - lr.jump_norm)
         schedule.judge_jump(
             lr,
             found,

@@ -2,8 +2,8 @@
 
 Every robust statistic the rules use is read from one of these in O(1) (median, quantiles) or
 O(log n) (ranks), and each step costs one ``bisect`` insert and one removal: a window of 64
-floats costs about a microsecond per step in CPython. The Mann-Kendall statistic of the window
-is kept up to date the same way (``trend``), so a trend test over the last 64 losses never
+floats costs about a microsecond per step in CPython. With ``trend=True`` the Mann-Kendall statistic
+of the window is kept up to date the same way, so a trend test over the last 32 losses never
 needs its O(n^2) pairs.
 """
 
@@ -25,10 +25,11 @@ class RollingWindow:
     ``n (n - 1) (2 n + 5) / 18``; ``trend_z`` is the standardised S (continuity-corrected).
     """
 
-    __slots__ = ("size", "values", "sorted", "s")
+    __slots__ = ("size", "values", "sorted", "s", "trend")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, trend: bool = False) -> None:
         self.size = size
+        self.trend = trend  # keep the Mann-Kendall S (two more bisections per step)
         self.values: deque[float] = deque()
         self.sorted: list[float] = []
         self.s = 0  # Mann-Kendall S of the values in the window
@@ -42,16 +43,23 @@ class RollingWindow:
 
     def push(self, x: float) -> None:
         """Append ``x``, dropping the oldest value when full; S follows both changes."""
-        srt = self.sorted
-        if len(self.values) == self.size:
-            old = self.values.popleft()
-            del srt[bisect_left(srt, old)]
-            # ``old`` preceded every remaining value: remove its pairs.
-            self.s -= (len(srt) - bisect_right(srt, old)) - bisect_left(srt, old)
-        # ``x`` follows every value in the window: add its pairs.
-        self.s += bisect_left(srt, x) - (len(srt) - bisect_right(srt, x))
-        insort(srt, x)
-        self.values.append(x)
+        values, srt = self.values, self.sorted
+        if len(values) == self.size:
+            old = values.popleft()
+            if old == x and not self.trend:  # the same value in and out: order unchanged
+                values.append(x)
+                return
+            i = bisect_left(srt, old)
+            del srt[i]
+            if self.trend:  # ``old`` preceded every remaining value: remove its pairs
+                self.s -= (len(srt) - bisect_right(srt, old, i)) - i
+        if self.trend:  # ``x`` follows every value in the window: add its pairs
+            lo = bisect_left(srt, x)
+            self.s += lo - (len(srt) - bisect_right(srt, x, lo))
+            srt.insert(lo, x)
+        else:
+            insort(srt, x)
+        values.append(x)
 
     def median(self) -> float:
         srt = self.sorted
@@ -72,7 +80,7 @@ class RollingWindow:
         return srt[lo] + (srt[hi] - srt[lo]) * (pos - lo)
 
     def trend_z(self) -> float:
-        """Mann-Kendall z of the window: < -2 a significant fall, > 2 a significant rise."""
+        """Mann-Kendall z of the window (``trend=True``): < -2 a significant fall, > 2 a rise."""
         n = len(self.values)
         if n < 4:
             return 0.0

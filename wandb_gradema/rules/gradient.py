@@ -9,6 +9,7 @@ change moves it within ``window // 2 + 1`` steps.
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any
 
 from ._common import TINY, Findings
@@ -65,9 +66,12 @@ class GradientStats:
       latest step was folded in (what that step is judged against).
     """
 
-    __slots__ = ("slow", "n", "first", "peak", "base", "sd", "norms", "active", "health", "warmup_steps")
+    __slots__ = (
+        "slow", "n", "first", "peak", "base", "sd", "norms", "active", "health", "warmup_steps", "med", "full",
+        "dead_health", "one_sided",
+    )  # fmt: skip
 
-    def __init__(self, *, slow_decay: float, window: int, warmup_steps: int) -> None:
+    def __init__(self, *, slow_decay: float, window: int, warmup_steps: int, dead_health: float = 0.02) -> None:
         self.warmup_steps = warmup_steps
         self.slow = Ema(slow_decay)
         self.n = 0
@@ -75,9 +79,14 @@ class GradientStats:
         self.peak = -math.inf
         self.base = math.nan
         self.sd = 1.0
-        self.norms = RollingWindow(window)
+        self.norms = RollingWindow(window, trend=True)
         self.active = RollingWindow(window)
-        self.health = RollingWindow(window)
+        # health scores of the window; only "how many at or below dead_health" is ever read
+        self.health: deque[float] = deque(maxlen=window)
+        self.dead_health = dead_health
+        self.one_sided = 0  # health scores in the window at or below dead_health
+        self.med = math.nan  # median log norm of the window, after the latest step
+        self.full = False  # the window is full: the rules may judge
 
     @property
     def warm(self) -> bool:
@@ -97,9 +106,14 @@ class GradientStats:
         self.n += 1
         self.norms.push(x)
         self.active.push(active_share)
-        self.health.push(health)
-        if self.warm and self.norms.full:
-            self.peak = max(self.peak, self.norms.median())
+        if len(self.health) == self.health.maxlen:
+            self.one_sided -= self.health[0] <= self.dead_health
+        self.health.append(health)
+        self.one_sided += health <= self.dead_health
+        self.med = self.norms.median()
+        self.full = self.norms.full
+        if self.full and self.n > self.warmup_steps:
+            self.peak = max(self.peak, self.med)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -111,7 +125,7 @@ class GradientStats:
             "sd": self.sd,
             "norms": self.norms.state(),
             "active": self.active.state(),
-            "health": self.health.state(),
+            "health": list(self.health),
         }
 
     def load(self, s: dict[str, Any]) -> None:
@@ -121,7 +135,10 @@ class GradientStats:
         self.base, self.sd = float(s["base"]), float(s["sd"])
         self.norms.load(s["norms"])
         self.active.load(s["active"])
-        self.health.load(s["health"])
+        self.health = deque((float(h) for h in s["health"]), maxlen=self.health.maxlen)
+        self.one_sided = sum(h <= self.dead_health for h in self.health)
+        self.med = self.norms.median()
+        self.full = self.norms.full
 
 
 #: One tensor holding nearly all the norm means death only among this many tensors or more
@@ -129,14 +146,15 @@ class GradientStats:
 MIN_TENSORS_FOR_HEALTH = 4
 
 
-def one_sided(st: GradientStats, *, dead_share: float, dead_health: float, n_tensors: int) -> bool:
+def one_sided(st: GradientStats, *, dead_share: float, n_tensors: int) -> bool:
     """The gradients look dead: most tensors silent, or (among ``MIN_TENSORS_FOR_HEALTH`` or more;
-    0 is unknown) one tensor holds nearly all the norm."""
-    if not st.norms.full:
+    0 is unknown) one tensor holds nearly all the norm (the median health of the window is at
+    most ``dead_health``)."""
+    if not st.full:
         return False
     if st.active.median() <= dead_share:
         return True
-    return (n_tensors == 0 or n_tensors >= MIN_TENSORS_FOR_HEALTH) and st.health.median() <= dead_health
+    return (n_tensors == 0 or n_tensors >= MIN_TENSORS_FOR_HEALTH) and 2 * st.one_sided > len(st.health)
 
 
 def judge_gradients(
@@ -166,9 +184,9 @@ def judge_gradients(
     ``learned``: the loss has made, and still holds, most of its progress. Then shrinking or
     silent gradients are convergence, not death: ``grad_vanish`` and ``dead_units`` stay off.
     """
-    if not st.norms.full:
+    if not st.full:
         return
-    med = st.norms.median()
+    med = st.med
     if st.warm:  # an early jump (Adam's first steps) is confirmed by what follows, not by itself
         base, sd = st.base, st.sd
         ratio = med - base

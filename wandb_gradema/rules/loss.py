@@ -107,8 +107,9 @@ class LossStats:
     """Running statistics of the finite losses (see the module docstring)."""
 
     __slots__ = (
-        "reference_steps", "above_factor", "trend_z", "n", "first", "ref", "start", "departed", "prev", "short", "fast", "long",
+        "reference_steps", "above_factor", "trend_z", "n", "first", "ref", "start", "departed", "prev", "short", "long",
         "diffs", "log_diffs", "best", "best_upper", "slow_sigma", "above_run", "history", "norm_rise",
+        "level", "level_long", "sigma",
     )  # fmt: skip
 
     def __init__(
@@ -127,13 +128,14 @@ class LossStats:
         self.history: deque[float] = deque(maxlen=trend_window + 1)  # the longer medians
         self.prev = math.nan
         self.short = RollingWindow(window)
-        self.fast = RollingWindow(FAST_WINDOW)
-        self.long = RollingWindow(trend_window)
+        self.long = RollingWindow(trend_window, trend=True)
         self.diffs = RollingWindow(trend_window)
         self.log_diffs = RollingWindow(trend_window)  # |log x_t - log x_{t-1}|, for ratios
         self.best = math.inf
         self.best_upper = math.inf  # the upper quartile of the window where the best level was
         self.slow_sigma = Ema(SLOW_NOISE_DECAY)  # the noise, slowly: what "no change" looks like
+        # After the latest step: the level, the longer level, the noise (a standard deviation).
+        self.level = self.level_long = self.sigma = math.nan
 
     def observe(self, loss: float, norm_rise: float = 0.0) -> None:
         """Fold in one finite loss; ``norm_rise``: log of the median gradient norm of steps 1 to
@@ -150,16 +152,16 @@ class LossStats:
             self.diffs.push(abs(loss - self.prev))
             if loss > 0 and self.prev > 0:
                 self.log_diffs.push(abs(math.log(loss / self.prev)))
+            self.sigma = _DIFF_TO_SD * self.diffs.median()
             self.slow_sigma.update(self.sigma)
         self.prev = loss
         self.n += 1
         self.short.push(loss)
-        self.fast.push(loss)
         self.long.push(loss)
-        level = self.long.median()
+        level = self.level_long = self.long.median()
+        median = self.level = self.short.median()
         self.history.append(level)  # from the first step: a fixed-size window once warm
         if self.ref is not None and self.short.full:
-            median = self.short.median()
             if median < self.best:
                 self.best, self.best_upper = median, self.short.quantile(0.75)
             # in log space (a ratio to the start; an exploding loss's noise explodes with it),
@@ -170,6 +172,11 @@ class LossStats:
             )
             self.above_run = self.above_run + 1 if above else 0
 
+    def fast_level(self) -> float:
+        """The median of the last ``FAST_WINDOW`` losses (read only after an LR jump)."""
+        values = self.short.values
+        return _median(sorted(values[i] for i in range(max(0, len(values) - FAST_WINDOW), len(values))))
+
     def log_ratio(self, level: float) -> float:
         """log(level / start), or -inf where undefined."""
         return math.log(level / self.start) if level > 0 and self.start > 0 else -math.inf
@@ -178,11 +185,6 @@ class LossStats:
         """``band`` for log levels: the noise of the log losses (1.048 x median |d log x|)."""
         sigma = _DIFF_TO_SD * self.log_diffs.median() if len(self.log_diffs) else math.inf
         return z * MEDIAN_SE * sigma * math.sqrt(1 / n + 1 / n_other)
-
-    @property
-    def sigma(self) -> float:
-        """Batch-to-batch noise of the loss (a standard deviation)."""
-        return _DIFF_TO_SD * self.diffs.median() if len(self.diffs) else math.nan
 
     def band(self, z: float, sigma: float | None = None, n: int | None = None, n_other: int | None = None) -> float:
         """The smallest difference between a median of ``n`` losses (the level's window by
@@ -202,7 +204,6 @@ class LossStats:
             "norm_rise": self.norm_rise,
             "prev": self.prev,
             "short": self.short.state(),
-            "fast": self.fast.state(),
             "long": self.long.state(),
             "diffs": self.diffs.state(),
             "log_diffs": self.log_diffs.state(),
@@ -225,32 +226,34 @@ class LossStats:
         self.norm_rise = float(s["norm_rise"])
         self.history = deque((float(x) for x in s["history"]), maxlen=self.history.maxlen)
         self.short.load(s["short"])
-        self.fast.load(s["fast"])
         self.long.load(s["long"])
         self.diffs.load(s["diffs"])
         self.log_diffs.load(s["log_diffs"])
+        self.level, self.level_long = self.short.median(), self.long.median()
+        self.sigma = _DIFF_TO_SD * self.diffs.median() if len(self.diffs) else math.nan
 
 
 class LossView:
     """The derived quantities every loss rule reads, computed once per step."""
 
-    __slots__ = ("m", "m_long", "ref", "start", "best", "band", "best_band", "long_band", "trend", "recent_trend", "progress", "learned")
+    __slots__ = ("m", "m_long", "ref", "start", "best", "band", "best_band", "long_band", "trend", "progress", "learned")
 
     def __init__(self, st: LossStats, *, z: float, learned_progress: float) -> None:
         assert st.ref is not None
-        self.m = st.short.median()
-        self.m_long = st.long.median()
+        self.m = st.level
+        self.m_long = st.level_long
         self.ref = st.ref
         self.start = st.start
         self.best = st.best
-        self.band = st.band(z)  # against the current noise
+        n_short, n_long = len(st.short), len(st.long)
+        unit = z * MEDIAN_SE * math.sqrt(2 / n_short)
+        sigma = st.sigma
+        self.band = unit * sigma  # against the current noise
         # Against the slow noise: the noise of a diverging loss grows with it within a few
         # steps and must not hide the rise.
-        slow = st.slow_sigma.mean
-        self.best_band = st.band(z, slow)
-        self.long_band = st.band(z, None, len(st.long))
+        self.best_band = unit * st.slow_sigma.mean
+        self.long_band = z * MEDIAN_SE * math.sqrt(2 / n_long) * sigma
         self.trend = st.long.trend_z()
-        self.recent_trend = st.short.trend_z()
         self.progress = self.ref - self.best  # how far below its start the level has been
         self.learned = self.best <= (1 - learned_progress) * self.ref and self.progress > self.best_band
 
