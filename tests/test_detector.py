@@ -348,3 +348,10 @@ def test_rolling_window_keeps_median_quantiles_and_mann_kendall_exactly() -> Non
 )
 def test_theil_sen_start_table(values, start) -> None:
     assert theil_sen_start(values) == pytest.approx(start)
+
+
+def test_without_a_loss_one_sided_gradients_for_the_stall_window_are_a_stall() -> None:
+    one_sided = _run(400, lr=lambda t: 0.1, health=lambda t: 0.0)  # no loss observed
+    (event, *_) = _events(one_sided)
+    assert event[1] == ("stalled",) and 200 <= event[0] <= 210
+    assert _escalations(_run(400, lr=lambda t: 0.1)) == []  # spread gradients: nothing

@@ -116,7 +116,8 @@ class AnomalyDetector:
       (``above_start_factor`` x the start and not recovering: forgetting, for a fine-tune),
       ``progress_lost`` (``relapse_threshold`` of the progress given back), ``unstable_rise``
       (``rise_threshold`` given back while the LR climbs to new heights), ``stalled`` (at the
-      start after ``stall_steps`` at a non-rising LR, *with* dead-looking gradients);
+      start after ``stall_steps`` at a non-rising LR, *with* dead-looking gradients; without
+      any observed loss, the dead-looking gradients alone, for as long);
     * schedule: ``lr_jump``: the LR jumped ``lr_jump_ratio`` x above anything before. In an
       existing param group (a schedule bug) it escalates at once, unconfirmed; with a new param
       group (``add_param_group``: unfreezing) it is nothing by itself. Either way, trouble
@@ -325,6 +326,15 @@ class AnomalyDetector:
             )
         if v is not None:
             self._judge_loss(v, found, obs.n_tensors)
+        elif grads_ok and losses.n == 0 and lr.clock * self.sensitivity >= self.stall_steps:
+            # No loss to show progress: one-sided gradients for that long are evidence enough.
+            if gradient.one_sided(grads, dead_share=self.dead_share, n_tensors=obs.n_tensors):
+                clock = lr.clock
+                found["stalled"] = (
+                    clock / self.stall_steps,
+                    lambda: f"Stalled: for {clock} steps one gradient tensor has held nearly all the norm (or most "
+                    "tensors none); no loss observed to show progress.",
+                )
         if immediate:  # a jump in an existing param group: a schedule bug until shown otherwise
             schedule.judge_jump_itself(lr, found, log_jump=self._log_jump)
         elif lr.armed(self.jump_window):

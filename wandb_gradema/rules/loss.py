@@ -372,6 +372,6 @@ def judge_stall(
         return
     found["stalled"] = (
         clock / stall_steps,
-        lambda: f"Stalled: after {clock} steps the loss is still at its start ({m:.4g} vs {ref:.4g}) and the "
-        "gradients look dead.",
+        lambda: f"Stalled: after {clock} steps the loss ({m:.4g}, {ref:.4g} at the start) has made no progress "
+        "beyond its noise and the gradients look dead.",
     )
