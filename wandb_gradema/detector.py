@@ -132,6 +132,12 @@ class AnomalyDetector:
 
     Non-finite gradients: reported (critical), never folded into any statistic.
 
+    Example:
+        >>> detector = AnomalyDetector()
+        >>> report = detector.check(Observation(step=0, grad_norm=float("nan")))
+        >>> report.anomaly_types, report.critical, report.confirmed
+        (('nonfinite',), True, True)
+
     Args:
         sensitivity: multiplies every rule's score, > 0. 2.0 fires at half the evidence.
         warmup_steps: observations before the slow gradient baseline and LR jumps count, >= 0.
