@@ -195,8 +195,9 @@ def judge_gradients(
         # One that began during the warm-up has dragged the baseline along: against the first
         # norm (squared ratio), as long as the norm is still growing.
         since_first = med - st.first
-        if st.norms.trend_z() >= trend_z:
-            score = max(score, since_first / (2 * log_explode))
+        growth = since_first / (2 * log_explode)
+        if growth > score and st.norms.trend_z() >= trend_z:  # the trend only where it matters
+            score = growth
         found["grad_explosion"] = (
             score,
             lambda: f"Gradient norm {math.exp(med):.4g} (median of the last {len(st.norms)} steps) is "

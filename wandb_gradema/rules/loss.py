@@ -161,7 +161,7 @@ class LossStats:
         level = self.level_long = self.long.median()
         median = self.level = self.short.median()
         self.history.append(level)  # from the first step: a fixed-size window once warm
-        if self.ref is not None and self.short.full:
+        if self.ref is not None and len(self.short.values) == self.short.size:
             if median < self.best:
                 self.best, self.best_upper = median, self.short.quantile(0.75)
             # in log space (a ratio to the start; an exploding loss's noise explodes with it),
@@ -245,7 +245,7 @@ class LossView:
         self.ref = st.ref
         self.start = st.start
         self.best = st.best
-        n_short, n_long = len(st.short), len(st.long)
+        n_short, n_long = len(st.short.values), len(st.long.values)
         unit = z * MEDIAN_SE * math.sqrt(2 / n_short)
         sigma = st.sigma
         self.band = unit * sigma  # against the current noise
