@@ -20,7 +20,8 @@ from .errors import warn
 __all__ = ["FORMAT_VERSION", "STATE_KEY", "STATE_KEYS", "DCPStateful", "OptimizerStateHooks", "upgrade"]
 
 #: The format ``state_dict()`` writes. 2: the decision schedule (``ticks``), steps processed but
-#: not yet decided, internal-error count and the ``confirmed`` flag of events.
+#: not yet decided, internal-error count, the ``confirmed`` flag of events and the policy's
+#: cooldown after a confirmed one, and the detector's statistics by rule family.
 FORMAT_VERSION = 2
 #: The key under which the monitor state rides inside ``optimizer.state_dict()``.
 STATE_KEY = "gradema"
@@ -70,6 +71,7 @@ def upgrade(state: Mapping[str, Any], *, owner: str = "GradientMonitor") -> tupl
         state["ticks"] = state["step"]
         state["cadence"] = {"next_log": state.pop("next_log")}
         state["events"] = [{**e, "confirmed": e.get("confirmed", False)} for e in state["events"]]
+        state["policy"] = {"confirmed_quiet_until": -1, **state["policy"]}
         state.update(undecided_events=[], undecided_rows=[], internal_errors=0, format_version=FORMAT_VERSION)
         restart_detector = True  # the detector's statistics changed with format 2
     check_state_keys(owner, state, STATE_KEYS)

@@ -132,7 +132,12 @@ class StepIntake:
         if isinstance(found_inf, Tensor):
             inf = found_inf.item() if self.read_at_once else found_inf.detach().clone()
         lr = largest_lr(optimizer, host=self.read_at_once)
-        self.queue.append(PendingStep(step, stats.row, self.take_loss(), lr, stats.norms, stats.index, inf))
+        self.queue.append(
+            PendingStep(
+                step, stats.row, self.take_loss(), lr, stats.norms, stats.index, inf,
+                param_groups=len(optimizer.param_groups),
+            )
+        )
 
     def skipped(self, step: int) -> None:
         """Queue a step a GradScaler skipped (its gradients were not finite)."""

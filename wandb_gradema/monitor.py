@@ -360,8 +360,8 @@ class GradientMonitor:
         local, self._undecided_events = self._undecided_events, []
         if self._distributed:  # a failing collective raises: swallowed, it would hang the others
             events = _dist.agree_events(local)
-            if events:
-                self.policy.adopt(events[0].step)
+            for event in events:  # the same cooldown and telemetry windows on every rank
+                self.policy.adopt(event.step, confirmed=event.confirmed)
         else:
             events = local
         self._guarded(self._record, events)

@@ -38,6 +38,7 @@ class PendingStep:
     layer_index: Sequence[int] = ()
     found_inf: float | Tensor | None = None
     skipped: bool = False
+    param_groups: int = 1
 
 
 @dataclass(slots=True)
@@ -50,6 +51,7 @@ class StepValues:
     lr: float | None
     layer_norms: list[float] | None
     layer_index: Sequence[int]
+    param_groups: int = 1
 
     @property
     def n_tensors(self) -> int:
@@ -102,6 +104,7 @@ def read_back(queue: Sequence[PendingStep]) -> list[StepValues]:
                 lr=_scalar(lr),
                 layer_norms=list(norms) if isinstance(norms, Sequence) else None,
                 layer_index=p.layer_index,
+                param_groups=p.param_groups,
             )
         )
     return values
