@@ -230,7 +230,6 @@ def test_bad_gradients_never_crash_never_poison_and_escalate_with_the_right_reas
     assert 0.0 <= tracker["health_ema"] <= 1.0
     clean = _train(case, device, sync_every, clean=True)
     assert _nonfinite_paths(out.state["detector"]) <= _nonfinite_paths(clean.state["detector"])
-    assert not any(p.endswith("=nan") for p in _nonfinite_paths(out.state["detector"]))
     assert out.state["internal_errors"] == 0
 
 

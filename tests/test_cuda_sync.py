@@ -165,14 +165,13 @@ def test_sync_debug_mode_catches_a_sync() -> None:
 
 def _train(model: nn.Module, opt: torch.optim.Optimizer, monitor: Any, steps: int, start: int = 0,
            nan_at: int | None = None) -> list[float]:
-    """A plain loop; returns torch's own total norm before each update."""
+    """A plain loop; returns torch's own total norm before each update. ``nan_at``: a NaN loss
+    is observed there (a critical escalation that leaves the weights finite)."""
     truth = []
     for i in range(start, start + steps):
         loss = _forward(model, i)
-        monitor.observe_loss(loss)
+        monitor.observe_loss(float("nan") if i == nan_at else loss)
         loss.backward()
-        if i == nan_at:
-            model[0].weight.grad.fill_(float("nan"))
         truth.append(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item())
         opt.step()
         opt.zero_grad()

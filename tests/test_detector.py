@@ -8,16 +8,22 @@ import random
 import pytest
 
 from wandb_gradema import AnomalyDetector, EscalationPolicy, Observation
+from wandb_gradema.rules._window import RollingWindow
+from wandb_gradema.rules.loss import theil_sen_start
+
+
+def _events(observations, **options) -> list[tuple[int, tuple[str, ...], bool]]:
+    """Replay observations as the monitor does (detector, then policy): (step, rules, confirmed)."""
+    detector, policy = AnomalyDetector(**options), EscalationPolicy(cooldown_steps=10_000)
+    events = [policy.update(detector.check(o)) for o in observations]
+    return [(e.step, e.anomaly_types, e.confirmed) for e in events if e is not None]
 
 
 def _escalations(observations, **options) -> list[tuple[int, tuple[str, ...]]]:
-    """Replay observations as the monitor does (detector, then policy); the events fired."""
-    detector, policy = AnomalyDetector(**options), EscalationPolicy(cooldown_steps=10_000)
-    events = [policy.update(detector.check(o)) for o in observations]
-    return [(e.step, e.anomaly_types) for e in events if e is not None]
+    return [(step, rules) for step, rules, _ in _events(observations, **options)]
 
 
-def _run(n=300, *, norm=None, loss=None, lr=None, active=None, seed=0, loss_noise=0.1):
+def _run(n=300, *, norm=None, loss=None, lr=None, active=None, health=None, seed=0, loss_noise=0.1, groups=None):
     """Observations with log-normal gradient-norm noise and batch-noisy losses around curves."""
     rng = random.Random(seed)
     out = []
@@ -31,6 +37,8 @@ def _run(n=300, *, norm=None, loss=None, lr=None, active=None, seed=0, loss_nois
                 loss=loss_t,
                 lr=None if lr is None else lr(t),
                 active_share=1.0 if active is None else active(t),
+                health=0.6 if health is None else health(t),
+                param_groups=1 if groups is None else groups(t),
             )
         )
     return out
@@ -41,8 +49,10 @@ def learning(t: float) -> float:
     return 0.3 + 2.0 * math.exp(-t / 40)
 
 
+# ---------------------------------------------------------------------------- healthy runs
 def test_healthy_noisy_training_never_escalates() -> None:
     assert _escalations(_run(loss=learning, lr=lambda t: 0.1)) == []
+    assert _escalations(_run(loss=learning, lr=lambda t: 0.1, loss_noise=0.6)) == []  # batches of 2
     assert _escalations(_run()) == []  # gradients only
 
 
@@ -56,84 +66,199 @@ def test_healthy_warmup_and_cosine_decay_never_escalate() -> None:
     assert _escalations(_run(loss=learning, lr=lr, norm=norm)) == []
 
 
-def test_nonfinite_gradient_escalates_at_once_and_never_enters_the_statistics() -> None:
+def test_warm_restarts_never_escalate() -> None:
+    def sgdr(t):  # cosine with warm restarts: back to the earlier peak
+        return 0.1 * (0.5 + 0.5 * math.cos(math.pi * (t % 100) / 100))
+
+    def loss(t):  # each restart kicks the loss up a little, then it improves further
+        return learning(t) * (1 + 0.5 * math.exp(-(t % 100) / 10))
+
+    assert _escalations(_run(600, loss=loss, lr=sgdr)) == []
+
+
+def test_a_slow_but_steady_learner_and_a_late_learner_are_not_stalled() -> None:
+    def slow(t):  # 1% of the initial loss per 100 steps
+        return 2.3 - 0.0002 * t
+
+    def late(t):  # 250 steps on a plateau, then learning
+        return 0.7 if t < 250 else 0.1 + 0.6 * math.exp(-(t - 250) / 30)
+
+    # gradients alive (health 0.6): never a stall, however long the plateau
+    assert _escalations(_run(600, loss=slow, lr=lambda t: 0.01, loss_noise=0.03)) == []
+    assert _escalations(_run(600, loss=late, lr=lambda t: 0.01, loss_noise=0.03)) == []
+
+
+def test_converged_runs_whose_gradients_vanish_are_not_dead() -> None:
+    def loss(t):
+        return 2.3 * math.exp(-t / 20) + 1e-6
+
+    def norm(t):  # vanishes with the loss: 1e-6 by the end
+        return max(math.exp(-t / 20), 1e-6)
+
+    def active(t):  # tensors with no gradient left
+        return 1.0 if t < 200 else 0.3
+
+    assert _escalations(_run(500, loss=loss, norm=norm, active=active, lr=lambda t: 0.1)) == []
+
+
+# ---------------------------------------------------------------------------- non-finite
+def test_nonfinite_gradient_escalates_at_once_confirmed_and_never_enters_the_statistics() -> None:
     obs = _run(60)
     obs[30] = Observation(step=30, grad_norm=math.nan)
-    assert _escalations(obs) == [(30, ("nonfinite",))]
+    assert _events(obs) == [(30, ("nonfinite",), True)]
     d = AnomalyDetector()
     for o in obs[:30]:
         d.check(o)
-    gradient_stats = ("g_slow", "g_fast", "n", "g_first", "peak")
-    before = {k: d.state_dict()[k] for k in gradient_stats}
+    before = d.state_dict()["gradient"]
     d.check(obs[30])
-    assert {k: d.state_dict()[k] for k in gradient_stats} == before
+    assert d.state_dict()["gradient"] == before
 
 
 def test_nonfinite_loss_escalates_at_once() -> None:
     obs = _run(40, loss=learning)
     obs[25] = Observation(step=25, grad_norm=1.0, loss=math.inf)
-    assert _escalations(obs) == [(25, ("nonfinite",))]
+    assert _events(obs) == [(25, ("nonfinite",), True)]
+
+
+# ---------------------------------------------------------------------------- gradient rules
+@pytest.mark.parametrize(
+    ("name", "norm", "active", "window", "rule"),
+    [
+        ("explosion", lambda t: 1.0 if t < 100 else 3.0 ** min(t - 99, 8), None, (105, 115), "grad_explosion"),
+        ("vanishing", lambda t: 1.0 if t < 50 else 10 ** (-(t - 50) / 15), None, (115, 135), "grad_vanish"),
+        ("dead units", None, lambda t: 1.0 if t < 40 else 0.3, (45, 50), "dead_units"),
+    ],
+)
+def test_gradient_failures_table(name, norm, active, window, rule) -> None:
+    (event, *_) = _events(_run(norm=norm, active=active))
+    assert window[0] <= event[0] <= window[1] and rule in event[1], (name, event)
 
 
 @pytest.mark.parametrize(
-    ("name", "norm", "window", "rule"),
+    ("name", "norm", "active"),
     [
-        ("explosion", lambda t: 1.0 if t < 100 else 3.0 ** (t - 99), (101, 105), "grad_explosion"),
-        ("explosion from the start", lambda t: 5.0**t, (2, 7), "grad_explosion"),
-        ("vanishing", lambda t: 1.0 if t < 50 else 10 ** (-(t - 50) / 15), (110, 130), "grad_vanish"),
+        ("Adam's first steps: x200, back within 5", lambda t: 200.0 if 1 <= t <= 5 else 1.0, None),
+        ("a burst of 6 corrupted batches", lambda t: 100.0 if 150 <= t < 156 else 1.0, None),
+        ("6 steps of zero gradients", None, lambda t: 0.0 if 150 <= t < 156 else 1.0),
     ],
 )
-def test_gradient_norm_failures(name, norm, window, rule) -> None:
-    (event,) = _escalations(_run(norm=norm))
-    assert window[0] <= event[0] <= window[1] and rule in event[1], name
+def test_gradient_transients_table(name, norm, active) -> None:
+    assert _escalations(_run(norm=norm, active=active)) == [], name
 
 
-def test_dead_units_escalate() -> None:
-    (event,) = _escalations(_run(active=lambda t: 1.0 if t < 40 else 0.3))
-    assert event == (42, ("dead_units",))
+def test_an_explosion_that_persists_through_the_warm_up_is_judged_by_what_follows() -> None:
+    # From step 1 the norm is 1000x and stays; the loss, too: the run is wrecked.
+    obs = _run(
+        200, norm=lambda t: 1.0 if t == 0 else 1000.0, loss=lambda t: 2.3 if t == 0 else 50.0, lr=lambda t: 0.1
+    )
+    (event, *_) = _events(obs)
+    assert event[0] < 60 and "above_start" in event[1]
 
 
-def test_loss_back_at_its_initial_level_escalates() -> None:
+# ---------------------------------------------------------------------------- loss rules
+def test_loss_back_at_its_initial_level_escalates_and_is_confirmed() -> None:
     def relapse(t):
         return learning(t) if t < 100 else 2.3
 
-    (event,) = _escalations(_run(loss=relapse, lr=lambda t: 0.1))
-    assert 100 <= event[0] <= 110 and "progress_lost" in event[1]
+    events = _events(_run(loss=relapse, lr=lambda t: 0.1))
+    assert 100 <= events[0][0] <= 125 and "progress_lost" in events[0][1]
+    assert any(confirmed for *_, confirmed in events)
 
 
-def test_a_spike_that_recovers_does_not_escalate() -> None:
-    def spike(t):  # two corrupted batches
-        return 20.0 if t in (150, 151) else learning(t)
+@pytest.mark.parametrize(
+    ("name", "spike"),
+    [
+        ("two corrupted batches", lambda t: 20.0 if t in (150, 151) else None),
+        ("six corrupted batches", lambda t: 20.0 if 150 <= t < 156 else None),
+        ("ten batches twice as noisy", lambda t: 2.0 * learning(t) if 150 <= t < 160 and t % 2 else None),
+    ],
+)
+def test_loss_spikes_that_recover_table(name, spike) -> None:
+    def loss(t):
+        s = spike(t)
+        return learning(t) if s is None else s
 
-    assert _escalations(_run(loss=spike, lr=lambda t: 0.1)) == []
-
-
-def test_no_progress_escalates_once_the_learning_rate_stops_rising() -> None:
-    (event,) = _escalations(_run(loss=lambda t: 2.3, lr=lambda t: 0.1))
-    assert event[1] == ("no_progress",) and 61 <= event[0] <= 91  # 60 steps, the last 30 flat
-    # while the LR warms up (100 steps) the clock does not run: warm-up is not a stall
-    (event,) = _escalations(_run(loss=lambda t: 2.3, lr=lambda t: 0.1 * min(1.0, (t + 1) / 100)))
-    assert event[1] == ("no_progress",) and 160 <= event[0] <= 190
-
-
-def test_learning_rate_jump_escalates_at_once_but_a_restart_does_not() -> None:
-    (event,) = _escalations(_run(loss=learning, lr=lambda t: 0.01 if t < 150 else 0.1))
-    assert event == (150, ("lr_jump",))
-
-    def sgdr(t):  # cosine with warm restarts: back to the earlier peak
-        return 0.1 * (0.5 + 0.5 * math.cos(math.pi * (t % 100) / 100))
-
-    assert _escalations(_run(loss=learning, lr=sgdr)) == []
+    assert _escalations(_run(loss=loss, lr=lambda t: 0.1)) == [], name
 
 
 def test_loss_turning_up_while_the_learning_rate_still_rises_escalates() -> None:
-    def loss(t):  # learns, then oscillates ever wider as the LR ramp passes the stable range
-        return learning(t) if t < 120 else learning(t) * (1 + 0.08 * (t - 120) * (t % 2))
+    def loss(t):  # learns, then climbs and oscillates ever wider as the LR ramp passes the stable range
+        return learning(t) if t < 120 else learning(t) * (1 + 0.02 * (t - 120)) * (1 + 0.05 * (t - 120) * (t % 2))
 
-    (event,) = _escalations(_run(loss=loss, lr=lambda t: 0.001 * (t + 1)))
+    (event, *_) = _escalations(_run(loss=loss, lr=lambda t: 0.001 * (t + 1)))
     assert 120 < event[0] < 150 and "unstable_rise" in event[1]
 
 
+def test_a_stall_needs_dead_looking_gradients() -> None:
+    flat = _run(400, loss=lambda t: 2.3, lr=lambda t: 0.1, health=lambda t: 0.0)  # one tensor holds it all
+    (event, *_) = _events(flat)
+    assert event[1] == ("stalled",) and 200 <= event[0] <= 210
+    alive = _run(400, loss=lambda t: 2.3, lr=lambda t: 0.1)  # health 0.6: a plateau, not a stall
+    assert _escalations(alive) == []
+    # a linear head has two tensors: its weight always holds nearly all of the norm
+    head = [Observation(**{**{f: getattr(o, f) for f in o.__slots__}, "n_tensors": 2}) for o in flat]
+    assert _escalations(head) == []
+
+
+def test_a_fine_tune_that_forgets_escalates_and_one_kicked_by_a_fresh_optimizer_does_not() -> None:
+    def norm(t):
+        return 0.3 if t == 0 else 5.0
+
+    def forgets(t):  # pretrained at 0.03: wrecked at the first step, stays 10x worse
+        return 0.03 if t == 0 else 0.3
+
+    def kicked(t):  # jumps 10x, then recovers to below its start within 100 steps
+        return 0.03 if t == 0 else 0.02 + 0.3 * math.exp(-t / 25)
+
+    (event, *_) = _events(_run(300, loss=forgets, norm=norm, lr=lambda t: 1e-2))
+    assert event[1] == ("above_start",) and event[0] < 80
+    assert _escalations(_run(300, loss=kicked, norm=norm, lr=lambda t: 1e-2)) == []
+
+
+def test_a_lucky_first_batch_does_not_set_the_start() -> None:
+    def loss(t):  # the first batch happens to be 5x below the level; the run learns slowly
+        return 0.5 if t == 0 else 2.5 - 0.001 * t
+
+    assert _escalations(_run(400, loss=loss, lr=lambda t: 0.01, loss_noise=0.3)) == []
+
+
+def test_relative_loss_rules_stay_off_for_a_non_positive_loss() -> None:
+    assert _escalations(_run(loss=lambda t: -1.0 - t, lr=lambda t: 0.1)) == []
+
+
+# ---------------------------------------------------------------------------- schedule rules
+def test_learning_rate_jump_in_an_existing_group_escalates_at_once_unconfirmed() -> None:
+    events = _events(_run(loss=learning, lr=lambda t: 0.01 if t < 150 else 0.1))
+    assert events == [(150, ("lr_jump",), False)]
+
+
+def test_learning_rate_jump_followed_by_trouble_is_confirmed() -> None:
+    def loss(t):  # the LR bug wrecks the run ten steps later
+        return learning(t) if t < 160 else 2.3
+
+    events = _events(_run(loss=loss, lr=lambda t: 0.01 if t < 150 else 0.1))
+    assert events[0] == (150, ("lr_jump",), False)
+    assert any(confirmed and "lr_jump" in rules and 160 < step < 175 for step, rules, confirmed in events)
+
+
+def test_a_new_param_group_with_a_higher_lr_is_not_a_jump_by_itself() -> None:
+    obs = _run(loss=learning, lr=lambda t: 1e-4 if t < 150 else 1e-3, groups=lambda t: 1 if t < 150 else 2)
+    assert _escalations(obs) == []
+
+
+# ---------------------------------------------------------------------------- prune bar
+def test_only_persistent_or_corroborated_anomalies_are_confirmed() -> None:
+    def relapse(t):  # a relapse that lasts: progress_lost, later with dead units
+        return learning(t) if t < 100 else 2.3
+
+    events = _events(_run(loss=relapse, lr=lambda t: 0.1, active=lambda t: 1.0 if t < 110 else 0.2))
+    first, *_ = events
+    assert not first[2]  # the escalation comes first, on patience
+    confirmed = [step for step, _, c in events if c]
+    assert confirmed and confirmed[0] - first[0] <= 12
+
+
+# ---------------------------------------------------------------------------- API
 def test_sensitivity_scales_every_score() -> None:
     obs = _run(loss=learning, lr=lambda t: 0.1)
     plain, doubled = AnomalyDetector(), AnomalyDetector(sensitivity=2.0)
@@ -141,28 +266,33 @@ def test_sensitivity_scales_every_score() -> None:
     assert [doubled.check(o).score for o in obs] == pytest.approx([2 * s for s in base])
 
 
-def test_relative_loss_rules_stay_off_for_a_non_positive_loss() -> None:
-    assert _escalations(_run(loss=lambda t: -1.0 - t, lr=lambda t: 0.1)) == []
-
-
 def test_check_gradient_drift_is_check_on_an_observation() -> None:
     a, b = AnomalyDetector(), AnomalyDetector()
     for o in _run(50, loss=learning, lr=lambda t: 0.1):
-        assert a.check(o) == b.check_gradient_drift(o.grad_norm, 1.0, loss=o.loss, lr=o.lr, step=o.step)
+        expected = a.check(Observation(step=o.step, grad_norm=o.grad_norm, loss=o.loss, lr=o.lr))
+        assert expected == b.check_gradient_drift(o.grad_norm, 1.0, loss=o.loss, lr=o.lr, step=o.step)
 
 
 def test_state_dict_round_trip_continues_exactly() -> None:
-    obs = _run(200, loss=learning, lr=lambda t: 0.05 * min(1.0, (t + 1) / 30))
+    def loss(t):
+        return learning(t) if t < 150 else 2.3
+
+    obs = _run(300, loss=loss, lr=lambda t: 0.05 * min(1.0, (t + 1) / 30), active=lambda t: 1.0 if t < 200 else 0.3)
     full = AnomalyDetector()
     expected = [full.check(o) for o in obs]
-    first = AnomalyDetector()
-    for o in obs[:90]:
-        first.check(o)
-    resumed = AnomalyDetector()
-    resumed.load_state_dict(first.state_dict())
-    assert [resumed.check(o) for o in obs[90:]] == expected[90:]
-    with pytest.raises(KeyError, match=r"missing keys \['best'\]"):
-        AnomalyDetector().load_state_dict({k: v for k, v in first.state_dict().items() if k != "best"})
+    assert any(r.has_anomaly for r in expected[150:])
+    for cut in (5, 90, 160):
+        first = AnomalyDetector()
+        for o in obs[:cut]:
+            first.check(o)
+        resumed = AnomalyDetector()
+        resumed.load_state_dict(first.state_dict())
+        assert [resumed.check(o) for o in obs[cut:]] == expected[cut:], cut
+    state = first.state_dict()
+    with pytest.raises(KeyError, match=r"missing keys \['episode'\]"):
+        AnomalyDetector().load_state_dict({k: v for k, v in state.items() if k != "episode"})
+    with pytest.raises(KeyError, match=r"AnomalyDetector\['loss'\].*missing keys \['best'\]"):
+        AnomalyDetector().load_state_dict({**state, "loss": {k: v for k, v in state["loss"].items() if k != "best"}})
 
 
 @pytest.mark.parametrize(
@@ -171,9 +301,12 @@ def test_state_dict_round_trip_continues_exactly() -> None:
         ({"sensitivity": 0.0}, ValueError, r"`sensitivity` must be in \(0, inf\), got 0"),
         ({"dead_share": 1.0}, ValueError, r"`dead_share` must be in \[0, 1\)"),
         ({"explode_ratio": 1.0}, ValueError, r"`explode_ratio` must be in \(1, inf\)"),
-        ({"loss_window": 0}, ValueError, r"`loss_window` must be an int >= 1"),
+        ({"burst_steps": 0}, ValueError, r"`burst_steps` must be an int >= 1"),
         ({"stall_steps": "60"}, TypeError, r"`stall_steps` must be an int, got str"),
         ({"min_progress": 1.0}, ValueError, r"`min_progress` must be in \(0, 1\)"),
+        ({"trend_window": 4}, ValueError, r"`trend_window` must be an int >= 8"),
+        ({"confirm_steps": 0}, ValueError, r"`confirm_steps` must be an int >= 1"),
+        ({"loss_z_threshold": -1.0}, ValueError, r"`loss_z_threshold` must be in \(0, inf\)"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, error, match) -> None:
@@ -181,11 +314,44 @@ def test_bad_arguments_are_named(kwargs, error, match) -> None:
         AnomalyDetector(**kwargs)
 
 
-def test_a_slow_but_steady_learner_is_not_called_dead() -> None:
-    def slow(t):  # 2.6% of the initial loss per 30 steps: under 10% by step 60, yet learning
-        return 2.3 - 0.002 * t
+# ---------------------------------------------------------------------------- statistics
+def test_rolling_window_keeps_median_quantiles_and_mann_kendall_exactly() -> None:
+    rng = random.Random(3)
+    window = RollingWindow(16, trend=True)
+    seen: list[float] = []
+    for i in range(200):
+        x = rng.gauss(0.01 * i, 1.0)
+        window.push(x)
+        seen = (seen + [x])[-16:]
+        ordered = sorted(seen)
+        assert window.sorted == ordered
+        s = sum((b > a) - (b < a) for j, a in enumerate(seen) for b in seen[j + 1 :])
+        assert window.s == s
+    assert window.median() == pytest.approx(0.5 * (ordered[7] + ordered[8]))
+    up = RollingWindow(32, trend=True)
+    for i in range(32):
+        up.push(i + rng.gauss(0, 0.1))
+    assert up.trend_z() > 5 and up.quantile(0.0) == min(up.values)
 
-    # batch noise as for a classifier near chance (the first loss is the initial level)
-    assert _escalations(_run(loss=slow, lr=lambda t: 0.01, loss_noise=0.03)) == []
-    (event,) = _escalations(_run(loss=lambda t: 2.3 - 0.00005 * t, lr=lambda t: 0.01, loss_noise=0.03))
-    assert event[1] == ("no_progress",)
+
+@pytest.mark.parametrize(
+    ("values", "start"),
+    [
+        ([16.0, 8.0, 4.0, 2.0, 1.0], 16.0),  # a fall by factors is traced back to where it began
+        ([2.0, 20.0, 200.0, 2e3, 2e4], 2.0),  # so is an explosion
+        ([2.0, 2.0, 50.0, 2.0, 2.0], 2.0),  # one corrupted batch cannot set it
+        ([1.0, 4.0, 1.0, 4.0, 1.0, 4.0], 2.0),  # noise around a level: the (geometric) level
+        ([3.0, 2.5, 2.0, 1.5, 1.0], 3.0),  # a straight fall: the line in log space, kept in range
+        ([5.0, 2.0, 13.0, 40.0, 12.0, 9.0, 17.0, 4.0, 12.0], 12.0),  # noise, no trend: the median
+        ([-1.0, -2.0, -3.0, -4.0, -5.0], -1.0),  # not positive: linear
+    ],
+)
+def test_theil_sen_start_table(values, start) -> None:
+    assert theil_sen_start(values) == pytest.approx(start)
+
+
+def test_without_a_loss_one_sided_gradients_for_the_stall_window_are_a_stall() -> None:
+    one_sided = _run(400, lr=lambda t: 0.1, health=lambda t: 0.0)  # no loss observed
+    (event, *_) = _events(one_sided)
+    assert event[1] == ("stalled",) and 200 <= event[0] <= 210
+    assert _escalations(_run(400, lr=lambda t: 0.1)) == []  # spread gradients: nothing

@@ -108,6 +108,7 @@ def _sharded_worker(rank: int, tmp: Path) -> None:
     fsdp = _fsdp_norm(rank)
     if fsdp is not None:
         out["fsdp"] = fsdp
+    out["fsdp1"] = _fsdp1_orig_params_norm(rank)
     (tmp / f"shard{rank}.json").write_text(json.dumps(out))
     dist.destroy_process_group()
 
@@ -137,12 +138,39 @@ def _fsdp_norm(rank: int) -> dict | None:
     return {"tracked": monitor.last[0].grad_norm, "expected": expected, "auto_sharded": monitor.sharded}
 
 
+def _fsdp1_orig_params_norm(rank: int) -> dict:
+    """FSDP1 with ``use_orig_params=True``: the optimizer holds views into the local shard
+    (some empty on a rank); detected as sharded, the tracked norm is the full model's."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    reference = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    reference.load_state_dict(model.state_dict())
+    try:
+        wrapped = FullyShardedDataParallel(model, use_orig_params=True, device_id=torch.device("cpu"))
+    except Exception as exc:  # noqa: BLE001 - report why FSDP1 did not run here
+        return {"skipped": f"{type(exc).__name__}: {exc}"}
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.1)
+    monitor = wandb_gradema.watch(opt)
+    wrapped(torch.randn(6, 8, generator=torch.Generator().manual_seed(rank))).pow(2).mean().backward()
+    opt.step()
+    xs = [torch.randn(6, 8, generator=torch.Generator().manual_seed(r)) for r in range(WORLD)]
+    sum(reference(xi).pow(2).mean() for xi in xs).div(WORLD).backward()
+    expected = torch.nn.utils.get_total_norm([p.grad for p in reference.parameters()]).item()
+    return {"tracked": monitor.last[0].grad_norm, "expected": expected, "auto_sharded": monitor.sharded}
+
+
 def test_sharded_gradients_give_the_global_norm(tmp_path: Path) -> None:
     _spawn(_sharded_worker, tmp_path)
     r0, r1 = (json.loads((tmp_path / f"shard{r}.json").read_text()) for r in range(WORLD))
     for r in (r0, r1):
         assert r["sharded"] == pytest.approx(r["expected"], rel=1e-5)
         assert r["local"] < r["expected"]  # without the reduction a rank sees only its shard
+    if "skipped" not in r0["fsdp1"]:
+        for r in (r0, r1):
+            assert r["fsdp1"]["auto_sharded"] is True
+            assert r["fsdp1"]["tracked"] == pytest.approx(r["fsdp1"]["expected"], rel=1e-5)
     if "fsdp" in r0:
         if "skipped" in r0["fsdp"]:
             pytest.skip(f"FSDP2 does not run on CPU/gloo here: {r0['fsdp']['skipped']}")

@@ -8,7 +8,8 @@ from wandb_gradema import AnomalyReport, EscalationPolicy
 
 
 def _reports(pattern: str) -> list[AnomalyReport]:
-    """'.' normal, 'a' anomalous, 'C' critical; one report per character."""
+    """'.' normal, 'a' anomalous, 'P' anomalous and prune-grade (confirmed), 'I' anomalous and
+    immediate (an LR jump), 'C' critical; one report per character."""
     return [
         AnomalyReport(
             step=i,
@@ -16,6 +17,8 @@ def _reports(pattern: str) -> list[AnomalyReport]:
             anomaly_types=() if c == "." else ("x",),
             details={} if c == "." else {"x": f"seen at {i}"},
             critical=c == "C",
+            confirmed=c == "P",
+            immediate=c == "I",
         )
         for i, c in enumerate(pattern)
     ]
@@ -39,6 +42,33 @@ def test_fired_steps_table(pattern: str, patience: int, cooldown: int, fired: li
     assert [e.step for e in events] == fired
 
 
+@pytest.mark.parametrize(
+    ("pattern", "patience", "cooldown", "fired"),
+    [
+        ("aaaaaaPPP", 3, 100, [(2, False), (6, True)]),  # the prune-grade report fires inside the cooldown
+        ("aaaPPPPPP", 3, 100, [(2, False), (3, True)]),  # once: not again until its own cooldown ends
+        ("..C......", 3, 100, [(2, True)]),  # critical: at once, and prune-grade
+        ("..PPP....", 3, 100, [(2, True)]),  # confirmed from the start: one confirmed event
+        ("..I..aaa.", 3, 100, [(2, False)]),  # immediate: at once, not prune-grade, then the cooldown
+        ("..I..aaPP", 3, 100, [(2, False), (7, True)]),  # ... unless confirmed evidence follows
+        ("aaP...aaP", 3, 2, [(2, True), (8, True)]),  # a new confirmed event after the cooldown
+    ],
+)
+def test_confirmed_events_table(pattern: str, patience: int, cooldown: int, fired: list[tuple[int, bool]]) -> None:
+    policy = EscalationPolicy(patience=patience, cooldown_steps=cooldown)
+    events = [e for r in _reports(pattern) if (e := policy.update(r)) is not None]
+    assert [(e.step, e.confirmed) for e in events] == fired
+
+
+def test_adopting_a_confirmed_escalation_blocks_confirmed_ones_too() -> None:
+    policy = EscalationPolicy(patience=1, cooldown_steps=5)
+    policy.adopt(0)
+    assert policy.update(_reports("P")[0]) is not None  # another rank's unconfirmed one: prune still allowed
+    policy = EscalationPolicy(patience=1, cooldown_steps=5)
+    policy.adopt(0, confirmed=True)
+    assert [policy.update(r) for r in _reports("PPP")] == [None, None, None]
+
+
 def test_event_carries_reasons_and_where_the_streak_began() -> None:
     policy = EscalationPolicy(patience=3)
     events = [e for r in _reports("..aaa") if (e := policy.update(r)) is not None]
@@ -56,7 +86,7 @@ def test_telemetry_window_follows_an_escalation() -> None:
 
 
 def test_state_dict_round_trip() -> None:
-    reports = _reports("..aa.aaaa..aaa")
+    reports = _reports("..aa.aaaa..aaaP.aaPPa")
     full = EscalationPolicy(patience=3, cooldown_steps=2)
     expected = [full.update(r) for r in reports]
     half = EscalationPolicy(patience=3, cooldown_steps=2)

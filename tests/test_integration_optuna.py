@@ -1,4 +1,5 @@
-"""watch_trial() and GradientDriftPruner in real Optuna studies, with optuna-integration's W&B callback."""
+"""watch_trial() and GradientDriftPruner in real Optuna studies: a W&B run per trial started in
+the objective, or optuna-integration's W&B callback (deprecated upstream, still supported)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,13 @@ import torch
 from helpers import import_without
 
 optuna = pytest.importorskip("optuna")
-pytest.importorskip("optuna_integration")
 
 from optuna.trial import TrialState  # noqa: E402
-from optuna_integration import WeightsAndBiasesCallback  # noqa: E402
 
 from wandb_gradema import GrademaWarning  # noqa: E402
 from wandb_gradema.integrations.optuna import TRIAL_ATTR, GradientDriftPruner, watch_trial  # noqa: E402
-from wandb_gradema.monitor import PRUNED_TAG  # noqa: E402
 from wandb_gradema.offline import find_runs, read_run  # noqa: E402
+from wandb_gradema.wandb_sink import PRUNED_TAG  # noqa: E402
 
 Batch = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -45,7 +44,41 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch, i: i
     return loss.item()
 
 
+def test_a_run_started_in_the_objective_ends_failed_when_its_trial_is_pruned(tiny, tmp_path: Path) -> None:
+    """No optuna-integration needed: the objective starts its trial's run itself."""
+    import wandb
+
+    model0, batch = tiny
+    initial = {k: v.clone() for k, v in model0.state_dict().items()}
+
+    def objective(trial: optuna.Trial) -> float:
+        model0.load_state_dict(initial)
+        model0.zero_grad(set_to_none=True)
+        run = wandb.init(project="gradema-tests", dir=str(tmp_path), mode="offline", name=f"trial-{trial.number}",
+                         config={"trial": trial.number})
+        try:
+            opt = torch.optim.SGD(model0.parameters(), lr=0.01)
+            with watch_trial(trial, opt, model=model0):
+                for i in range(8):
+                    loss = _step(model0, opt, batch, i, nan=trial.number == 1 and i == 3)
+            return loss
+        finally:
+            run.finish()
+
+    study = optuna.create_study()
+    study.optimize(objective, n_trials=3)
+    assert study.trials[1].user_attrs[TRIAL_ATTR]["step"] == 3
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    runs = {r.config["trial"]: r for r in (read_run(p, history=True) for p in find_runs(tmp_path))}
+    assert [(runs[n].state, runs[n].exit_code) for n in range(3)] == [("finished", 0), ("failed", 1), ("finished", 0)]
+    assert runs[1].summary["gradema/pruned_step"] == 3 and PRUNED_TAG in runs[1].tags
+    assert runs[0].column("gradema/step")  # gradema's charts are in each trial's run
+
+
 def test_optuna_escalation_prunes_the_trial_and_its_wandb_run_ends_failed(tiny, tmp_path: Path) -> None:
+    pytest.importorskip("optuna_integration")
+    from optuna_integration import WeightsAndBiasesCallback
+
     model0, batch = tiny
     initial = {k: v.clone() for k, v in model0.state_dict().items()}
     wandbc = WeightsAndBiasesCallback(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wandb_gradema import health_score, total_grad_norm
-from wandb_gradema.norms import clip_grads_, measure, per_tensor_norms
+from wandb_gradema.norms import clip_grads_, host_row, measure, per_tensor_norms
 
 
 def _params_with_grads(dtypes: list[torch.dtype], seed: int = 0) -> list[torch.nn.Parameter]:
@@ -43,20 +43,25 @@ def test_measure_skips_params_without_grad_and_counts_health() -> None:
     params.append(torch.nn.Parameter(torch.zeros(2)))  # no grad: left out
     params[1].grad.zero_()  # a dead layer: present but vanished
     stats = measure(params)
-    norm, largest, n_active, n_finite = stats.row.tolist()
+    assert stats.row is None  # on a device path the row is derived later, or on demand
+    norm, largest, n_active, n_finite = stats.device_row().tolist()
     assert stats.index == [0, 1, 2]
     assert (n_active, n_finite) == (2, 3)
     expected = [params[i].grad.norm().item() for i in range(3)]
     assert norm == pytest.approx(math.sqrt(sum(e * e for e in expected)), rel=1e-6)
     assert largest == pytest.approx(max(expected), rel=1e-6)
+    # the host derives the same row from the read-back per-tensor norms
+    assert list(host_row(stats.norms.tolist())) == pytest.approx([norm, largest, n_active, n_finite], rel=1e-6)
+    assert list(measure(params, host=True).row) == pytest.approx([norm, largest, n_active, n_finite], rel=1e-6)
 
 
 def test_measure_with_nan_gradient_reports_it_without_raising() -> None:
     params = _params_with_grads([torch.float32] * 3)
     params[2].grad[0, 0] = float("nan")
-    norm, _, n_active, n_finite = measure(params).row.tolist()
-    assert math.isnan(norm)
-    assert (n_active, n_finite) == (2, 2)
+    stats = measure(params)
+    for norm, _, n_active, n_finite in (stats.device_row().tolist(), host_row(stats.norms.tolist())):
+        assert math.isnan(norm)
+        assert (n_active, n_finite) == (2, 2)
 
 
 def test_fp16_gradients_beyond_fp16_range_do_not_overflow_the_norm() -> None:
@@ -77,7 +82,7 @@ def test_clip_grads_matches_torch_clip() -> None:
     ours = _params_with_grads([torch.float32] * 3, seed=1)
     ref = _params_with_grads([torch.float32] * 3, seed=1)
     stats = measure(ours)
-    clip_grads_(stats.grads, stats.row[0], max_norm=0.5)
+    clip_grads_(stats.grads, stats.total, max_norm=0.5)
     torch.nn.utils.clip_grad_norm_(ref, max_norm=0.5)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a.grad, b.grad)

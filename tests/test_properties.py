@@ -188,14 +188,6 @@ def test_a_constant_or_slowly_decaying_norm_never_escalates(
     assert _escalations(obs)[1] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="The current detector's `no_progress` rule escalates a loss that stays within 10% of its "
-    "start for 60 steps at a non-rising LR, however healthy the gradients (the constant example, "
-    "norm 1, loss 2.3, LR 1e-3: escalated at step 61, 'No progress after 62 steps: best loss 2.3 vs "
-    "initial 2.3.'). The rewritten detector (branch `detection`) needs dead-looking gradients for "
-    "that: this flips to a pass there (checked), and the marker goes.",
-)
 @PROPERTY
 @given(positive, positive, st.floats(min_value=0.99, max_value=1.0), st.floats(min_value=0.99, max_value=1.0),
        st.floats(min_value=1e-5, max_value=1.0), st.integers(min_value=100, max_value=400))

@@ -261,6 +261,27 @@ def test_dcp_optimizer_state_dict_drops_the_monitor_state_with_a_warning(tiny) -
     monitor.remove()
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_the_monitor_goes_into_a_dcp_checkpoint(tiny, tmp_path) -> None:
+    """The documented call for sharded checkpoints: ``monitor.stateful()`` in the DCP state dict."""
+    import torch.distributed.checkpoint as dcp
+
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = wandb_gradema.watch(opt, sync_every=4)
+    train_loop(model, opt, batch, 6, monitor=monitor, nan_at={5})  # 2 steps judged, not decided
+    dcp.save({"gradema": monitor.stateful()}, checkpoint_id=str(tmp_path / "ckpt"))
+    fresh_opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    fresh = wandb_gradema.watch(fresh_opt, sync_every=4, on_escalation="raise")
+    dcp.load({"gradema": fresh.stateful()}, checkpoint_id=str(tmp_path / "ckpt"))
+    assert _nan_safe(fresh.state_dict()) == _nan_safe(monitor.state_dict())
+    with pytest.raises(EscalationError, match="at step 5"):  # the pending decision comes back too
+        train_loop(model, fresh_opt, batch, 2, start=6, monitor=fresh)
+    with pytest.warns(GrademaWarning, match="escalated at step 5, after the last decision step"):
+        monitor.remove()  # the original never reached its decision step
+    fresh.remove()
+
+
 def test_fsdp_flattened_parameters_count_as_sharded() -> None:
     from wandb_gradema.params import is_sharded
 

@@ -38,7 +38,7 @@ def test_every_config_is_valid_for_the_engine_and_runnable(path: Path, monkeypat
     config = load_sweep_config(path)
     assert sweeps.schema_violations_from_proposed_config(config) == []
     monkeypatch.chdir(REPO)  # where `wandb agent` would run
-    assert resolve_program(config, path) == "sweeps/train.py"
+    assert resolve_program(config, path) in ("sweeps/train.py", "sweeps/regression_train.py")
     assert config["metric"] == {"name": "val_loss", "goal": "minimize"}
     suggestion = sweeps.next_run(config, [])
     assert suggestion is not None and "lr" in suggestion.config

@@ -8,6 +8,7 @@ the monitor state inside ``optimizer.state_dict()`` under ``STATE_KEY``.
 
 from __future__ import annotations
 
+import json
 import sys
 import weakref
 from collections.abc import Callable, Mapping
@@ -16,10 +17,11 @@ from typing import Any
 from ._validate import check_state_keys
 from .errors import warn
 
-__all__ = ["FORMAT_VERSION", "STATE_KEY", "STATE_KEYS", "OptimizerStateHooks", "upgrade"]
+__all__ = ["FORMAT_VERSION", "STATE_KEY", "STATE_KEYS", "DCPStateful", "OptimizerStateHooks", "upgrade"]
 
 #: The format ``state_dict()`` writes. 2: the decision schedule (``ticks``), steps processed but
-#: not yet decided, internal-error count and the ``confirmed`` flag of events.
+#: not yet decided, internal-error count, the ``confirmed`` flag of events and the policy's
+#: cooldown after a confirmed one, and the detector's statistics by rule family.
 FORMAT_VERSION = 2
 #: The key under which the monitor state rides inside ``optimizer.state_dict()``.
 STATE_KEY = "gradema"
@@ -69,6 +71,7 @@ def upgrade(state: Mapping[str, Any], *, owner: str = "GradientMonitor") -> tupl
         state["ticks"] = state["step"]
         state["cadence"] = {"next_log": state.pop("next_log")}
         state["events"] = [{**e, "confirmed": e.get("confirmed", False)} for e in state["events"]]
+        state["policy"] = {"confirmed_quiet_until": -1, **state["policy"]}
         state.update(undecided_events=[], undecided_rows=[], internal_errors=0, format_version=FORMAT_VERSION)
         restart_detector = True  # the detector's statistics changed with format 2
     check_state_keys(owner, state, STATE_KEYS)
@@ -117,8 +120,8 @@ class OptimizerStateHooks:
             warn(
                 "wandb_gradema: torch.distributed.checkpoint's get_optimizer_state_dict keeps only "
                 "'state' and 'param_groups', so the monitor's state is not in the optimizer's "
-                "checkpoint. Save it beside: put the monitor itself in the DCP state dict "
-                "(dcp.save({..., 'gradema': monitor})) or torch.save(monitor.state_dict(), ...)."
+                "checkpoint. Save it beside: dcp.save({..., 'gradema': monitor.stateful()}) (and the "
+                "same in dcp.load), or torch.save(monitor.state_dict(), ...)."
             )
         state[STATE_KEY] = save()
         return state
@@ -130,6 +133,32 @@ class OptimizerStateHooks:
         state = dict(state)
         load(state.pop(STATE_KEY))
         return state
+
+
+class DCPStateful:
+    """The monitor as one opaque entry of a ``torch.distributed.checkpoint`` state dict.
+
+    Why: DCP plans a load from the structure of the target's ``state_dict()``, and the
+    monitor's state has lists whose length changes (events, steps not yet decided); as one
+    JSON string it always has the same structure.
+
+    Example::
+
+        dcp.save({"model": ..., "optim": ..., "gradema": monitor.stateful()}, checkpoint_id=path)
+        dcp.load({"model": ..., "optim": ..., "gradema": monitor.stateful()}, checkpoint_id=path)
+    """
+
+    def __init__(self, state_dict: Callable[[], dict[str, Any]], load_state_dict: Callable[[Any], None]) -> None:
+        self._state_dict = state_dict
+        self._load_state_dict = load_state_dict
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"gradema": <the monitor's state as JSON>}``."""
+        return {STATE_KEY: json.dumps(self._state_dict())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the monitor from what ``state_dict()`` wrote."""
+        self._load_state_dict(json.loads(state[STATE_KEY]))
 
 
 def _called_from_dcp() -> bool:

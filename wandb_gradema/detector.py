@@ -2,21 +2,38 @@
 
 The detector is a pure function of the observations it has been fed and its frozen settings,
 so it can be replayed over a recorded trace (the detection benchmark does exactly that) and
-checkpointed as a handful of floats.
+checkpointed as plain values. Its rules live in ``wandb_gradema.rules``, one module per family
+of evidence (gradient, loss, schedule).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._validate import check_float, check_int, check_state_keys
+from .rules import gradient, loss, schedule
+from .rules._common import Findings
 
 __all__ = ["AnomalyDetector", "AnomalyReport", "Observation"]
 
-_TINY = 1e-30
+#: Which family each rule belongs to (corroboration between families confirms an anomaly).
+FAMILIES = {
+    "grad_explosion": "gradient",
+    "grad_vanish": "gradient",
+    "dead_units": "gradient",
+    "loss_explosion": "loss",
+    "above_start": "loss",
+    "progress_lost": "loss",
+    "unstable_rise": "loss",
+    "stalled": "loss",
+    "lr_jump": "schedule",
+}
+#: ``stalled`` needs gradients this one-sided: one tensor holds 98%+ of the squared norm.
+DEAD_HEALTH = 0.02
+#: The fast median (5 losses) has sqrt(window / 5) x the standard error of the level.
+FAST_BAND = 1.6
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +48,10 @@ class Observation:
         lr: largest learning rate over the optimizer's param groups, or None.
         active_share: share of gradient tensors with a finite, non-vanishing norm.
         n_nonfinite: number of gradient tensors with a non-finite norm.
+        param_groups: number of the optimizer's param groups. A learning-rate jump that comes
+            with a new group (``add_param_group``, unfreezing layers) is not a schedule bug.
+        n_tensors: number of gradient tensors measured (0: unknown). With only a few (a linear
+            head), one tensor holding most of the norm is normal, not a sign of death.
     """
 
     step: int
@@ -40,6 +61,8 @@ class Observation:
     lr: float | None = None
     active_share: float = 1.0
     n_nonfinite: int = 0
+    param_groups: int = 1
+    n_tensors: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +75,13 @@ class AnomalyReport:
         anomaly_types: the rules that fired, e.g. ``("nonfinite",)``, ``("grad_explosion",)``.
         details: one sentence per fired rule saying what was seen.
         score: the largest rule score this step (>= 1 means anomalous); logged as a chart.
-        critical: True when the anomaly must escalate at once (non-finite values).
+        critical: True when the anomaly must escalate at once (non-finite values); critical
+            reports are always prune-grade.
+        confirmed: True when the evidence is strong enough to prune on (critical, or the
+            anomaly has persisted ``confirm_steps`` steps, or half that with two independent
+            families of rules agreeing).
+        immediate: escalate without waiting for ``patience`` but, unless also confirmed, do
+            not prune (an LR jump in an existing param group: a likely schedule bug).
     """
 
     step: int
@@ -61,6 +90,8 @@ class AnomalyReport:
     details: dict[str, str] = field(default_factory=dict)
     score: float = 0.0
     critical: bool = False
+    confirmed: bool = False
+    immediate: bool = False
 
     @property
     def reason(self) -> str:
@@ -68,95 +99,68 @@ class AnomalyReport:
         return " ".join(self.details.values())
 
 
-class _Ema:
-    """Bias-corrected exponential mean and variance of a scalar stream (plain floats)."""
-
-    __slots__ = ("decay", "m", "v", "w")
-
-    def __init__(self, decay: float) -> None:
-        self.decay = decay
-        self.m = 0.0  # uncorrected EMA of x
-        self.v = 0.0  # uncorrected EMA of squared deviation
-        self.w = 0.0  # 1 - decay**n: the bias correction
-
-    def update(self, x: float) -> None:
-        d = self.decay
-        if self.w == 0.0:
-            self.m, self.v = (1 - d) * x, 0.0
-        else:
-            delta = x - self.mean
-            self.m = d * self.m + (1 - d) * x
-            self.v = d * self.v + (1 - d) * delta * delta
-        self.w = d * self.w + (1 - d)
-
-    @property
-    def mean(self) -> float:
-        return self.m / self.w if self.w else math.nan
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.v / self.w) if self.w else math.nan
-
-    def state(self) -> list[float]:
-        return [self.m, self.v, self.w]
-
-    def load(self, s: list[float]) -> None:
-        self.m, self.v, self.w = (float(x) for x in s)
-
-
 class AnomalyDetector:
     """Decides whether a step's gradient statistics (and loss, when given) look like a failure.
 
     Each rule gives a score where >= 1 means anomalous; scores are multiplied by
-    ``sensitivity`` and the report's ``score`` is the largest.
+    ``sensitivity`` and the report's ``score`` is the largest. Rules read medians over the last
+    ``2 burst_steps + 1`` steps, never one step, so a burst of up to ``burst_steps`` corrupted
+    batches in a row is noise; loss changes count in units of the loss's own batch-to-batch
+    noise. The rules (``wandb_gradema.rules``):
 
-    From the gradients (statistics in log space, where norms are closer to Gaussian):
+    * gradients: ``grad_explosion`` (``explode_ratio`` x and ``z_threshold`` sigma above the
+      baseline), ``grad_vanish`` (``vanish_ratio`` x below the peak), ``dead_units`` (at most
+      ``dead_share`` of the tensors non-zero); the last two stay off while the loss holds its
+      progress (vanishing is convergence then);
+    * loss: ``loss_explosion`` (``loss_explode_factor`` x the start), ``above_start``
+      (``above_start_factor`` x the start and not recovering: forgetting, for a fine-tune),
+      ``progress_lost`` (``relapse_threshold`` of the progress given back), ``unstable_rise``
+      (``rise_threshold`` given back while the LR climbs to new heights), ``stalled`` (at the
+      start after ``stall_steps`` at a non-rising LR, *with* dead-looking gradients; without
+      any observed loss, the dead-looking gradients alone, for as long);
+    * schedule: ``lr_jump``: the LR jumped ``lr_jump_ratio`` x above anything before. In an
+      existing param group (a schedule bug) it escalates at once, unconfirmed; with a new param
+      group (``add_param_group``: unfreezing) it is nothing by itself. Either way, trouble
+      within ``jump_window`` steps (the loss gives back ``rise_threshold`` of the progress it
+      held at the jump, or the gradients explode) makes it an anomaly, and prune-grade.
+    * ``nonfinite``: a NaN/Inf gradient norm or loss. Critical and confirmed at once.
 
-    * ``nonfinite``: a NaN/Inf gradient norm or loss. Critical: escalates at once.
-    * ``grad_explosion``: the norm is ``explode_ratio`` x its slow EMA *and* ``z_threshold``
-      standard deviations above it. The EMA takes values winsorised to 3 sigma, so a spike
-      cannot drag the baseline up.
-    * ``grad_vanish``: the fast EMA of the norm is ``vanish_ratio`` x below its peak.
-    * ``dead_units``: at most ``dead_share`` of the gradient tensors are non-vanishing.
-
-    From the loss (``GradientMonitor.observe_loss``; ``L0`` is the first loss, before any
-    update; ``m`` the median of the last ``loss_window`` losses; ``best`` the lowest ``m``):
-
-    * ``loss_explosion``: the loss is ``loss_explode_factor`` x ``L0``.
-    * ``progress_lost``: once the run has learned (``best <= (1 - learned_progress) L0``), the
-      share of its progress given back, ``(m - best) / (L0 - best)``, reaches
-      ``relapse_threshold``: the typical LR divergence of ReLU nets ends in dead units at chance.
-    * ``unstable_rise``: while the learning rate is still rising (warm-up, ramps), the upper
-      quartile of the recent losses has given back ``rise_threshold`` of the progress: the LR
-      has left the stable range. Healthy warm-ups keep improving and never trip it.
-    * ``no_progress``: after ``stall_steps`` loss observations at a non-rising learning rate,
-      ``best`` is still above ``(1 - min_progress) L0`` and improved by less than an eighth of
-      that over the last half-window or more: dead or vanishing training, not a slow learner.
-    * ``lr_jump``: the learning rate jumped ``lr_jump_ratio`` x above anything it was before
-      (after ``warmup_steps``), a schedule bug; restarts back to an earlier peak do not count.
-
-    Nothing but ``nonfinite``, ``loss_explosion``, ``dead_units`` and ``grad_explosion`` (vs the
-    first norm) fires in the first ``warmup_steps`` observations.
+    **Prune bar**: a report is ``confirmed`` (prune-grade) when critical, when the anomaly has
+    lasted ``confirm_steps`` steps in a row, or ``confirm_steps // 2`` with rules of two families
+    (gradient, loss, schedule) agreeing. ``EscalationPolicy`` escalates on ``patience`` anomalous
+    steps; the monitor prunes only on confirmed events.
 
     Non-finite gradients: reported (critical), never folded into any statistic.
 
+    Example:
+        >>> detector = AnomalyDetector()
+        >>> report = detector.check(Observation(step=0, grad_norm=float("nan")))
+        >>> report.anomaly_types, report.critical, report.confirmed
+        (('nonfinite',), True, True)
+
     Args:
         sensitivity: multiplies every rule's score, > 0. 2.0 fires at half the evidence.
-        warmup_steps: observations before the statistical rules may fire, >= 0.
+        warmup_steps: observations before the slow gradient baseline and LR jumps count, >= 0.
+        burst_steps: longest burst of bad batches in a row treated as noise, >= 1.
+        confirm_steps: anomalous steps in a row that make a report prune-grade, >= 1.
         slow_decay: decay of the slow (baseline) EMA of the log norm, in (0, 1).
-        fast_decay: decay of the fast EMA of the log norm, in [0, 1).
         z_threshold: standard deviations above baseline for ``grad_explosion``, > 0.
         explode_ratio: norm / baseline ratio for ``grad_explosion``, > 1.
         vanish_ratio: peak / current norm ratio for ``grad_vanish``, > 1.
         dead_share: active-tensor share at or below which ``dead_units`` fires, in [0, 1).
-        loss_window: losses in the running median, >= 1.
-        loss_explode_factor: loss / ``L0`` ratio for ``loss_explosion``, > 1.
-        learned_progress: drop below ``L0`` that counts as having learned, in (0, 1).
+        reference_steps: first losses that set the starting level, >= 2.
+        trend_window: losses in the noise scale and the trend test, >= 8.
+        loss_z_threshold: standard errors a change of the loss level must exceed, > 0.
+        trend_z_threshold: Mann-Kendall z of a significant trend, > 0.
+        loss_explode_factor: level / start ratio for ``loss_explosion``, > 1.
+        above_start_factor: level / start ratio for ``above_start``, > 1.
+        learned_progress: drop below the start that counts as having learned, in (0, 1).
         relapse_threshold: share of progress lost for ``progress_lost``, > 0.
-        rise_threshold: share of progress lost (upper quartile) for ``unstable_rise``, > 0.
-        stall_steps: steps at a non-rising LR before ``no_progress`` may fire, >= 1.
-        min_progress: drop below ``L0`` required by then, in (0, 1).
-        lr_jump_ratio: LR / previous maximum LR ratio for ``lr_jump``, > 1.
+        rise_threshold: share of progress lost for ``unstable_rise`` and after an LR jump, > 0.
+        stall_steps: steps at a non-rising LR before ``stalled`` may fire, >= 1.
+        min_progress: drop below the start that is progress for ``stalled``, in (0, 1).
+        lr_jump_ratio: LR / previous maximum LR ratio that arms ``lr_jump``, > 1.
+        jump_window: steps after an LR jump in which trouble counts as ``lr_jump``, >= 1.
     """
 
     def __init__(
@@ -164,108 +168,103 @@ class AnomalyDetector:
         *,
         sensitivity: float = 1.0,
         warmup_steps: int = 20,
+        burst_steps: int = 6,
+        confirm_steps: int = 12,
         slow_decay: float = 0.98,
-        fast_decay: float = 0.8,
         z_threshold: float = 5.0,
         explode_ratio: float = 8.0,
         vanish_ratio: float = 1e4,
         dead_share: float = 0.5,
-        loss_window: int = 9,
+        reference_steps: int = 12,
+        trend_window: int = 32,
+        loss_z_threshold: float = 4.0,
+        trend_z_threshold: float = 2.5,
         loss_explode_factor: float = 4.0,
+        above_start_factor: float = 1.5,
         learned_progress: float = 0.3,
         relapse_threshold: float = 0.5,
-        rise_threshold: float = 0.35,
-        stall_steps: int = 60,
+        rise_threshold: float = 0.25,
+        stall_steps: int = 200,
         min_progress: float = 0.1,
         lr_jump_ratio: float = 4.0,
+        jump_window: int = 50,
     ) -> None:
         self.sensitivity = check_float("sensitivity", sensitivity, low=0.0, low_open=True)
         self.warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+        self.burst_steps = check_int("burst_steps", burst_steps, minimum=1)
+        self.confirm_steps = check_int("confirm_steps", confirm_steps, minimum=1)
         self.slow_decay = check_float("slow_decay", slow_decay, low=0.0, high=1.0, low_open=True, high_open=True)
-        self.fast_decay = check_float("fast_decay", fast_decay, low=0.0, high=1.0, high_open=True)
         self.z_threshold = check_float("z_threshold", z_threshold, low=0.0, low_open=True)
         self.explode_ratio = check_float("explode_ratio", explode_ratio, low=1.0, low_open=True)
         self.vanish_ratio = check_float("vanish_ratio", vanish_ratio, low=1.0, low_open=True)
         self.dead_share = check_float("dead_share", dead_share, low=0.0, high=1.0, high_open=True)
-        self.loss_window = check_int("loss_window", loss_window, minimum=1)
+        self.reference_steps = check_int("reference_steps", reference_steps, minimum=2)
+        self.trend_window = check_int("trend_window", trend_window, minimum=8)
+        self.loss_z_threshold = check_float("loss_z_threshold", loss_z_threshold, low=0.0, low_open=True)
+        self.trend_z_threshold = check_float("trend_z_threshold", trend_z_threshold, low=0.0, low_open=True)
         self.loss_explode_factor = check_float("loss_explode_factor", loss_explode_factor, low=1.0, low_open=True)
-        self.learned_progress = check_float("learned_progress", learned_progress, low=0.0, high=1.0, low_open=True, high_open=True)
+        self.above_start_factor = check_float("above_start_factor", above_start_factor, low=1.0, low_open=True)
+        self.learned_progress = check_float(
+            "learned_progress", learned_progress, low=0.0, high=1.0, low_open=True, high_open=True
+        )
         self.relapse_threshold = check_float("relapse_threshold", relapse_threshold, low=0.0, low_open=True)
         self.rise_threshold = check_float("rise_threshold", rise_threshold, low=0.0, low_open=True)
         self.stall_steps = check_int("stall_steps", stall_steps, minimum=1)
         self.min_progress = check_float("min_progress", min_progress, low=0.0, high=1.0, low_open=True, high_open=True)
         self.lr_jump_ratio = check_float("lr_jump_ratio", lr_jump_ratio, low=1.0, low_open=True)
+        self.jump_window = check_int("jump_window", jump_window, minimum=1)
         # Log-space thresholds, computed once (the hook judges every step).
-        self._log_jump = math.log(self.lr_jump_ratio)
         self._log_explode = math.log(self.explode_ratio)
         self._log_vanish = math.log(self.vanish_ratio)
         self._log_loss_explode = math.log(self.loss_explode_factor)
+        self._log_above = math.log(self.above_start_factor)
+        self._log_jump = math.log(self.lr_jump_ratio)
         self.reset()
 
     # ------------------------------------------------------------------ state
-    _RISE_LOOKBACK = 5  # steps over which a rising learning rate is judged
-
     def reset(self) -> None:
         """Forget every observation."""
-        self._g_slow = _Ema(self.slow_decay)
-        self._g_fast = _Ema(self.fast_decay)
-        self._n = 0  # finite gradient observations
-        self._g_first = math.nan  # log of the first finite norm
-        self._peak = -math.inf  # highest slow log-norm seen after warm-up
-        self._l0: float | None = None  # the first finite loss
-        self._losses: list[float] = []  # the last ``loss_window`` finite losses
-        self._n_loss = 0
-        self._best = math.inf  # lowest running median
-        self._lrs: list[float] = []  # the last few learning rates
-        self._lr_max = -math.inf  # highest learning rate before the current step
-        self._n_lr = 0
-        self._stall_clock = 0  # loss observations at a non-rising learning rate
-        self._marks: list[float] = []  # best loss at the last two half-window marks of the clock
-        self._mark_at = max(1, self.stall_steps // 2)
+        window = 2 * self.burst_steps + 1
+        self._grads = gradient.GradientStats(
+            slow_decay=self.slow_decay, window=window, warmup_steps=self.warmup_steps, dead_health=DEAD_HEALTH
+        )
+        self._losses = loss.LossStats(
+            window=window,
+            trend_window=self.trend_window,
+            reference_steps=self.reference_steps,
+            above_factor=self.above_start_factor,
+            trend_z=self.trend_z_threshold,
+        )
+        self._lr = schedule.ScheduleStats()
+        self._episode = 0  # anomalous reports in a row
+        self._families: list[str] = []  # rule families seen in this run of anomalous reports
 
     def state_dict(self) -> dict[str, Any]:
         """Every running statistic, as plain Python values."""
         return {
-            "g_slow": self._g_slow.state(),
-            "g_fast": self._g_fast.state(),
-            "n": self._n,
-            "g_first": self._g_first,
-            "peak": self._peak,
-            "l0": self._l0,
-            "losses": list(self._losses),
-            "n_loss": self._n_loss,
-            "best": self._best,
-            "lrs": list(self._lrs),
-            "lr_max": self._lr_max,
-            "n_lr": self._n_lr,
-            "stall_clock": self._stall_clock,
-            "marks": list(self._marks),
-            "mark_at": self._mark_at,
+            "gradient": self._grads.state(),
+            "loss": self._losses.state(),
+            "schedule": self._lr.state(),
+            "episode": self._episode,
+            "families": list(self._families),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned; rejects missing or unknown keys by name."""
-        check_state_keys("AnomalyDetector", state, tuple(self.state_dict()))
-        self._g_slow.load(state["g_slow"])
-        self._g_fast.load(state["g_fast"])
-        self._n = int(state["n"])
-        self._g_first = float(state["g_first"])
-        self._peak = float(state["peak"])
-        self._l0 = None if state["l0"] is None else float(state["l0"])
-        self._losses = [float(x) for x in state["losses"]]
-        self._n_loss = int(state["n_loss"])
-        self._best = float(state["best"])
-        self._lrs = [float(x) for x in state["lrs"]]
-        self._lr_max = float(state["lr_max"])
-        self._n_lr = int(state["n_lr"])
-        self._stall_clock = int(state["stall_clock"])
-        self._marks = [float(x) for x in state["marks"]]
-        self._mark_at = int(state["mark_at"])
+        expected = self.state_dict()
+        check_state_keys("AnomalyDetector", state, tuple(expected))
+        for part in ("gradient", "loss", "schedule"):
+            check_state_keys(f"AnomalyDetector[{part!r}]", state[part], tuple(expected[part]))
+        self._grads.load(state["gradient"])
+        self._losses.load(state["loss"])
+        self._lr.load(state["schedule"])
+        self._episode = int(state["episode"])
+        self._families = [str(f) for f in state["families"]]
 
     @property
     def initial_loss(self) -> float | None:
-        """The first finite loss observed (the run's starting level), once known."""
-        return self._l0
+        """The run's starting loss level (robust, over ``reference_steps`` losses), once known."""
+        return self._losses.ref
 
     # ------------------------------------------------------------------ checks
     def check_gradient_drift(
@@ -280,7 +279,7 @@ class AnomalyDetector:
     ) -> AnomalyReport:
         """Fold one step in and judge it; the original tracker's entry point, kept by name."""
         obs = Observation(
-            step=self._n if step is None else step,
+            step=self._grads.n if step is None else step,
             grad_norm=float(grad_norm),
             health=float(grad_health),
             loss=None if loss is None else float(loss),
@@ -291,148 +290,151 @@ class AnomalyDetector:
 
     def check(self, obs: Observation) -> AnomalyReport:
         """Fold one observation into the statistics and return the verdict on it."""
-        # Each rule: (score, the sentence saying why). Sentences are built only for rules that
-        # fire (formatting every rule's on every step would cost more than judging).
-        found: dict[str, tuple[float, Callable[[], str]]] = {}
+        found: Findings = {}
         critical = False
-        rising = self._judge_lr(obs, found)
+        lr = self._lr
+        lr.observe(obs.lr, obs.param_groups, warmup_steps=self.warmup_steps, jump_ratio=self.lr_jump_ratio)
+        immediate = lr.jumped and not lr.jump_added
 
+        grads, losses = self._grads, self._losses
+        if lr.jumped:  # what the loss and gradients looked like before the jump
+            lr.jump_level = losses.level if len(losses.short) else math.nan
+            lr.jump_norm = grads.med if len(grads.norms) else math.nan
         g = obs.grad_norm
-        if not math.isfinite(g):
+        grads_ok = math.isfinite(g)
+        if not grads_ok:
             found["nonfinite"] = (math.inf, lambda: f"Non-finite gradient norm ({g}) at step {obs.step}.")
             critical = True
         else:
-            self._judge_gradients(obs, found)
-
-        loss = obs.loss
-        if loss is not None:
-            if not math.isfinite(loss):
-                found["nonfinite"] = (math.inf, lambda: f"Non-finite loss ({loss}) at step {obs.step}.")
+            grads.observe(g, obs.active_share, obs.health)
+        x = obs.loss
+        v = None
+        if x is not None:
+            if not math.isfinite(x):
+                found["nonfinite"] = (math.inf, lambda: f"Non-finite loss ({x}) at step {obs.step}.")
                 critical = True
             else:
-                self._judge_loss(loss, rising, found)
+                norm_rise = 0.0
+                if grads.n == loss.DEPART_STEPS + 1:  # the first steps' norms against the first one
+                    norm_rise = _median(list(grads.norms.values)[1:]) - grads.first
+                losses.observe(x, norm_rise)
+                v = loss.view(losses, z=self.loss_z_threshold, learned_progress=self.learned_progress)
+        if grads_ok:
+            gradient.judge_gradients(
+                grads,
+                found,
+                z_threshold=self.z_threshold,
+                log_explode=self._log_explode,
+                log_vanish=self._log_vanish,
+                dead_share=self.dead_share,
+                learned=loss.holds_progress(v),
+                trend_z=self.trend_z_threshold,
+            )
+        if v is not None:
+            self._judge_loss(v, found, obs.n_tensors)
+        elif grads_ok and losses.n == 0 and lr.clock * self.sensitivity >= self.stall_steps:
+            # No loss to show progress: one-sided gradients for that long are evidence enough.
+            if gradient.one_sided(grads, dead_share=self.dead_share, n_tensors=obs.n_tensors):
+                clock = lr.clock
+                found["stalled"] = (
+                    clock / self.stall_steps,
+                    lambda: f"Stalled: for {clock} steps one gradient tensor has held nearly all the norm (or most "
+                    "tensors none); no loss observed to show progress.",
+                )
+        if immediate:  # a jump in an existing param group: a schedule bug until shown otherwise
+            schedule.judge_jump_itself(lr, found, log_jump=self._log_jump)
+        elif lr.armed(self.jump_window):
+            self._judge_jump(v, found, obs.step)
+        return self._report(obs.step, found, critical, immediate)
 
+    def _judge_loss(self, v: loss.LossView, found: Findings, n_tensors: int) -> None:
+        losses = self._losses
+        loss.judge_loss(
+            losses,
+            v,
+            found,
+            trend_z=self.trend_z_threshold,
+            log_explode=self._log_loss_explode,
+            log_above=self._log_above,
+            relapse_threshold=self.relapse_threshold,
+            rise_threshold=self.rise_threshold,
+            new_high=self._lr.new_high,
+            warm=self._grads.warm or losses.n > self.warmup_steps,
+            z_loss=self.loss_z_threshold,
+        )
+        if self._lr.clock * self.sensitivity < self.stall_steps:
+            return  # ``stalled`` scores the clock: it cannot fire yet
+        loss.judge_stall(
+            losses,
+            v,
+            found,
+            clock=self._lr.clock,
+            stall_steps=self.stall_steps,
+            min_progress=self.min_progress,
+            trend_z=self.trend_z_threshold,
+            dead_gradients=gradient.one_sided(self._grads, dead_share=self.dead_share, n_tensors=n_tensors),
+        )
+
+    def _judge_jump(self, v: loss.LossView | None, found: Findings, step: int) -> None:
+        lr = self._lr
+        lost = 0.0
+        if v is not None and math.isfinite(lr.jump_level):
+            # After a jump, trouble is likely: judge the median of the last few losses, fast.
+            held = v.ref - lr.jump_level  # the progress held at the jump
+            rise = self._losses.fast_level() - lr.jump_level
+            if rise > v.best_band * FAST_BAND:
+                lost = rise / held if held > 0 else math.inf
+        grads = self._grads
+        norm_rise = 0.0
+        if grads.full and math.isfinite(lr.jump_norm):
+            norm_rise = max(0.0, grads.med - lr.jump_norm)
+        schedule.judge_jump(
+            lr,
+            found,
+            lost=lost,
+            norm_rise=norm_rise,
+            rise_threshold=self.rise_threshold,
+            log_explode=self._log_explode,
+            step=step,
+        )
+
+    def _report(self, step: int, found: Findings, critical: bool, immediate: bool) -> AnomalyReport:
         s = self.sensitivity
         score = 0.0
-        for v, _ in found.values():
-            if v > score:
-                score = v
+        for value, _ in found.values():
+            if value > score:
+                score = value
         score *= s
         if score < 1.0:
-            return AnomalyReport(step=obs.step, has_anomaly=False, score=score)
-        details = {k: why() for k, (v, why) in found.items() if v * s >= 1.0}
+            self._episode = 0
+            self._families = []
+            return AnomalyReport(step=step, has_anomaly=False, score=score)
+        details = {k: why() for k, (value, why) in found.items() if value * s >= 1.0}
+        self._episode += 1
+        for rule in details:
+            family = FAMILIES.get(rule)
+            if family is not None and family not in self._families:
+                self._families.append(family)
+        # lr_jump is trouble after a jump: the schedule and what suffered agree.
+        corroborated = len(self._families) >= 2 or "lr_jump" in details
+        confirmed = (
+            critical
+            or self._episode >= self.confirm_steps
+            or (corroborated and self._episode >= max(1, self.confirm_steps // 2))
+        )
         return AnomalyReport(
-            step=obs.step,
+            step=step,
             has_anomaly=True,
             anomaly_types=tuple(details),
             details=details,
             score=score,
-            critical=critical or "lr_jump" in details,
+            critical=critical,
+            confirmed=confirmed,
+            immediate=immediate and "lr_jump" in details,
         )
 
-    def _judge_lr(self, obs: Observation, found: dict[str, tuple[float, Callable[[], str]]]) -> bool:
-        """Track the schedule; report a jump; return whether the LR is still rising."""
-        lr = obs.lr
-        if lr is None or not math.isfinite(lr):
-            self._stall_clock += 1  # no schedule to go by: every step counts
-            return False
-        if self._n_lr >= self.warmup_steps and self._lr_max > 0:
-            ratio, before = lr / self._lr_max, self._lr_max
-            found["lr_jump"] = (
-                math.log(max(ratio, _TINY)) / self._log_jump,
-                lambda: f"Learning rate jumped to {lr:.3g}, {ratio:.3g}x anything before ({before:.3g}).",
-            )
-        rising = bool(self._lrs) and lr > self._lrs[0] * (1 + 1e-9)
-        self._lrs = (self._lrs + [lr])[-self._RISE_LOOKBACK :]
-        self._lr_max = max(self._lr_max, lr)
-        self._n_lr += 1
-        if not (len(self._lrs) > 1 and lr > self._lrs[-2] * (1 + 1e-9)):
-            self._stall_clock += 1
-        return rising
 
-    def _judge_gradients(self, obs: Observation, found: dict[str, tuple[float, Callable[[], str]]]) -> None:
-        x = math.log(max(obs.grad_norm, _TINY))
-        slow, fast = self._g_slow, self._g_fast
-        warm = self._n >= self.warmup_steps
-        if self._n == 0:
-            self._g_first = x
-        base = slow.mean if warm else self._g_first
-        sd = max(slow.std, 0.1) if warm else 1.0
-        z = (x - base) / sd
-        ratio = x - base
-        # In warm-up only the first norm is a baseline: demand the ratio squared.
-        need = self._log_explode * (1.0 if warm else 2.0)
-        found["grad_explosion"] = (
-            min(z / self.z_threshold, ratio / need),
-            lambda: f"Gradient norm {obs.grad_norm:.4g} is {math.exp(ratio):.3g}x its baseline ({z:.1f} sigma).",
-        )
-        slow.update(min(x, slow.mean + 3.0 * sd) if warm else x)  # winsorised: spikes don't drag it
-        fast.update(x)
-        self._n += 1
-        if self._n > 5 and self.dead_share > 0:
-            found["dead_units"] = (
-                (1.0 - obs.active_share) / (1.0 - self.dead_share),
-                lambda: f"Only {obs.active_share:.0%} of gradient tensors are non-zero.",
-            )
-        if warm:
-            self._peak = max(self._peak, slow.mean)
-            drop = self._peak - fast.mean
-            found["grad_vanish"] = (
-                drop / self._log_vanish,
-                lambda: f"Gradient norm has fallen {math.exp(drop):.3g}x below its peak.",
-            )
-
-    def _judge_loss(self, loss: float, rising: bool, found: dict[str, tuple[float, Callable[[], str]]]) -> None:
-        if self._l0 is None:
-            self._l0 = loss
-        l0 = self._l0
-        self._n_loss += 1
-        self._losses = (self._losses + [loss])[-self.loss_window :]
-
-        if l0 <= 0:
-            return  # relative rules need a positive starting level (cross-entropy, MSE...)
-        found["loss_explosion"] = (
-            math.log(max(loss / l0, _TINY)) / self._log_loss_explode,
-            lambda: f"Loss {loss:.4g} is {loss / l0:.3g}x its initial level {l0:.4g}.",
-        )
-        if len(self._losses) < self.loss_window:
-            return
-        ordered = sorted(self._losses)
-        median = _quantile(ordered, 0.5)
-        self._best = min(self._best, median)
-        best = self._best
-        if self._stall_clock >= self._mark_at:  # every half-window of the stall clock
-            self._marks = (self._marks + [best])[-2:]
-            self._mark_at = self._stall_clock + max(1, self.stall_steps // 2)
-        if self._n_loss < self.warmup_steps or best > (1 - self.learned_progress) * l0:
-            # Slow but steady learners are not dead: the best loss must have stalled too, over
-            # the last half-window or more.
-            recent = (self._marks[0] - best) / l0 if len(self._marks) == 2 else math.inf
-            if self._stall_clock >= self.stall_steps and recent < self.min_progress / 8:
-                progress, clock = 1 - best / l0, self._stall_clock
-                found["no_progress"] = (
-                    (1 - progress) / (1 - self.min_progress),
-                    lambda: f"No progress after {clock} steps: best loss {best:.4g} vs initial {l0:.4g}.",
-                )
-            return
-        span = l0 - best
-        lost = (median - best) / span
-        found["progress_lost"] = (
-            lost / self.relapse_threshold,
-            lambda: f"Loss is back at {median:.4g}: {lost:.0%} of the progress from {l0:.4g} to {best:.4g} lost.",
-        )
-        if rising and median > best:  # a new best median means the run is still improving
-            upper = (_quantile(ordered, 0.75) - best) / span
-            found["unstable_rise"] = (
-                upper / self.rise_threshold,
-                lambda: f"Loss rising ({upper:.0%} of the progress lost in its upper quartile) while the "
-                "learning rate is still increasing.",
-            )
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    """Linear-interpolation quantile of an already sorted list (numpy's default)."""
-    pos = q * (len(ordered) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else 0.5 * (ordered[half - 1] + ordered[half])

@@ -1,4 +1,10 @@
-"""EscalationPolicy: turns per-step anomaly reports into escalation events, with patience."""
+"""EscalationPolicy: turns per-step anomaly reports into escalation events, with patience.
+
+Two bars: an escalation (telemetry, summary, alert, warning: cheap, reversible) fires after
+``patience`` anomalous steps in a row; a *confirmed* escalation, the only kind the monitor
+prunes on, needs a prune-grade report (``AnomalyReport.confirmed``: critical, persistent or
+corroborated) and may fire even inside the cooldown of an earlier unconfirmed escalation.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +27,8 @@ class EscalationEvent:
         anomaly_types: the rules behind it (``"nonfinite"``, ``"grad_explosion"``...).
         score: the detector's score on the firing step.
         first_anomaly_step: where the run of anomalous steps that led here began.
-        confirmed: the evidence meets the stricter bar for an irreversible action: only
-            confirmed escalations prune a run.
+        confirmed: prune-grade evidence (critical, persistent or corroborated; see
+            ``AnomalyDetector``). The monitor prunes only on confirmed events.
     """
 
     step: int
@@ -39,10 +45,16 @@ class EscalationEvent:
 
 
 class EscalationPolicy:
-    """Escalates after ``patience`` consecutive anomalous steps, or at once on critical ones.
+    """Escalates after ``patience`` consecutive anomalous steps, or at once on critical (and
+    immediate) ones.
 
     After an escalation, no new one fires for ``cooldown_steps`` steps, and detailed
     telemetry (per-layer gradient norms) stays on for ``telemetry_steps`` steps.
+
+    **Prune bar**: an event is ``confirmed`` when the report it fires on is (critical reports
+    always are). A confirmed report arriving during the cooldown of an *unconfirmed*
+    escalation fires one confirmed event there and then (so the prune is not delayed by the
+    cheaper alert before it); after a confirmed event, nothing fires for ``cooldown_steps``.
 
     Args:
         patience: consecutive anomalous steps needed, >= 1. Default 3.
@@ -57,11 +69,12 @@ class EscalationPolicy:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the streak, cooldown and telemetry window."""
+        """Forget the streak, cooldowns and telemetry window."""
         self._streak = 0
         self._streak_start = -1
         self._streak_reasons: dict[str, str] = {}
-        self._quiet_until = -1  # last step of the cooldown
+        self._quiet_until = -1  # last step of the cooldown after any escalation
+        self._confirmed_quiet_until = -1  # last step of the cooldown after a confirmed one
         self._telemetry_until = -1  # last step of the telemetry window
 
     def telemetry_active(self, step: int) -> bool:
@@ -78,37 +91,44 @@ class EscalationPolicy:
             self._streak_start = report.step
         self._streak += 1
         self._streak_reasons.update(report.details)
-        due = report.critical or self._streak >= self.patience
-        if not due or report.step <= self._quiet_until:
+        confirmed = report.confirmed or report.critical
+        due = report.critical or report.immediate or self._streak >= self.patience
+        step = report.step
+        if not (due and step > self._quiet_until) and not (confirmed and step > self._confirmed_quiet_until):
             return None
         event = EscalationEvent(
-            step=report.step,
+            step=step,
             reasons=tuple(self._streak_reasons.values()),
             anomaly_types=tuple(self._streak_reasons),
             score=report.score,
             first_anomaly_step=self._streak_start,
-            confirmed=report.critical,
+            confirmed=confirmed,
         )
-        self._quiet_until = report.step + self.cooldown_steps
-        self._telemetry_until = report.step + self.telemetry_steps
+        self._quiet_until = step + self.cooldown_steps
+        if confirmed:
+            self._confirmed_quiet_until = self._quiet_until
+        self._telemetry_until = max(self._telemetry_until, step + self.telemetry_steps)
         self._streak = 0
         self._streak_reasons = {}
         return event
 
-    def adopt(self, step: int) -> None:
+    def adopt(self, step: int, *, confirmed: bool = False) -> None:
         """Take on an escalation decided at ``step`` elsewhere (another rank): same windows."""
         self._quiet_until = step + self.cooldown_steps
+        if confirmed:
+            self._confirmed_quiet_until = self._quiet_until
         self._telemetry_until = step + self.telemetry_steps
         self._streak = 0
         self._streak_reasons = {}
 
     def state_dict(self) -> dict[str, Any]:
-        """The streak, cooldown and telemetry window, as plain Python values."""
+        """The streak, cooldowns and telemetry window, as plain Python values."""
         return {
             "streak": self._streak,
             "streak_start": self._streak_start,
             "streak_reasons": dict(self._streak_reasons),
             "quiet_until": self._quiet_until,
+            "confirmed_quiet_until": self._confirmed_quiet_until,
             "telemetry_until": self._telemetry_until,
         }
 
@@ -119,4 +139,5 @@ class EscalationPolicy:
         self._streak_start = int(state["streak_start"])
         self._streak_reasons = dict(state["streak_reasons"])
         self._quiet_until = int(state["quiet_until"])
+        self._confirmed_quiet_until = int(state["confirmed_quiet_until"])
         self._telemetry_until = int(state["telemetry_until"])

@@ -232,10 +232,7 @@ class HistoryWriter:
         if not self._waiting or self.style == "unknown":
             return
         if self.style == "explicit":
-            while self._waiting and not (self._merged_keys & self._waiting[0].keys()):
-                row = self._waiting.popleft()
-                self._log(row, commit=False)  # into the user's row: the counter never moves
-                self._merged_keys |= row.keys()
+            self._merge_waiting()
         elif not self._user_open:
             while self._waiting:
                 self._log(self._waiting.popleft(), commit=None)
@@ -244,6 +241,13 @@ class HistoryWriter:
             self._combine_oldest()
         if self._closing and not self._waiting:
             self._detach()
+
+    def _merge_waiting(self) -> None:
+        """Merge waiting rows into the pending (user's) row while their keys are not in it yet."""
+        while self._waiting and not (self._merged_keys & self._waiting[0].keys()):
+            row = self._waiting.popleft()
+            self._log(row, commit=False)  # into the user's row: the counter never moves
+            self._merged_keys |= row.keys()
 
     def _combine_oldest(self) -> None:
         keep = MAX_WAITING // 2

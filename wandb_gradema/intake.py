@@ -69,8 +69,9 @@ class StepIntake:
         if isinstance(loss, Tensor):
             if loss.numel() != 1:
                 raise ValueError(f"`loss` must be a scalar (one element), got shape {tuple(loss.shape)}.")
-            # On CPU reading the value now is free; elsewhere keep it on device until read back.
-            value: float | Tensor = loss.item() if self.read_at_once else loss.detach().reshape(()).float()
+            # On CPU reading the value now is free; elsewhere keep it on device until read back
+            # (a view: no kernel, no sync).
+            value: float | Tensor = loss.item() if self.read_at_once else loss.detach().reshape(())
         elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
             value = float(loss)
         else:
@@ -89,7 +90,7 @@ class StepIntake:
             self.configure()
         stats = norms.measure(self.watched.params, local=self.sharded, host=self.read_at_once, uniform=self.one_group)
         if self.sharded:
-            stats.row = _dist.reduce_sharded_row(stats.row)  # type: ignore[arg-type]
+            stats.row = _dist.reduce_sharded_row(stats.device_row())
         self._pending = stats
         return stats
 
@@ -114,8 +115,8 @@ class StepIntake:
         measurement failed (a NaN row then), or the others would wait forever."""
         params = self.watched.params
         device = params[0].device if params else torch.device("cpu")
-        row = stats.row if stats is not None else torch.full((4,), math.nan, device=device)
-        row = _dist.reduce_sharded_row(row)  # type: ignore[arg-type]
+        row = stats.device_row() if stats is not None else torch.full((4,), math.nan, device=device)
+        row = _dist.reduce_sharded_row(row)
         if stats is not None:
             stats.row = row
 
@@ -131,19 +132,24 @@ class StepIntake:
         if isinstance(found_inf, Tensor):
             inf = found_inf.item() if self.read_at_once else found_inf.detach().clone()
         lr = largest_lr(optimizer, host=self.read_at_once)
-        self.queue.append(PendingStep(step, stats.row, self.take_loss(), lr, stats.norms, stats.index, inf))
+        self.queue.append(
+            PendingStep(
+                step, stats.row, self.take_loss(), lr, stats.norms, stats.index, inf,
+                param_groups=len(optimizer.param_groups),
+            )
+        )
 
     def skipped(self, step: int) -> None:
         """Queue a step a GradScaler skipped (its gradients were not finite)."""
         self._pending = None
         self.take_loss()
-        self.queue.append(PendingStep(step, None))
+        self.queue.append(PendingStep(step, skipped=True))
 
     def take_loss(self) -> float | Tensor | None:
         """The mean loss observed since the last step (None if none), and start afresh."""
         if self._loss_sum is None:
             return None
-        loss = self._loss_sum / self._loss_count
+        loss = self._loss_sum if self._loss_count == 1 else self._loss_sum / self._loss_count
         self._loss_sum, self._loss_count = None, 0
         return loss
 

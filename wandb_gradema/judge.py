@@ -78,6 +78,8 @@ class StepJudge:
             lr=v.lr,
             active_share=active,
             n_nonfinite=v.n_tensors - int(row.n_finite),
+            param_groups=v.param_groups,
+            n_tensors=v.n_tensors,
         )
         self._check_clipped(obs.grad_norm)
         drift = self.tracker.update(obs.grad_norm, obs.health)

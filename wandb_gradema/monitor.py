@@ -22,7 +22,7 @@ from torch import Tensor
 from . import _dist
 from .actions import EscalationActions
 from .cadence import LogCadence
-from .checkpoint import FORMAT_VERSION, OptimizerStateHooks, upgrade
+from .checkpoint import FORMAT_VERSION, DCPStateful, OptimizerStateHooks, upgrade
 from .detector import AnomalyDetector, AnomalyReport, Observation
 from .errors import EscalationError, RunPruned, warn
 from .escalation import EscalationEvent, EscalationPolicy
@@ -35,6 +35,7 @@ from .readback import read_back
 from .scaler import ScalerWatch
 from .tracker import DriftUpdate, GradientEMATracker
 from .wandb_sink import PREFIX, PRUNED_TAG, WandbSink
+from .wrappers import not_an_optimizer
 
 __all__ = ["GradientMonitor", "OnEscalation", "PRUNED_TAG"]
 
@@ -74,11 +75,7 @@ class GradientMonitor:
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, run: Any = None, **options: Any) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer) or not hasattr(optimizer, "_optimizer_step_pre_hooks"):
-            raise TypeError(
-                f"watch() expects a torch.optim.Optimizer, got {type(optimizer).__name__}. "
-                "Pass the optimizer whose step() runs the update (for Lightning, use the "
-                "wandb_gradema.integrations.lightning callback)."
-            )
+            raise not_an_optimizer(optimizer)
         if any(getattr(h, _HOOK_MARK, False) for h in optimizer._optimizer_step_pre_hooks.values()):
             raise ValueError(
                 "This optimizer is already watched by a GradientMonitor; call its remove() before watching it again."
@@ -202,8 +199,7 @@ class GradientMonitor:
         Call it where gradients are about to be changed before the step (clipping). Returns the
         total norm as a 0-d tensor (no sync).
         """
-        total = self.intake.measure(self.optimizer).total
-        return total.clone() if isinstance(total, Tensor) else torch.tensor(total)
+        return _norm_tensor(self.intake.measure(self.optimizer).total)
 
     def clip_grad_norm_(self, max_norm: float) -> Tensor:
         """Drop-in for ``torch.nn.utils.clip_grad_norm_`` over the optimizer's parameters.
@@ -219,8 +215,7 @@ class GradientMonitor:
         if self._scaler is not None:
             self._scaler.unscale(self.optimizer)
         stats = self.intake.measure(self.optimizer)
-        total = stats.total
-        total = total.clone() if isinstance(total, Tensor) else torch.tensor(total)
+        total = _norm_tensor(stats.total)
         self.intake.clip_(stats, max_norm)
         return total
 
@@ -305,6 +300,15 @@ class GradientMonitor:
         self._internal_errors = self._errors_written = int(state["internal_errors"])
         self.intake.reset()
 
+    def stateful(self) -> DCPStateful:
+        """This monitor as an entry of a ``torch.distributed.checkpoint`` state dict (FSDP).
+
+        DCP's ``get_optimizer_state_dict`` keeps only ``state`` and ``param_groups``, so the
+        monitor's state does not ride in a sharded optimizer checkpoint; save it beside:
+        ``dcp.save({..., "gradema": monitor.stateful()})``, and the same in ``dcp.load``.
+        """
+        return DCPStateful(self.state_dict, self.load_state_dict)
+
     # ================================================================ the hook
     def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
         """Step pre-hook: measure before the update; decide on decision steps.
@@ -376,8 +380,8 @@ class GradientMonitor:
         local, self._undecided_events = self._undecided_events, []
         if self._distributed:  # a failing collective raises: swallowed, it would hang the others
             events = _dist.agree_events(local)
-            if events:
-                self.policy.adopt(events[0].step)
+            for event in events:  # the same cooldown and telemetry windows on every rank
+                self.policy.adopt(event.step, confirmed=event.confirmed)
         else:
             events = local
         self._guarded(self._record, events)
@@ -471,6 +475,11 @@ def _weak(method: Callable[[], None]) -> Callable[[], None]:
             bound()
 
     return call
+
+
+def _norm_tensor(total: Tensor | float) -> Tensor:
+    """The measured total norm as a 0-d tensor of the caller's own (no sync)."""
+    return total.clone() if isinstance(total, Tensor) else torch.tensor(total)
 
 
 def _event(data: Mapping[str, Any]) -> EscalationEvent:

@@ -27,6 +27,7 @@ __all__ = [
     "clip_grads_",
     "collect_grads",
     "health_score",
+    "host_row",
     "measure",
     "per_tensor_norms",
     "total_grad_norm",
@@ -65,20 +66,22 @@ class GradStats:
     """One measurement of an optimizer's gradients.
 
     Attributes:
-        row: the ``STATS_FIELDS``: total L2 norm, largest per-tensor norm, number of tensors
-            with a finite norm above ``VANISH_EPS``, number with a finite norm. A float32 device
-            tensor shaped ``(4,)``, or a ``StatsRow`` of Python floats when measured with
-            ``host=True``.
-        norms: per-tensor norms, in the order of ``index`` (a tensor, or a list with ``host``).
+        norms: per-tensor norms, in the order of ``index``: a float32 tensor on the first
+            gradient's device, or a list of Python floats when measured with ``host=True``.
         index: position (in the monitor's parameter list) of each gradient measured.
         grads: the gradients measured, kept so clipping can reuse them without a second walk.
+        row: the ``STATS_FIELDS`` (total L2 norm, largest per-tensor norm, number of tensors
+            with a finite norm above ``VANISH_EPS``, number with a finite norm): a
+            ``StatsRow`` of floats with ``host=True``; on a device it is computed only when
+            asked for (``device_row()``: clipping, sharded reduction), otherwise the host
+            derives it from the read-back ``norms`` (``host_row``), a few kernels fewer per step.
         clipped: set once ``grads`` have been clipped, so a step does not clip twice.
     """
 
-    row: Tensor | StatsRow
     norms: Tensor | list[float]
     index: Sequence[int]
     grads: list[Tensor]
+    row: Tensor | StatsRow | None = None
     clipped: bool = False
 
     @property
@@ -88,8 +91,17 @@ class GradStats:
 
     @property
     def total(self) -> Tensor | float:
-        """The total L2 norm (0-d tensor, or float with ``host``)."""
-        return self.row[0]
+        """The total L2 norm (0-d tensor on the device, or a float with ``host``)."""
+        if isinstance(self.row, StatsRow):
+            return self.row.grad_norm
+        return self.device_row()[0]
+
+    def device_row(self) -> Tensor:
+        """The stats row as a float32 device tensor shaped ``(4,)`` (computed once, no sync)."""
+        if not isinstance(self.row, Tensor):
+            assert isinstance(self.norms, Tensor), "measured on the host: use .row"
+            self.row = _device_row(self.norms)
+        return self.row
 
 
 def collect_grads(params: Sequence[Tensor], *, local: bool = False) -> tuple[list[Tensor], Sequence[int]]:
@@ -162,9 +174,9 @@ def per_tensor_norms(grads: list[Tensor], *, uniform: bool = False) -> Tensor:
 
 
 def measure(params: Sequence[Tensor], *, local: bool = False, host: bool = False, uniform: bool = False) -> GradStats:
-    """Measure the gradients of ``params``: total norm, spread and health counts.
+    """Measure the gradients of ``params``: per-tensor norms, and from them the stats row.
 
-    The row holds ``STATS_FIELDS``; parameters without a gradient are left out. ``local``
+    Parameters without a gradient are left out. ``local``
     measures each distributed gradient's local shard (see ``collect_grads``). ``host`` reads the
     per-tensor norms back at once and finishes in Python: on CPU, where reading back costs
     nothing, that beats half a dozen tiny tensor ops; on accelerators it would force a sync.
@@ -179,23 +191,27 @@ def _measure(params: Sequence[Tensor], *, local: bool, host: bool, uniform: bool
     norms = per_tensor_norms(grads, uniform=uniform)
     if host:
         values = norms.tolist()
-        return GradStats(row=_host_row(values), norms=values, index=index, grads=grads)
+        return GradStats(norms=values, index=index, grads=grads, row=host_row(values))
+    return GradStats(norms=norms, index=index, grads=grads)
+
+
+@torch.no_grad()
+def _device_row(norms: Tensor) -> Tensor:
+    """``STATS_FIELDS`` of per-tensor norms, on their device (no sync)."""
     if norms.numel() == 0:
-        row = torch.zeros(4, dtype=torch.float32)
-    else:
-        finite = torch.isfinite(norms)
-        row = torch.stack(
-            (
-                torch.linalg.vector_norm(norms),
-                norms.amax(),
-                (finite & (norms > VANISH_EPS)).sum(dtype=torch.float32),
-                finite.sum(dtype=torch.float32),
-            )
+        return torch.zeros(4, dtype=torch.float32, device=norms.device)
+    finite = torch.isfinite(norms)
+    return torch.stack(
+        (
+            torch.linalg.vector_norm(norms),
+            norms.amax(),
+            (finite & (norms > VANISH_EPS)).sum(dtype=torch.float32),
+            finite.sum(dtype=torch.float32),
         )
-    return GradStats(row=row, norms=norms, index=index, grads=grads)
+    )
 
 
-def _host_row(values: list[float]) -> StatsRow:
+def host_row(values: Sequence[float]) -> StatsRow:
     """``STATS_FIELDS`` from per-tensor norms already on the host (NaN and Inf propagate)."""
     if not values:
         return StatsRow(0.0, 0.0, 0.0, 0.0)
@@ -213,12 +229,12 @@ def unscale(stats: GradStats, scale: Tensor) -> GradStats:
     row, values = stats.row, stats.norms
     if isinstance(row, StatsRow) and isinstance(values, list):  # measured on the host
         inv = 1.0 / float(scale)  # the scale is a CPU tensor here: no sync
-        host_row = row._replace(grad_norm=row.grad_norm * inv, max_tensor_norm=row.max_tensor_norm * inv)
-        return GradStats(host_row, [v * inv for v in values], stats.index, stats.grads, stats.clipped)
-    assert isinstance(row, Tensor) and isinstance(values, Tensor)
-    s = scale.to(row.device).reshape(1).float()
-    device_row = torch.cat((row[NORM_FIELDS] / s, row[COUNT_FIELDS]))
-    return GradStats(device_row, values / s, stats.index, stats.grads, stats.clipped)
+        scaled = row._replace(grad_norm=row.grad_norm * inv, max_tensor_norm=row.max_tensor_norm * inv)
+        return GradStats([v * inv for v in values], stats.index, stats.grads, scaled, stats.clipped)
+    assert isinstance(values, Tensor)
+    s = scale.to(values.device).reshape(1).float()
+    device_row = torch.cat((row[NORM_FIELDS] / s, row[COUNT_FIELDS])) if isinstance(row, Tensor) else None
+    return GradStats(values / s, stats.index, stats.grads, device_row, stats.clipped)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .norms import StatsRow
+from .norms import StatsRow, host_row
 
 __all__ = ["PendingStep", "StepValues", "read_back"]
 
@@ -23,17 +23,22 @@ __all__ = ["PendingStep", "StepValues", "read_back"]
 class PendingStep:
     """One optimizer step waiting to be read back.
 
-    ``row`` is None for a step a GradScaler skipped (its pre-hook never ran); ``found_inf`` is
-    the overflow flag a fused optimizer stepped by a GradScaler received (a no-op step).
+    ``row`` is the stats row when it was computed (on the host, or on the device for clipping
+    or a sharded reduction), else None: it is then derived from ``layer_norms`` once they are
+    on the host. ``skipped``: a GradScaler skipped the step (its pre-hook never ran);
+    ``found_inf`` is the overflow flag a fused optimizer stepped by a GradScaler received (a
+    no-op step).
     """
 
     step: int
-    row: Tensor | StatsRow | None
+    row: Tensor | StatsRow | None = None
     loss: float | Tensor | None = None
     lr: float | Tensor | None = None
     layer_norms: Tensor | list[float] | None = None
     layer_index: Sequence[int] = ()
     found_inf: float | Tensor | None = None
+    skipped: bool = False
+    param_groups: int = 1
 
 
 @dataclass(slots=True)
@@ -46,6 +51,7 @@ class StepValues:
     lr: float | None
     layer_norms: list[float] | None
     layer_index: Sequence[int]
+    param_groups: int = 1
 
     @property
     def n_tensors(self) -> int:
@@ -63,7 +69,11 @@ def read_back(queue: Sequence[PendingStep]) -> list[StepValues]:
     flat: list[float] = []
     if tensors:
         dev = tensors[0].device
-        flat = torch.cat([t.detach().reshape(-1).float().to(dev, non_blocking=True) for t in tensors]).tolist()
+        parts = [
+            t.reshape(-1) if t.device == dev and t.dtype == torch.float32 else t.reshape(-1).float().to(dev)
+            for t in tensors
+        ]
+        flat = torch.cat(parts).tolist()  # the one host-device sync
     at = 0
 
     def take(value: Tensor | float | list[float] | StatsRow | None) -> float | Sequence[float] | None:
@@ -81,15 +91,20 @@ def read_back(queue: Sequence[PendingStep]) -> list[StepValues]:
         loss, lr = take(p.loss), take(p.lr)
         norms = take(p.layer_norms)
         inf = take(p.found_inf)
-        skipped = p.row is None or (inf is not None and bool(_scalar(inf)))
+        skipped = p.skipped or (inf is not None and bool(_scalar(inf)))
+        if isinstance(row, Sequence):
+            stats: StatsRow | None = StatsRow(*row)
+        else:
+            stats = host_row(norms) if isinstance(norms, Sequence) else None
         values.append(
             StepValues(
                 step=p.step,
-                row=None if skipped or not isinstance(row, Sequence) else StatsRow(*row),
+                row=None if skipped else stats,
                 loss=_scalar(loss),
                 lr=_scalar(lr),
                 layer_norms=list(norms) if isinstance(norms, Sequence) else None,
                 layer_index=p.layer_index,
+                param_groups=p.param_groups,
             )
         )
     return values

@@ -13,7 +13,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["inner_scaler", "unwrap_optimizer"]
+__all__ = ["inner_scaler", "not_an_optimizer", "unwrap_optimizer"]
+
+
+def not_an_optimizer(obj: Any) -> TypeError:
+    """The error for something ``watch()`` cannot hook, saying what to pass instead."""
+    return TypeError(
+        f"watch() expects a torch.optim.Optimizer, got {type(obj).__name__}. "
+        "Pass the optimizer whose step() runs the update (for Lightning, use the "
+        "wandb_gradema.integrations.lightning callback)."
+    )
 
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -29,11 +38,7 @@ def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
             break
         optimizer, seen = inner, seen + 1
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            f"watch() expects a torch.optim.Optimizer, got {type(optimizer).__name__}. "
-            "Pass the optimizer whose step() runs the update (for Lightning, use the "
-            "wandb_gradema.integrations.lightning callback)."
-        )
+        raise not_an_optimizer(optimizer)
     return optimizer
 
 

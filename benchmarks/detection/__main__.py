@@ -1,8 +1,10 @@
-"""``python -m benchmarks.detection [--split dev|test|holdout|shared-dev|all] [--retrain] [--quick] [--details]``.
+"""``python -m benchmarks.detection [--split NAME|all] [--retrain] [--quick] [--details] [--no-families]``.
 
-Prints, per split, the class counts and one table: the product's default detector and every
-reference rule, scored with the shared README's metrics. Traces are trained on first use (at
-most two processes) and cached under ``benchmarks/detection/out/``.
+Prints, per split, the class counts and one table: the product's default detector (escalations,
+then prunes: its first *confirmed* escalation), gradients only, and every reference rule, scored
+with the shared README's metrics; then one row per scenario family, escalations and prunes side
+by side. Traces are trained on first use (at most two processes) and cached under
+``benchmarks/detection/out/``.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import argparse
 import sys
 import time
 
-from .detectors import all_detectors, product
-from .evaluate import counts_line, evaluate, format_table
+from .detectors import all_detectors, fire, product
+from .evaluate import counts_line, format_families, format_table, score
 from .suite import MAX_JOBS, load_split
 
-SPLITS = ("dev", "test", "holdout", "shared-dev")
+SPLITS = ("dev", "test", "holdout", "shared-dev", "ext-dev", "ext-test", "ext-holdout")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,24 +28,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retrain", action="store_true", help="train every run again, ignoring the cache")
     parser.add_argument("--quick", action="store_true", help="a handful of scenarios only (CI)")
     parser.add_argument("--jobs", type=int, default=MAX_JOBS, help=f"training processes (at most {MAX_JOBS})")
-    parser.add_argument("--details", action="store_true", help="list every run's label and default fire step")
+    parser.add_argument("--details", action="store_true", help="list every run's label and default fire steps")
+    parser.add_argument("--no-families", action="store_true", help="skip the per-family tables")
     args = parser.parse_args(argv)
 
     splits = ("quick",) if args.quick else SPLITS if args.split == "all" else (args.split,)
     start = time.perf_counter()
     for split in splits:
         traces = load_split(split, retrain=args.retrain, jobs=args.jobs, progress=_progress)
-        results = {name: evaluate(traces, det) for name, det in all_detectors().items()}
+        firings = {name: [fire(det, t) for t in traces] for name, det in all_detectors().items()}
+        results = {name: score(traces, f) for name, f in firings.items()}
         print(f"\n## {counts_line(split, next(iter(results.values())))}\n")
         print(format_table(results))
         ambiguous = [t.name for t in traces if t.label == "ambiguous"]
         if ambiguous:
             print(f"\nambiguous (excluded): {', '.join(ambiguous)}")
+        if not args.no_families:
+            for name in ("gradema (default)", "gradema (gradients only)"):
+                print(f"\n{split}, {name}, per family:\n")
+                print(format_families(traces, firings[name]))
         if args.details:
-            print(f"\n{'run':24} {'label':9} {'t_div':>5} {'fire':>5}")
             default = product()
+            print(f"\n{'run':24} {'label':9} {'t_div':>5} {'escalated':>9} {'pruned':>6}")
             for t in traces:
-                print(f"{t.name:24} {t.label:9} {t.t_div!s:>5} {default(t)!s:>5}")
+                f = fire(default, t)
+                print(f"{t.name:24} {t.label:9} {t.t_div!s:>5} {f.escalated!s:>9} {f.pruned!s:>6}")
     print(f"\n{time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 

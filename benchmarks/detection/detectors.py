@@ -1,9 +1,12 @@
-"""Detectors to judge: anything mapping a trace to its first fire step (or None).
+"""Detectors to judge: anything mapping a trace to its first fire step (or None), or to a
+``Firing`` (first escalation, first prune).
 
 - ``product(**options)``: the library's ``AnomalyDetector`` + ``EscalationPolicy``, replaying the
-  trace's ``Observation``s exactly as the monitor does (``check`` then ``update``). Options are
-  any ``AnomalyDetector`` setting or ``patience``/``cooldown_steps``; ``product()`` is the default.
-- ``REFERENCE_RULES``: the simple rules of the shared README, on the gradient norm or the loss.
+  trace's ``Observation``s exactly as the monitor does (``check`` then ``update``); its prune step
+  is the first *confirmed* escalation, the only kind the monitor prunes on. Options are any
+  ``AnomalyDetector`` setting or ``patience``/``cooldown_steps``; ``product()`` is the default.
+- ``REFERENCE_RULES``: the simple rules of the shared README, on the gradient norm or the loss
+  (a rule that fires, prunes).
 """
 
 from __future__ import annotations
@@ -11,37 +14,57 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from wandb_gradema import AnomalyDetector, EscalationPolicy, GradientEMATracker
 
 from .trace import Trace
 
-Detector = Callable[[Trace], int | None]
+
+class Firing(NamedTuple):
+    """Where a detector first escalated and first pruned on one trace (None: never)."""
+
+    escalated: int | None
+    pruned: int | None
+
+
+Detector = Callable[[Trace], "int | None | Firing"]
 
 POLICY_OPTIONS = ("patience", "cooldown_steps", "telemetry_steps")
+
+
+def fire(detector: Detector, trace: Trace) -> Firing:
+    """``detector`` on ``trace`` as a ``Firing`` (a plain fire step escalates and prunes)."""
+    out = detector(trace)
+    return out if isinstance(out, Firing) else Firing(out, out)
 
 
 def product(*, use_loss: bool = True, **options: Any) -> Detector:
     """The product's detector with ``options`` (validated now); no options: the defaults.
 
     ``use_loss=False`` replays the gradients only, as for a user who never calls
-    ``observe_loss``.
+    ``observe_loss``. Returns the trace's ``Firing``: first escalation, first confirmed one.
     """
     policy_kw = {k: options.pop(k) for k in POLICY_OPTIONS if k in options}
     AnomalyDetector(**options)  # raise on bad options now, not on the first trace
     EscalationPolicy(**policy_kw)
 
-    def fire(trace: Trace) -> int | None:
+    def replay(trace: Trace) -> Firing:
         detector, policy = AnomalyDetector(**options), EscalationPolicy(**policy_kw)
+        escalated = None
         for obs in trace.observations():
             if not use_loss:
                 obs = dataclasses.replace(obs, loss=None)
-            if policy.update(detector.check(obs)) is not None:
-                return obs.step
-        return None
+            event = policy.update(detector.check(obs))
+            if event is None:
+                continue
+            if escalated is None:
+                escalated = obs.step
+            if event.confirmed:
+                return Firing(escalated, obs.step)
+        return Firing(escalated, None)
 
-    return fire
+    return replay
 
 
 def _first(hits: Iterable[bool], consecutive: int = 1, within: int | None = None) -> int | None:

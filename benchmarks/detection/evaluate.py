@@ -8,7 +8,10 @@
 - compute saved: share of the failing (diverged + collapsed) runs' steps after the fire step,
   and the same share for healthy runs (compute wrongly killed).
 
-Ambiguous runs are counted and excluded.
+A detector fires twice over: its first escalation and its first prune (the first *confirmed*
+escalation, the only kind the monitor prunes on). Every metric is computed for both
+(``Metrics.escalate``, ``Metrics.prune``); a reference rule that only fires prunes where it
+fires. Ambiguous runs are counted and excluded.
 """
 
 from __future__ import annotations
@@ -18,21 +21,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .detectors import Detector
+from .detectors import Detector, Firing, fire
 from .trace import Trace
 
 LATE = 30  # t_div from which an early warning is possible at all
 
 
 @dataclass(frozen=True)
-class Metrics:
-    """One detector's scores on one set of traces (rates in [0, 1], NaN when undefined)."""
+class Scores:
+    """One action's scores (escalate or prune) on one set of traces (rates in [0, 1], NaN when
+    undefined)."""
 
-    n_healthy: int
-    n_diverged: int
-    n_diverged_late: int
-    n_collapsed: int
-    n_ambiguous: int
     recall_before: float
     recall_before_late: float
     caught: float
@@ -42,6 +41,19 @@ class Metrics:
     false_positive: float
     compute_saved: float
     healthy_killed: float
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """One detector's scores on one set of traces: class counts, then per action."""
+
+    n_healthy: int
+    n_diverged: int
+    n_diverged_late: int
+    n_collapsed: int
+    n_ambiguous: int
+    escalate: Scores
+    prune: Scores
 
 
 def _rate(flags: Sequence[bool]) -> float:
@@ -55,22 +67,14 @@ def _saved(runs: Sequence[tuple[Trace, int | None]]) -> float:
     return skipped / total if total else float("nan")
 
 
-def evaluate(traces: Sequence[Trace], detector: Detector) -> Metrics:
-    """Run ``detector`` on every labelled trace and score it."""
-    fired = [(t, detector(t)) for t in traces]
+def _scores(fired: Sequence[tuple[Trace, int | None]]) -> Scores:
     by = {
-        label: [(t, f) for t, f in fired if t.label == label]
-        for label in ("healthy", "diverged", "collapsed")
+        label: [(t, f) for t, f in fired if t.label == label] for label in ("healthy", "diverged", "collapsed")
     }
     div = [(t.t_div, f) for t, f in by["diverged"] if t.t_div is not None]  # (t_div, fire)
     early = [t_div - f for t_div, f in div if f is not None and f < t_div]  # lead times
     late = [(t_div, f) for t_div, f in div if t_div >= LATE]
-    return Metrics(
-        n_healthy=len(by["healthy"]),
-        n_diverged=len(div),
-        n_diverged_late=len(late),
-        n_collapsed=len(by["collapsed"]),
-        n_ambiguous=sum(t.label == "ambiguous" for t in traces),
+    return Scores(
         recall_before=_rate([f is not None and f < t_div for t_div, f in div]),
         recall_before_late=_rate([f is not None and f < t_div for t_div, f in late]),
         caught=_rate([f is not None for _, f in div]),
@@ -80,6 +84,26 @@ def evaluate(traces: Sequence[Trace], detector: Detector) -> Metrics:
         false_positive=_rate([f is not None for _, f in by["healthy"]]),
         compute_saved=_saved(by["diverged"] + by["collapsed"]),
         healthy_killed=_saved(by["healthy"]),
+    )
+
+
+def evaluate(traces: Sequence[Trace], detector: Detector) -> Metrics:
+    """Run ``detector`` on every labelled trace and score its escalations and prunes."""
+    return score(traces, [fire(detector, t) for t in traces])
+
+
+def score(traces: Sequence[Trace], firings: Sequence[Firing]) -> Metrics:
+    """Score precomputed firings (one per trace, in order)."""
+    labels = [t.label for t in traces]
+    div = [t for t in traces if t.label == "diverged" and t.t_div is not None]
+    return Metrics(
+        n_healthy=labels.count("healthy"),
+        n_diverged=len(div),
+        n_diverged_late=sum(t.t_div >= LATE for t in div if t.t_div is not None),
+        n_collapsed=labels.count("collapsed"),
+        n_ambiguous=labels.count("ambiguous"),
+        escalate=_scores([(t, f.escalated) for t, f in zip(traces, firings)]),
+        prune=_scores([(t, f.pruned) for t, f in zip(traces, firings)]),
     )
 
 
@@ -110,12 +134,7 @@ def counts_line(split: str, m: Metrics) -> str:
     )
 
 
-def format_table(results: dict[str, Metrics]) -> str:
-    """A Markdown table: one row per detector, one column per metric."""
-    header = ["detector", *(c[0] for c in COLUMNS)]
-    rows = [
-        [name, *(_cell(getattr(m, attr), kind) for _, attr, kind in COLUMNS)] for name, m in results.items()
-    ]
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -127,3 +146,65 @@ def format_table(results: dict[str, Metrics]) -> str:
 
     sep = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def format_table(results: dict[str, Metrics], *, prunes: bool = True) -> str:
+    """A Markdown table: one row per detector and action, one column per metric.
+
+    Each detector gets an "escalated" row and, when ``prunes`` and its prunes differ from its
+    escalations anywhere, a "pruned" row.
+    """
+    header = ["detector", *(c[0] for c in COLUMNS)]
+    rows = []
+    for name, m in results.items():
+        rows.append([name, *(_cell(getattr(m.escalate, attr), kind) for _, attr, kind in COLUMNS)])
+        if prunes and m.prune != m.escalate:
+            rows.append([f"{name}, pruned", *(_cell(getattr(m.prune, attr), kind) for _, attr, kind in COLUMNS)])
+    return _markdown(header, rows)
+
+
+def _lead(diverged: list[tuple[int, Firing]], kind: str) -> str:
+    """Median lead (t_div - fire step) over the runs caught before t_div, by ``kind`` of firing."""
+    leads = [td - getattr(f, kind) for td, f in diverged if getattr(f, kind) is not None and getattr(f, kind) < td]
+    return f"{np.median(leads):.0f}" if leads else "–"
+
+
+FAMILY_COLUMNS = (
+    "family (h/d/c)", "healthy escalated", "healthy pruned", "diverged caught", "caught early (t_div>=30)",
+    "diverged pruned", "pruned early (t_div>=30)", "median lead esc / prune", "collapse esc / prune",
+)  # fmt: skip
+
+
+def format_families(traces: Sequence[Trace], firings: Sequence[Firing]) -> str:
+    """A Markdown table with one row per scenario family: escalations and prunes side by side.
+
+    Rates are "k/n" counts (a family holds a handful of runs); "–" where the family has none.
+    """
+    families: dict[str, list[int]] = {}
+    for i, t in enumerate(traces):
+        families.setdefault(t.family, []).append(i)
+
+    def frac(hits: list[bool]) -> str:
+        return f"{sum(hits)}/{len(hits)}" if hits else "–"
+
+    rows = []
+    for family, idx in families.items():
+        runs = [(traces[i], firings[i]) for i in idx]
+        h = [f for t, f in runs if t.label == "healthy"]
+        d = [(t.t_div, f) for t, f in runs if t.label == "diverged" and t.t_div is not None]
+        c = [f for t, f in runs if t.label == "collapsed"]
+        late = [(td, f) for td, f in d if td >= LATE]
+
+
+        rows.append([
+            f"{family} ({len(h)}/{len(d)}/{len(c)})",
+            frac([f.escalated is not None for f in h]),
+            frac([f.pruned is not None for f in h]),
+            frac([f.escalated is not None for _, f in d]),
+            frac([f.escalated is not None and f.escalated < td for td, f in late]),
+            frac([f.pruned is not None for _, f in d]),
+            frac([f.pruned is not None and f.pruned < td for td, f in late]),
+            f"{_lead(d, 'escalated')} / {_lead(d, 'pruned')}" if d else "–",
+            f"{frac([f.escalated is not None for f in c])} / {frac([f.pruned is not None for f in c])}" if c else "–",
+        ])  # fmt: skip
+    return _markdown(list(FAMILY_COLUMNS), rows)

@@ -11,6 +11,18 @@ chance level, m(t) the centred 21-step rolling median of the loss (non-finite lo
   twin on the same task learns (the caller says whether one does);
 - **healthy**: final loss (median of the last 10%) < 0.85·R;
 - anything else (never learned clearly, never collapsed clearly) is **ambiguous**.
+
+Two extensions, for the extended suite only (the original suite is labelled exactly as above):
+
+- **batch-loss shape**: MSE over 2-8 examples is so skewed that the median of a dead run's
+  batch losses sits well below its mean (ln 2 = 0.69 of it for 2 examples); the levels the
+  medians are compared with are scaled by ``median_ratio``, the median / mean of the run's batch
+  losses at initialisation, so a dead run is not "learned" by its noise;
+- **fine-tunes** (a run from a pretrained state): the run's own start is its reference. With
+  S = L0 and F = min(2 L0, (L0 + C) / 2) (the loss doubled, or half-way back to chance), a step
+  is bad when non-finite or m(t) >= F (forgetting); **diverged** when a bad step comes after the
+  last step with m < S; **healthy** when the final loss is below S (any progress); else
+  ambiguous. A fine-tune is never "collapsed".
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ LEARNED = 0.85
 CHANCE = 0.98
 EXPLODE = 5.0
 TAIL = 0.10
+FORGET = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,8 @@ def label_run(
     chance_loss: float,
     *,
     task_learns: bool = True,
+    median_ratio: float = 1.0,
+    finetune: bool = False,
 ) -> Verdict:
     """Label one run from its per-step losses and per-step non-finite-gradient flags/counts.
 
@@ -60,10 +75,14 @@ def label_run(
         init_loss: L0, the mean loss over 8 batches at initialisation.
         chance_loss: C, the loss of the best input-independent predictor.
         task_learns: whether a healthy run exists on the same task (required for ``collapsed``).
+        median_ratio: scales the levels medians are compared with (see the module docstring).
+        finetune: label as a fine-tune: the run's own start is its reference.
     """
     loss = np.asarray(loss, dtype=np.float64)
-    r = min(init_loss, chance_loss)
     m = rolling_median(loss)
+    if finetune:
+        return _label_finetune(loss, m, grad_nonfinite, init_loss, chance_loss, median_ratio)
+    r = min(init_loss, chance_loss) * median_ratio
     learned = m < LEARNED * r
     learned_before = np.concatenate([[False], np.cumsum(learned)[:-1] > 0])
     bad = (
@@ -83,3 +102,18 @@ def label_run(
     if final >= CHANCE * r and task_learns:
         return Verdict("collapsed")
     return Verdict("ambiguous")
+
+
+def _label_finetune(
+    loss: np.ndarray, m: np.ndarray, grad_nonfinite: np.ndarray, init_loss: float, chance_loss: float, ratio: float
+) -> Verdict:
+    start = init_loss * ratio
+    forget = min(FORGET * init_loss, (init_loss + chance_loss) / 2) * ratio
+    bad = ~np.isfinite(loss) | (np.asarray(grad_nonfinite) > 0) | (m >= forget)
+    good = m < start
+    last_good = int(np.flatnonzero(good)[-1]) if good.any() else -1
+    after = np.flatnonzero(bad[last_good + 1 :])
+    if after.size:
+        return Verdict("diverged", last_good + 1 + int(after[0]))
+    tail = np.where(np.isfinite(loss), loss, np.inf)[-max(1, round(TAIL * len(loss))) :]
+    return Verdict("healthy") if float(np.median(tail)) < start else Verdict("ambiguous")

@@ -18,6 +18,10 @@ TEST_SEED_OFFSET = 100
 #: ``holdout``: every variant of both splits again, with seeds no other split uses. Nothing was
 #: tuned on it: it judges whether the defaults generalise beyond the runs they were chosen on.
 HOLDOUT_SEED_OFFSET = 1000
+#: The extended suite (``EXTENDED``) has splits of its own, named with this prefix.
+EXTENDED_PREFIX = "ext-"
+EXTENDED_SPLITS = ("ext-dev", "ext-test", "ext-holdout")
+EXTENDED_HOLDOUT_SEED_OFFSET = 2000
 
 CNN: dict[str, Any] = {"model": "cnn"}
 CANCER: dict[str, Any] = {"task": "cancer", "width": 32}
@@ -208,7 +212,10 @@ def _seed(split: str, variant: int) -> int:
 
 
 def scenarios(split: str) -> list[tuple[str, Spec]]:
-    """The named specs of ``split``: ``dev``, ``test``, ``holdout`` or ``quick`` (dev variants, for CI)."""
+    """The named specs of ``split``: ``dev``, ``test``, ``holdout`` or ``quick`` (dev variants, for
+    CI); ``ext-dev``, ``ext-test``, ``ext-holdout`` for the extended suite."""
+    if split.startswith(EXTENDED_PREFIX):
+        return _extended(split)
     if split == "quick":
         return [(f"{fam}-{i}", make_spec(**FAMILIES[fam][i], seed=_seed("dev", i))) for fam, i in QUICK]
     if split == "holdout":
@@ -223,6 +230,146 @@ def scenarios(split: str) -> list[tuple[str, Spec]]:
     return [
         (f"{fam}-{i}", make_spec(**cfg, seed=_seed(split, i)))
         for fam, variants in FAMILIES.items()
+        for i, cfg in enumerate(variants)
+        if i % 2 == parity
+    ]
+
+
+# ==================================================================== the extended suite
+# Runs people sweep beyond 300 steps from scratch: tiny noisy batches, long schedules with late
+# bursts of corrupted batches, fine-tunes, late learners, warm restarts and cyclic LRs, late
+# failures. Same scheme: even variants in ``ext-dev``, odd ones in ``ext-test`` (seed + 100),
+# every variant in ``ext-holdout`` with seeds nothing else uses.
+SUM16: dict[str, Any] = {"task": "sum16", "width": 64}
+SINE16: dict[str, Any] = {"task": "sine16", "width": 64}
+SIGN16: dict[str, Any] = {"task": "sign16", "width": 64}
+PARITY: dict[str, Any] = {"task": "parity", "width": 128}
+TANH6: dict[str, Any] = {"task": "regress", "width": 64, "depth": 6, "act": "tanh"}
+
+
+def _burst(kind: str, at: int, n: int, arg: float = 0.0) -> dict[str, Any]:
+    """``n`` corrupted batches in a row from step ``at``."""
+    return {"faults": [[at + i, kind, arg] for i in range(n)]}
+
+
+def _ft(steps: int, **kw: Any) -> dict[str, Any]:
+    """A fine-tune: ``steps`` of Adam pretraining first."""
+    return {"pretrain_steps": steps, **kw}
+
+
+EXTENDED: dict[str, list[dict[str, Any]]] = {
+    # ---------------------------------------------------------------- healthy
+    "h_noisy_reg": [  # the issue's plain loops: MSE over 2-8 examples, Adam or SGD, clipped or not
+        {**SUM16, "lr": 1e-3, "batch_size": 8, "steps": 400},
+        {**SUM16, "lr": 3e-4, "batch_size": 4, "steps": 500},
+        {**SINE16, "lr": 1e-3, "batch_size": 8, "steps": 500},
+        {**SINE16, "lr": 3e-4, "batch_size": 2, "steps": 800},
+        {**SUM16, **SGD, "momentum": 0.0, "lr": 0.01, "batch_size": 8, "clip": 1.0, "steps": 400},
+        {**SINE16, "lr": 1e-3, "batch_size": 4, "clip": 1.0, "clip_via": "watch", "steps": 800},
+        {**REG, "lr": 1e-3, "batch_size": 2, "steps": 500},
+        {**SUM16, "optimizer": "adamw", "lr": 3e-3, "batch_size": 4, "weight_decay": 0.01, **_cos(30), "steps": 500},
+    ],
+    "h_noisy_bce": [
+        {**CANCER, "lr": 1e-3, "batch_size": 2, "steps": 500},
+        {**CANCER, **SGD, "lr": 0.01, "batch_size": 4, "steps": 500},
+        {**SIGN16, "lr": 3e-3, "batch_size": 8, "steps": 800},
+        {**SIGN16, "optimizer": "adamw", "lr": 3e-3, "batch_size": 8, "weight_decay": 0.01, **_cos(50), "steps": 800},
+        {**CANCER, "lr": 3e-4, "batch_size": 4, "clip": 1.0, "steps": 500},
+        {**CANCER, **SGD, "momentum": 0.0, "lr": 0.05, "batch_size": 2, "steps": 500},
+    ],
+    "h_long": [  # 1,000-3,000 steps, decaying schedules, bursts of corrupted batches late
+        {**SGD, "lr": 0.05, "steps": 2000, **_cos(100), **_burst("yshuffle", 1400, 5)},
+        {**REG, "lr": 2e-3, "steps": 1500, "schedule": "step", "step_every": 500, "step_gamma": 0.3, **_burst("ynoise", 1000, 4, 5.0)},
+        {**CNN, "lr": 1e-3, "batch_size": 16, "steps": 1500, **_cos(100), **_burst("xscale", 900, 6, 10.0)},
+        {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "batch_size": 16, "steps": 3000, **_cos(200),
+         "faults": [[1200 + i, "yshuffle", 0] for i in range(3)] + [[2400 + i, "yshuffle", 0] for i in range(5)]},
+        {**SINE16, "lr": 1e-3, "batch_size": 8, "steps": 2000, **_cos(100), **_burst("ynoise", 1500, 5, 3.0)},
+        {**GRU, "lr": 5e-3, "clip": 1.0, "steps": 1000, **_cos(50), **_burst("yshuffle", 700, 4)},
+        {**SGD, "lr": 0.05, "steps": 1500, "schedule": "step", "step_every": 600, **_burst("xscale", 1000, 3, 20.0)},
+        {**SUM16, "lr": 1e-3, "batch_size": 8, "steps": 2500, **_cos(100), **_burst("ynoise", 2000, 6, 20.0)},
+    ],
+    "h_finetune": [  # from a pretrained state, fresh optimizer, small LR: a few % of progress
+        {**SINE16, **_ft(500), "lr": 1e-4, "batch_size": 8, "steps": 400},
+        {**_ft(150), "lr": 1e-4, "batch_size": 16, "steps": 400},
+        {**CANCER, **_ft(100), **SGD, "lr": 3e-3, "batch_size": 16, "steps": 400},
+        {**_ft(300), "lr": 1e-4, "steps": 400, "unfreeze_at": 100, "unfreeze_lr": 1e-3},  # add_param_group, 10x LR
+        {**REG, **_ft(400), "lr": 1e-2, "steps": 400},  # a fresh Adam kicks the model, which recovers
+        {**GRU, **_ft(300, pretrain_lr=5e-3), "lr": 3e-4, "steps": 300},
+        {**SUM16, **_ft(300), **SGD, "lr": 1e-3, "batch_size": 8, "steps": 400},
+        {**REG, **_ft(200), "optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.01, **_cos(20), "steps": 400},
+    ],
+    "h_late": [  # a plateau of 100-250 steps, then learning
+        {**PARITY, "lr": 3e-4, "steps": 800},
+        {**PARITY, "width": 64, "lr": 5e-4, "batch_size": 16, "steps": 800},
+        {**TANH6, "weight_scale": 0.5, **SGD, "lr": 0.02, "steps": 800},
+        {**PARITY, **SGD, "lr": 0.02, "steps": 800},
+        {**TANH6, "weight_scale": 0.1, "lr": 3e-4, "steps": 800},
+        {**TANH6, "weight_scale": 0.5, **SGD, "lr": 0.03, "steps": 800},
+    ],
+    "h_cyclic": [  # warm restarts, cyclic and one-cycle schedules
+        {**SGD, "lr": 0.1, "steps": 1500, "schedule": "cosine_restarts", "step_every": 200, "restart_mult": 2},
+        {**REG, **SGD, "lr": 0.05, "steps": 1500, "schedule": "cyclic", "step_every": 300, "cycle_low": 0.05},
+        {"lr": 3e-3, "steps": 1200, "schedule": "onecycle"},
+        {**CNN, **SGD, "lr": 0.05, "batch_size": 16, "steps": 1200, "schedule": "cosine_restarts", "step_every": 300, "warmup": 50},
+        {**SINE16, "lr": 3e-3, "batch_size": 8, "steps": 1500, "schedule": "cyclic", "step_every": 400, "cycle_low": 0.1},
+        {**GRU, "lr": 5e-3, "clip": 1.0, "steps": 1000, "schedule": "cosine_restarts", "step_every": 250},
+        {**CANCER, **SGD, "lr": 0.05, "steps": 1000, "schedule": "onecycle"},
+        {**SUM16, "lr": 3e-3, "batch_size": 8, "steps": 1500, "schedule": "cosine_restarts", "step_every": 300},
+    ],
+    # ---------------------------------------------------------------- diverged
+    "d_noisy": [  # LRs too high, under the noise of 4-8 examples per batch
+        {**SUM16, **SGD, "lr": 0.02, "batch_size": 4, "steps": 400},
+        {**CANCER, **SGD, "lr": 1.0, "batch_size": 4, "steps": 400},
+        {**SUM16, "lr": 0.3, "batch_size": 8, "steps": 500, **RAMP},
+        {**SUM16, **SGD, "lr": 0.05, "batch_size": 4, "steps": 500, "schedule": "warmup_const", "warmup": 200},
+        {**CANCER, **SGD, "lr": 5.0, "batch_size": 4, "steps": 500, **RAMP},
+        {**SUM16, **SGD, "lr": 0.05, "batch_size": 8, "steps": 500, **RAMP},
+    ],
+    "d_forget": [  # fine-tunes with an LR far too high: the loss doubles and stays
+        {**_ft(300), "lr": 3e-2, "steps": 400},
+        {**_ft(300), **SGD, "lr": 0.5, "steps": 400},
+        {**GRU, **_ft(300, pretrain_lr=5e-3), "lr": 0.2, "steps": 300},
+        {**SINE16, **_ft(500), "lr": 0.1, "batch_size": 16, "steps": 400},
+        {**CANCER, **_ft(300), **SGD, "lr": 2.0, "batch_size": 16, "steps": 400},
+        {**REG, **_ft(300), **SGD, "lr": 0.15, "steps": 400},
+        {**SUM16, **_ft(300), "lr": 0.1, "batch_size": 8, "steps": 400},
+        {**TF, **_ft(300, pretrain_lr=3e-3), "lr": 0.03, "steps": 300},
+    ],
+    "d_late": [  # late failures: a schedule bug after step 800, slow momentum divergence, long ramps
+        {**SGD, "lr": 0.05, "steps": 1500, "bug_at": 900, "bug_factor": 20.0},
+        {**REG, **SGD, "lr": 0.02, "momentum": 0.99, "steps": 1500},
+        {"lr": 1e-3, "steps": 1500, "bug_at": 1000, "bug_factor": 100.0},
+        {**CNN, **SGD, "lr": 0.03, "steps": 1200, "bug_at": 850, "bug_factor": 20.0},
+        {**SGD, "lr": 1.5, "steps": 2000, **RAMP},
+        {**REG, "lr": 1e-3, "steps": 1500, **_cos(100), "bug_at": 1000, "bug_factor": 100.0},
+        {**CANCER, **SGD, "lr": 0.01, "steps": 1200, "bug_at": 800, "bug_factor": 300.0},
+        {**GRU, **SGD, "lr": 1.0, "steps": 1200, "bug_at": 900, "bug_factor": 10.0},
+    ],
+    # ---------------------------------------------------------------- collapsed
+    "c_extended": [  # dead from the start, in noisy or deep settings
+        {**PARITY, "bias_init": -5.0, "batch_size": 8, "steps": 500},
+        {**TANH6, "depth": 8, "weight_scale": 0.5, **SGD, "lr": 0.05, "steps": 800},
+        {**SINE16, **SGD, "lr": 0.05, "act": "sigmoid", "depth": 8, "steps": 500},
+        {**SIGN16, "bias_init": -5.0, "batch_size": 4, "steps": 500},
+        {**TANH6, "weight_scale": 0.4, **SGD, "lr": 0.05, "steps": 800},
+        {**PARITY, "lr": 1e-6, "steps": 600},
+    ],
+}
+
+
+def _extended(split: str) -> list[tuple[str, Spec]]:
+    if split not in EXTENDED_SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {EXTENDED_SPLITS}")
+    if split == "ext-holdout":
+        return [
+            (f"{fam}-{i}", make_spec(**cfg, seed=EXTENDED_HOLDOUT_SEED_OFFSET + i))
+            for fam, variants in EXTENDED.items()
+            for i, cfg in enumerate(variants)
+        ]
+    parity = EXTENDED_SPLITS.index(split)
+    return [
+        (f"{fam}-{i}", make_spec(**cfg, seed=i + (TEST_SEED_OFFSET if parity else 0)))
+        for fam, variants in EXTENDED.items()
         for i, cfg in enumerate(variants)
         if i % 2 == parity
     ]

@@ -14,7 +14,7 @@ import numpy as np
 
 from .cache import TraceCache
 from .labels import Verdict, label_run
-from .scenarios import scenarios
+from .scenarios import EXTENDED_PREFIX, scenarios
 from .spec import Spec
 from .trace import OBSERVATION_FIELDS, Trace
 from .train import train
@@ -31,7 +31,8 @@ def load_split(
     cache: TraceCache | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[Trace]:
-    """The labelled traces of ``split`` (``dev``, ``test``, ``quick`` or ``shared-dev``)."""
+    """The labelled traces of ``split`` (``dev``, ``test``, ``holdout``, ``quick``, ``shared-dev``,
+    ``ext-dev``, ``ext-test`` or ``ext-holdout``)."""
     if split == "shared-dev":
         return load_shared_dev()
     cache = cache or TraceCache()
@@ -68,7 +69,11 @@ def _train_all(todo: Sequence[tuple[str, Spec]], split: str, jobs: int) -> Itera
 
 
 def label_suite(traces: Sequence[Trace]) -> None:
-    """Label every trace; ``collapsed`` needs a healthy run on the same task in the suite."""
+    """Label every trace; ``collapsed`` needs a healthy run on the same task in the suite.
+
+    Traces of the extended suite (split ``ext-*``) are labelled with the extensions of
+    ``labels.py`` (batch-loss shape, fine-tunes); the original suite exactly as before.
+    """
     verdicts = [_label(t, task_learns=True) for t in traces]
     learns = {t.spec["task"] for t, v in zip(traces, verdicts) if v.label == "healthy"}
     for t, v in zip(traces, verdicts):
@@ -80,7 +85,16 @@ def label_suite(traces: Sequence[Trace]) -> None:
 def _label(trace: Trace, *, task_learns: bool) -> Verdict:
     a = trace.arrays
     nonfinite = a["n_nonfinite"] + ~np.isfinite(a["grad_norm"])
-    return label_run(a["loss"], nonfinite, trace.init_loss, trace.chance_loss, task_learns=task_learns)
+    extended = trace.split.startswith(EXTENDED_PREFIX)
+    return label_run(
+        a["loss"],
+        nonfinite,
+        trace.init_loss,
+        trace.chance_loss,
+        task_learns=task_learns,
+        median_ratio=trace.median_ratio if extended else 1.0,
+        finetune=extended and trace.is_finetune,
+    )
 
 
 def load_shared_dev(root: Path = SHARED_DEV) -> list[Trace]:

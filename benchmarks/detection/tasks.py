@@ -4,7 +4,13 @@
 - ``cancer``: sklearn's bundled breast-cancer set, binary (one logit, BCE);
 - ``regress``: a fixed synthetic nonlinear regression, 20 inputs, unit-variance target (MSE);
 - ``charlm``: next-character prediction on ``data/corpus.txt``, written once from the stdlib's
-  ``pydoc_data/topics.py`` (topics in sorted order, printable ASCII only, first ~80 KB).
+  ``pydoc_data/topics.py`` (topics in sorted order, printable ASCII only, first ~80 KB);
+- ``sum16``: ``y = x.sum(1)`` over 16 Gaussian inputs, unscaled (the issue's plain loop; MSE,
+  chance 16);
+- ``sine16``: a smooth non-linear target of 16 Gaussian inputs plus observation noise (MSE;
+  the noise floor is ~1/6 of the chance level; batches of 2-8 are very noisy);
+- ``sign16``: the sign of ``sine16``'s noiseless target, 10% of the labels flipped (BCE);
+- ``parity``: sparse parity of 3 of 10 +-1 bits (BCE): MLPs sit at chance for a while, then learn.
 
 The chance loss C is the loss of the best input-independent predictor: class-prior entropy,
 target variance, unigram entropy.
@@ -25,6 +31,10 @@ CORPUS = Path(__file__).parent / "data" / "corpus.txt"
 SEQ_LEN = 32
 REGRESS_INPUTS = 20
 REGRESS_SAMPLES = 2000
+SYNTH_SAMPLES = 4000
+SYNTH_INPUTS = 16
+PARITY_BITS = 10
+PARITY_K = 3
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,7 @@ class Task:
     in_dim: int  # features, or vocabulary size for ``charlm``
     out_dim: int
     chance_loss: float
+    kind: str = "ce"  # the loss: "mse", "bce" (one logit) or "ce"
 
     @property
     def is_lm(self) -> bool:
@@ -54,9 +65,9 @@ class Task:
 
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
         """The task's mean training loss."""
-        if self.name == "regress":
+        if self.kind == "mse":
             return F.mse_loss(out.squeeze(-1), y)
-        if self.name == "cancer":
+        if self.kind == "bce":
             return F.binary_cross_entropy_with_logits(out.squeeze(-1), y)
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
@@ -82,7 +93,8 @@ def load_task(name: str, unscaled: bool = False) -> Task:
         prior = _entropy(np.bincount(y))
         out_dim = 10 if name == "digits" else 1
         yt = torch.tensor(y, dtype=torch.long if name == "digits" else torch.float32)
-        return Task(name, torch.tensor(x, dtype=torch.float32), yt, x.shape[1], out_dim, prior)
+        kind = "ce" if name == "digits" else "bce"
+        return Task(name, torch.tensor(x, dtype=torch.float32), yt, x.shape[1], out_dim, prior, kind)
     if name == "regress":
         rng = np.random.default_rng(12345)
         x = rng.standard_normal((REGRESS_SAMPLES, REGRESS_INPUTS))
@@ -90,7 +102,28 @@ def load_task(name: str, unscaled: bool = False) -> Task:
         y = np.tanh(2 * x @ w) @ rng.standard_normal(8) + 0.1 * rng.standard_normal(REGRESS_SAMPLES)
         y = (y - y.mean()) / y.std()
         xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
-        return Task(name, xt, yt, REGRESS_INPUTS, 1, float(yt.var(unbiased=False)))
+        return Task(name, xt, yt, REGRESS_INPUTS, 1, float(yt.var(unbiased=False)), "mse")
+    if name in ("sum16", "sine16", "sign16"):
+        rng = np.random.default_rng(23456 if name == "sum16" else 34567)
+        x = rng.standard_normal((SYNTH_SAMPLES, SYNTH_INPUTS))
+        if name == "sum16":
+            y = x.sum(axis=1)
+        else:
+            w = rng.standard_normal((SYNTH_INPUTS, 2)) / np.sqrt(SYNTH_INPUTS)
+            clean = np.sin(1.5 * x @ w[:, 0]) + 0.5 * np.sin(2 * x @ w[:, 1])
+            noise = rng.standard_normal(SYNTH_SAMPLES)
+            flip = rng.random(SYNTH_SAMPLES) < 0.1
+            y = clean + 0.3 * noise if name == "sine16" else ((clean > 0) ^ flip).astype(np.float64)
+        xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+        if name == "sign16":
+            return Task(name, xt, yt, SYNTH_INPUTS, 1, _entropy(np.bincount(y.astype(np.int64))), "bce")
+        return Task(name, xt, yt, SYNTH_INPUTS, 1, float(yt.var(unbiased=False)), "mse")
+    if name == "parity":
+        rng = np.random.default_rng(45678)
+        x = rng.choice([-1.0, 1.0], size=(SYNTH_SAMPLES, PARITY_BITS))
+        y = (x[:, :PARITY_K].prod(axis=1) > 0).astype(np.float64)
+        xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+        return Task(name, xt, yt, PARITY_BITS, 1, _entropy(np.bincount(y.astype(np.int64))), "bce")
     if name == "charlm":
         text = CORPUS.read_text()
         vocab = sorted(set(text))

@@ -38,6 +38,9 @@ class Trace:
         init_loss: L0, mean loss over 8 batches at initialisation.
         chance_loss: C, the loss of the best input-independent predictor.
         n_params: number of model parameters.
+        median_ratio: median / mean of the batch losses at initialisation, at the run's batch
+            size (1.0 for traces recorded before it was measured): MSE over 2-8 examples is so
+            skewed that a median sits far below the mean, and the label compares medians.
         arrays: one array per name in ``ARRAYS``, one entry per optimizer step.
         live_fire: the step the live monitor first escalated on, or None (None for replayed-only
             traces such as the shared dev set, whose ``live_fire`` is unknown).
@@ -52,6 +55,7 @@ class Trace:
     n_params: int
     arrays: dict[str, np.ndarray]
     live_fire: int | None = None
+    median_ratio: float = 1.0
     verdict: Verdict | None = None
 
     @property
@@ -67,6 +71,16 @@ class Trace:
     def t_div(self) -> int | None:
         return None if self.verdict is None else self.verdict.t_div
 
+    @property
+    def family(self) -> str:
+        """The scenario family (the name without its variant index)."""
+        return self.name.rsplit("-", 1)[0]
+
+    @property
+    def is_finetune(self) -> bool:
+        """A run that starts from a pretrained state (its own start is its reference)."""
+        return bool(self.spec.get("pretrain_steps", 0))
+
     def observations(self) -> Iterator[Observation]:
         """The per-step ``Observation``s, as the live monitor built them."""
         cols = {k: self.arrays[k].tolist() for k in ARRAYS}  # exact Python ints and floats
@@ -81,6 +95,7 @@ class Trace:
             "chance_loss": self.chance_loss,
             "n_params": self.n_params,
             "live_fire": self.live_fire,
+            "median_ratio": self.median_ratio,
         }
 
     def save_arrays(self, path: Path) -> None:

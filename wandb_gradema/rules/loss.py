@@ -1,0 +1,377 @@
+"""Loss rules: every change is judged against the loss's own batch-to-batch noise.
+
+Statistics of the finite observed losses:
+
+- the **level** ``m``: the median of the last ``window`` losses (a burst of up to
+  ``window // 2`` corrupted batches cannot move it);
+- the **noise** ``sigma``: 1.048 x the median absolute difference between consecutive losses
+  over the last ``trend_window`` steps (the standard deviation for Gaussian noise; a smooth
+  trend barely moves it, heavy tails do not inflate it); the level's standard error is
+  ``se = 1.2533 sigma / sqrt(window)`` and a change of the level counts only beyond
+  ``band = z x sqrt(2) x se``;
+- the **start** ``ref``: the median of the first ``reference_steps`` losses or, when they
+  trend significantly, the Theil-Sen line through their logs read at step 0 (the median of
+  pairwise slopes: one lucky or corrupted batch cannot set it, a loss already falling or
+  exploding fast is traced back to where it began). A fine-tune's start is its pretrained
+  level;
+- the **best** level so far: the lowest median of the last ``trend_window`` losses (a longer
+  window than the level's, so the minimum of many noisy medians is not a lucky one), and the
+  Mann-Kendall trend of the same window (``trend_z`` < -threshold: still improving);
+- a **departure** from the start at the very first step: a fresh optimizer with a far too
+  high LR can wreck a pretrained model in one step, so every loss but the first is already
+  the wrecked level (the Theil-Sen start then traces the recovery back to a high start).
+  When the median of the next ``DEPART_STEPS`` losses is ``DEPART_LOSS`` x the first *and*
+  the median of their gradient norms ``DEPART_NORM`` x the first one (two independent signs;
+  a lucky first batch of 2 shows both at once in about 1% of runs, of 8 or more practically
+  never), or milder rises (``DEPART_*_MILD``) with every later loss of the reference window
+  above the first, the first loss is the start the explosion rules compare with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+from ._common import MEDIAN_SE, Findings
+from ._window import RollingWindow
+from .gradient import Ema
+
+__all__ = ["LossStats", "judge_loss", "theil_sen_start"]
+
+#: Losses in the fast median, read only in the window after an LR jump.
+FAST_WINDOW = 5
+#: Decay of the slow EMA of the noise (about 50 steps of memory).
+SLOW_NOISE_DECAY = 0.98
+#: Standard errors the longer median must be above the start for ``above_start`` (which also
+#: needs it to last a whole trend window: persistence, not one extreme median, is the evidence).
+ABOVE_Z = 3.0
+#: ``unstable_rise`` needs the level this share of ``best_band`` above its best.
+RISE_LEVEL = 0.25
+#: A departure at the first step: the next losses / the first, their gradient norms / the first.
+DEPART_STEPS = 3
+DEPART_LOSS = 8.0
+DEPART_NORM = 8.0
+#: ... or, when every one of the first ``reference_steps - 1`` losses is above the first, these.
+DEPART_LOSS_MILD = 2.0
+DEPART_NORM_MILD = 4.0
+#: ``above_start`` needs the longer median not to have fallen below this share of its value a
+#: trend window earlier (a fine-tune kicked by a fresh optimizer keeps recovering, by more than
+#: a quarter per window; forgetting stays).
+STAYS = 0.75
+
+_DIFF_TO_SD = 1.0 / (0.6745 * math.sqrt(2.0))  # median |x_t - x_{t-1}| -> sigma, Gaussian
+
+
+def theil_sen_start(values: list[float], trend_z: float = 2.0) -> float:
+    """Where a run's loss started, from its first ``values``.
+
+    With a significant trend (Mann-Kendall z beyond ``trend_z``), the Theil-Sen line through
+    ``(i, log values[i])`` read at ``i = 0`` (losses rise and fall by factors): the median of
+    ``log values[i] - slope * i``, with ``slope`` the median of the pairwise slopes, kept
+    within the values' range. Without one, the median: extrapolating a slope that is noise
+    would only add noise. Linear when a value is not positive.
+    """
+    n = len(values)
+    positive = min(values) > 0
+    ys = [math.log(v) for v in values] if positive else list(values)
+    slopes = sorted((ys[j] - ys[i]) / (j - i) for i in range(n) for j in range(i + 1, n))
+    mk = sum((d > 0) - (d < 0) for d in slopes)  # Mann-Kendall S
+    significant = n >= 4 and abs(mk) - 1 >= trend_z * math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
+    slope = _median(slopes) if slopes and significant else 0.0
+    start = _median(sorted(y - slope * i for i, y in enumerate(ys)))
+    if positive:
+        start = math.exp(start)
+    return min(max(start, min(values)), max(values))
+
+
+def _departed(first: list[float], norm_rise: float) -> bool:
+    """Did the run leave its start at the first step (see the module docstring)?"""
+    head = first[0]
+    if head <= 0:
+        return False
+    early = _median(sorted(first[1 : DEPART_STEPS + 1]))
+    if early >= DEPART_LOSS * head and norm_rise >= math.log(DEPART_NORM):
+        return True
+    # milder, but every later loss is above the first one
+    return head < min(first[1:]) and early >= DEPART_LOSS_MILD * head and norm_rise >= math.log(DEPART_NORM_MILD)
+
+
+def _median(ordered: list[float]) -> float:
+    n = len(ordered)
+    half = n // 2
+    return ordered[half] if n % 2 else 0.5 * (ordered[half - 1] + ordered[half])
+
+
+class LossStats:
+    """Running statistics of the finite losses (see the module docstring)."""
+
+    __slots__ = (
+        "reference_steps", "above_factor", "trend_z", "n", "first", "ref", "start", "departed", "prev", "short", "long",
+        "diffs", "log_diffs", "best", "best_upper", "slow_sigma", "above_run", "history", "norm_rise",
+        "level", "level_long", "sigma",
+    )  # fmt: skip
+
+    def __init__(
+        self, *, window: int, trend_window: int, reference_steps: int, above_factor: float, trend_z: float = 2.5
+    ) -> None:
+        self.reference_steps = reference_steps
+        self.trend_z = trend_z
+        self.above_factor = above_factor
+        self.above_run = 0  # steps in a row with the longer median above_factor x the start
+        self.n = 0
+        self.first: list[float] = []
+        self.ref: float | None = None  # the robust start (Theil-Sen)
+        self.start = math.nan  # what the explosion rules compare with: ref, or a departed first loss
+        self.departed = False
+        self.norm_rise = 0.0  # log norm rise over the first steps (for the departure test)
+        self.history: deque[float] = deque(maxlen=trend_window + 1)  # the longer medians
+        self.prev = math.nan
+        self.short = RollingWindow(window)
+        self.long = RollingWindow(trend_window, trend=True)
+        self.diffs = RollingWindow(trend_window)
+        self.log_diffs = RollingWindow(trend_window)  # |log x_t - log x_{t-1}|, for ratios
+        self.best = math.inf
+        self.best_upper = math.inf  # the upper quartile of the window where the best level was
+        self.slow_sigma = Ema(SLOW_NOISE_DECAY)  # the noise, slowly: what "no change" looks like
+        # After the latest step: the level, the longer level, the noise (a standard deviation).
+        self.level = self.level_long = self.sigma = math.nan
+
+    def observe(self, loss: float, norm_rise: float = 0.0) -> None:
+        """Fold in one finite loss; ``norm_rise``: log of the median gradient norm of steps 1 to
+        ``DEPART_STEPS`` over the first one (read once, at that step)."""
+        if self.ref is None:
+            self.first.append(loss)
+            if len(self.first) == DEPART_STEPS + 1:
+                self.norm_rise = norm_rise
+            if len(self.first) >= self.reference_steps:
+                self.ref = theil_sen_start(self.first, self.trend_z)
+                self.departed = _departed(self.first, self.norm_rise)
+                self.start = self.first[0] if self.departed else self.ref
+        if self.n:
+            self.diffs.push(abs(loss - self.prev))
+            if loss > 0 and self.prev > 0:
+                self.log_diffs.push(abs(math.log(loss / self.prev)))
+            self.sigma = _DIFF_TO_SD * self.diffs.median()
+            self.slow_sigma.update(self.sigma)
+        self.prev = loss
+        self.n += 1
+        self.short.push(loss)
+        self.long.push(loss)
+        level = self.level_long = self.long.median()
+        median = self.level = self.short.median()
+        self.history.append(level)  # from the first step: a fixed-size window once warm
+        if self.ref is not None and len(self.short.values) == self.short.size:
+            if median < self.best:
+                self.best, self.best_upper = median, self.short.quantile(0.75)
+            # in log space (a ratio to the start; an exploding loss's noise explodes with it),
+            # against the start's own uncertainty too: a median of ``reference_steps`` batches
+            # (a departed start is one batch of a settled pretrained model: trusted as it is)
+            above = level >= self.above_factor * self.start and self.log_ratio(level) > self.log_band(
+                ABOVE_Z, len(self.long), 10**9 if self.departed else self.reference_steps
+            )
+            self.above_run = self.above_run + 1 if above else 0
+
+    def fast_level(self) -> float:
+        """The median of the last ``FAST_WINDOW`` losses (read only after an LR jump)."""
+        values = self.short.values
+        return _median(sorted(values[i] for i in range(max(0, len(values) - FAST_WINDOW), len(values))))
+
+    def log_ratio(self, level: float) -> float:
+        """log(level / start), or -inf where undefined."""
+        return math.log(level / self.start) if level > 0 and self.start > 0 else -math.inf
+
+    def log_band(self, z: float, n: int, n_other: int) -> float:
+        """``band`` for log levels: the noise of the log losses (1.048 x median |d log x|)."""
+        sigma = _DIFF_TO_SD * self.log_diffs.median() if len(self.log_diffs) else math.inf
+        return z * MEDIAN_SE * sigma * math.sqrt(1 / n + 1 / n_other)
+
+    def band(self, z: float, sigma: float | None = None, n: int | None = None, n_other: int | None = None) -> float:
+        """The smallest difference between a median of ``n`` losses (the level's window by
+        default) and one of ``n_other`` (as many by default) that is significant at ``z``
+        standard errors (of the current noise, or of ``sigma``)."""
+        n = len(self.short) if n is None else n
+        n_other = n if n_other is None else n_other
+        return z * MEDIAN_SE * (self.sigma if sigma is None else sigma) * math.sqrt(1 / n + 1 / n_other)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "first": list(self.first),
+            "ref": self.ref,
+            "start": self.start,
+            "departed": self.departed,
+            "norm_rise": self.norm_rise,
+            "prev": self.prev,
+            "short": self.short.state(),
+            "long": self.long.state(),
+            "diffs": self.diffs.state(),
+            "log_diffs": self.log_diffs.state(),
+            "best": self.best,
+            "best_upper": self.best_upper,
+            "slow_sigma": self.slow_sigma.state(),
+            "above_run": self.above_run,
+            "history": list(self.history),
+        }
+
+    def load(self, s: dict[str, Any]) -> None:
+        self.n = int(s["n"])
+        self.first = [float(x) for x in s["first"]]
+        self.ref = None if s["ref"] is None else float(s["ref"])
+        self.start = float(s["start"])
+        self.prev, self.best, self.best_upper = float(s["prev"]), float(s["best"]), float(s["best_upper"])
+        self.slow_sigma.load(s["slow_sigma"])
+        self.above_run = int(s["above_run"])
+        self.departed = bool(s["departed"])
+        self.norm_rise = float(s["norm_rise"])
+        self.history = deque((float(x) for x in s["history"]), maxlen=self.history.maxlen)
+        self.short.load(s["short"])
+        self.long.load(s["long"])
+        self.diffs.load(s["diffs"])
+        self.log_diffs.load(s["log_diffs"])
+        self.level, self.level_long = self.short.median(), self.long.median()
+        self.sigma = _DIFF_TO_SD * self.diffs.median() if len(self.diffs) else math.nan
+
+
+class LossView:
+    """The derived quantities every loss rule reads, computed once per step."""
+
+    __slots__ = ("m", "m_long", "ref", "start", "best", "band", "best_band", "long_band", "trend", "progress", "learned")
+
+    def __init__(self, st: LossStats, *, z: float, learned_progress: float) -> None:
+        assert st.ref is not None
+        self.m = st.level
+        self.m_long = st.level_long
+        self.ref = st.ref
+        self.start = st.start
+        self.best = st.best
+        n_short, n_long = len(st.short.values), len(st.long.values)
+        unit = z * MEDIAN_SE * math.sqrt(2 / n_short)
+        sigma = st.sigma
+        self.band = unit * sigma  # against the current noise
+        # Against the slow noise: the noise of a diverging loss grows with it within a few
+        # steps and must not hide the rise.
+        self.best_band = unit * st.slow_sigma.mean
+        self.long_band = z * MEDIAN_SE * math.sqrt(2 / n_long) * sigma
+        self.trend = st.long.trend_z()
+        self.progress = self.ref - self.best  # how far below its start the level has been
+        self.learned = self.best <= (1 - learned_progress) * self.ref and self.progress > self.best_band
+
+    def lost(self, level: float, band: float, best: float | None = None) -> float:
+        """Share of the progress given back by ``level`` since ``best`` (the best level by
+        default); 0 until the rise beats ``band``."""
+        rise = level - (self.best if best is None else best)
+        return rise / self.progress if self.progress > 0 and rise > band else 0.0
+
+
+def view(st: LossStats, *, z: float, learned_progress: float) -> LossView | None:
+    """The derived quantities, or None while the rules cannot judge yet."""
+    if st.ref is None or st.ref <= 0 or st.start <= 0 or not st.short.full or not math.isfinite(st.best):
+        return None  # relative rules need a positive starting level (cross-entropy, MSE...)
+    return LossView(st, z=z, learned_progress=learned_progress)
+
+
+def holds_progress(v: LossView | None) -> bool:
+    """The run has learned and still holds most of it (shrinking gradients are convergence)."""
+    return v is not None and v.learned and v.m - v.best < 0.5 * v.progress
+
+
+def judge_loss(
+    st: LossStats,
+    v: LossView,
+    found: Findings,
+    *,
+    trend_z: float,
+    log_explode: float,
+    log_above: float,
+    relapse_threshold: float,
+    rise_threshold: float,
+    new_high: bool,
+    warm: bool,
+    z_loss: float,
+) -> None:
+    """Score the loss rules into ``found``.
+
+    * ``loss_explosion`` / ``above_start``: the level is ``exp(log_explode)`` /
+      ``exp(log_above)`` x the start, significantly, and not falling (a transient that training
+      is already recovering from is not one). Ratios are judged in log space, against the
+      noise of the log losses (an exploding loss's noise explodes with it).
+      ``loss_explosion`` waits for the warm-up (an early transient is confirmed by what
+      follows) and, after a departure at the first step, needs the loss still rising (a fresh
+      optimizer's kick to a pretrained model recovers over tens of steps); ``above_start`` compares the longer median
+      and needs it above for a whole trend window (Adam's kick to a pretrained model lasts tens
+      of steps, then recovers). For a fine-tune this is forgetting.
+    * ``progress_lost``: a run that has learned (``learned_progress`` of its start, beyond
+      noise) has given back ``relapse_threshold`` of it, significantly, and its trend is not
+      still improving.
+    * ``unstable_rise``: while the LR climbs to new heights, the level is significantly above
+      its best and the upper quartile of the recent losses has given back ``rise_threshold``
+      of the progress (against the upper quartile where the level was best): the LR has left
+      the stable range; growing oscillations show in the upper quartile first (healthy
+      warm-ups keep improving).
+    """
+    m, ref, trend = v.m, v.ref, v.trend
+    start = v.start
+    improving = trend <= -trend_z
+    # after a departure at the first step, only while still rising (a kicked model recovers)
+    going = trend >= trend_z if st.departed else not improving
+    ratio = st.log_ratio(m)
+    if going and warm and ratio > st.log_band(z_loss, len(st.short), st.reference_steps):
+        found["loss_explosion"] = (
+            ratio / log_explode,
+            lambda: f"Loss is at {m:.4g} (median of the last {len(st.short)}), {m / start:.3g}x where it started ({start:.4g}).",
+        )
+    m_long = v.m_long
+    stays = len(st.history) == st.history.maxlen and m_long >= STAYS * st.history[0]
+    if stays and st.above_run >= st.long.size:
+        found["above_start"] = (
+            math.log(m_long / start) / log_above,
+            lambda: f"Loss is back above where it started and not recovering: {m_long:.4g} (median of the last "
+            f"{len(st.long)}) vs {start:.4g} at the start ({m_long / start:.3g}x; forgetting, for a fine-tune).",
+        )
+    if not v.learned:
+        return
+    best, level = v.best, v.m_long
+    lost = v.lost(level, v.best_band)
+    if lost > 0 and not improving:
+        found["progress_lost"] = (
+            lost / relapse_threshold,
+            lambda: f"Loss is back at {level:.4g} (median of the last {len(st.long)}): {lost:.0%} of the progress "
+            f"from {ref:.4g} to {best:.4g} lost (beyond its noise, {v.best_band:.2g}).",
+        )
+    if new_high and m - best > RISE_LEVEL * v.best_band:  # the level itself has left its best while the LR climbs
+        upper = st.short.quantile(0.75)  # against the upper quartile where the level was best
+        lost_upper = v.lost(upper, v.best_band, st.best_upper)
+        if lost_upper > 0:
+            found["unstable_rise"] = (
+                lost_upper / rise_threshold,
+                lambda: f"Loss rising ({lost_upper:.0%} of the progress lost in its upper quartile) while the "
+                "learning rate climbs to new heights.",
+            )
+
+
+def judge_stall(
+    st: LossStats,
+    v: LossView,
+    found: Findings,
+    *,
+    clock: int,
+    stall_steps: int,
+    min_progress: float,
+    trend_z: float,
+    dead_gradients: bool,
+) -> None:
+    """``stalled``: after ``stall_steps`` steps at a non-rising LR the level is still at its start
+    (within noise and ``min_progress``), with no significant downward trend, *and* the
+    gradients look dead (most tensors silent, or one tensor holding nearly all the norm). A
+    plateau whose gradients are alive is a slow or late learner, never a stall."""
+    if not dead_gradients or v.trend <= -trend_z:
+        return
+    m, ref = v.m, v.ref
+    if ref - m >= max(v.band, min_progress * ref):
+        return
+    found["stalled"] = (
+        clock / stall_steps,
+        lambda: f"Stalled: after {clock} steps the loss ({m:.4g}, {ref:.4g} at the start) has made no progress "
+        "beyond its noise and the gradients look dead.",
+    )
