@@ -65,6 +65,9 @@ class StepJudge:
         if v.row is None:
             return self.skipped(v.step), None
         self.skip_streak = 0
+        if v.n_tensors == 0:  # no parameter had a gradient (step() without backward()): a no-op
+            self.aggregator.counters["steps"] += 1  # update, counted but not judged
+            return None, None
         row = v.row
         health, active, _ = norms.health_score(v.n_tensors, row.n_active, row.grad_norm, row.max_tensor_norm)
         obs = Observation(

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NoReturn, SupportsIndex
 
 import torch
 from torch import Tensor
@@ -28,6 +29,7 @@ from .escalation import EscalationEvent, EscalationPolicy
 from .intake import StepIntake
 from .judge import StepJudge
 from .options import OnEscalation, build_options
+from .params import meta_parameter
 from .pruning import make_penalty
 from .readback import read_back
 from .scaler import ScalerWatch
@@ -79,6 +81,13 @@ class GradientMonitor:
                 "This optimizer is already watched by a GradientMonitor; call its remove() before watching it again."
             )
         opts = build_options(options)
+        meta = meta_parameter(optimizer, opts.model)
+        if meta is not None:
+            raise ValueError(
+                f"watch(): parameter '{meta}' is on the meta device (a shape without data): there are no "
+                "gradients to measure. Materialize the model first (model.to_empty(device=...), then load "
+                "or initialise the weights), build the optimizer over those parameters, then call watch()."
+            )
         penalty = make_penalty(opts.sweep_metric, opts.sweep_goal, opts.sweep_penalty)
         self.detector = opts.detector if opts.detector is not None else AnomalyDetector(sensitivity=opts.sensitivity)
         self.tracker = GradientEMATracker(decay=opts.ema_decay, eps=opts.eps)
@@ -92,7 +101,7 @@ class GradientMonitor:
         self._distributed = _dist.is_distributed()  # set up before optimizers are built: once
         self.actions = EscalationActions(
             self.sink, opts.on_escalation, alerts=opts.alerts, penalty=penalty,
-            distributed=self._distributed, summary=self._write_summary,
+            distributed=self._distributed, summary=_weak(self._write_summary),
         )
         self.events: list[EscalationEvent] = []
         # While hooked, optimizer and monitor hold each other (the hook must keep alive a monitor
@@ -239,6 +248,17 @@ class GradientMonitor:
             self.sink.close()
 
     close = remove
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        """Copying or pickling a monitor is refused with what to do instead (``copy``,
+        ``deepcopy`` and ``pickle`` all come here): it is bound to one optimizer's hooks and one
+        W&B run, and a copy would watch nothing. (torch copies an optimizer without its hooks.)"""
+        raise TypeError(
+            "A GradientMonitor cannot be copied or pickled: it is bound to one optimizer's hooks and one "
+            "W&B run. Save monitor.state_dict() instead (it also rides inside optimizer.state_dict()); to "
+            "watch a copy of the optimizer, call wandb_gradema.watch() on the copy and load that state "
+            "with load_state_dict()."
+        )
 
     def __enter__(self) -> GradientMonitor:
         return self
@@ -441,6 +461,20 @@ class GradientMonitor:
                     f"{traceback.format_exc()}"
                 )
             return None
+
+
+def _weak(method: Callable[[], None]) -> Callable[[], None]:
+    """``method`` of the monitor for its own parts: a weak reference, so that the monitor holds
+    no cycle through its parts and plain reference counting frees it (and its optimizer) once
+    ``remove()`` has taken the hooks off."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
 
 
 def _norm_tensor(total: Tensor | float) -> Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["WatchedParams", "is_sharded", "largest_lr"]
+__all__ = ["WatchedParams", "is_sharded", "largest_lr", "meta_parameter"]
 
 
 def is_sharded(param: torch.Tensor) -> bool:
@@ -22,6 +22,16 @@ def is_sharded(param: torch.Tensor) -> bool:
     ``_fsdp_flattened``.
     """
     return type(param).__name__ in ("DTensor", "FlatParameter") or bool(getattr(param, "_fsdp_flattened", False))
+
+
+def meta_parameter(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None) -> str | None:
+    """The name of the first of ``optimizer``'s parameters on the meta device, or None."""
+    names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+    for gi, g in enumerate(optimizer.param_groups):
+        for pi, p in enumerate(g["params"]):
+            if p.device.type == "meta":
+                return names.get(id(p), f"group{gi}.param{pi}")
+    return None
 
 
 class WatchedParams:
@@ -47,12 +57,16 @@ class WatchedParams:
         if signature == self._signature:
             return False
         self._signature = signature
-        self.params = [p for g in groups for p in g["params"]]
-        self.names = [
-            self._model_names.get(id(p), f"group{gi}.param{pi}")
+        # Zero-size parameters (a rank-0 adapter) have nothing to measure: left out, or every
+        # one would count as a dead tensor.
+        named = [
+            (p, self._model_names.get(id(p), f"group{gi}.param{pi}"))
             for gi, g in enumerate(groups)
             for pi, p in enumerate(g["params"])
+            if p.numel() > 0
         ]
+        self.params = [p for p, _ in named]
+        self.names = [name for _, name in named]
         return True
 
     @property

@@ -10,6 +10,7 @@ warning and training carries on.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -68,6 +69,7 @@ class WandbSink:
         self.enabled = _dist.is_main_process()
         self.finished = False  # set by finish(): W&B raises on writes to a finished run
         self.closed = False  # set by close(): no more rows, summaries still go through
+        self._missing: bool | None = None  # wandb cannot be imported (see _wandb_missing)
 
     # ------------------------------------------------------------------ run lookup
     @property
@@ -77,11 +79,19 @@ class WandbSink:
             return None
         run = current_run(self._explicit)
         if run is None:
-            self._warn_once(
-                "no-run",
-                "No active W&B run: gradema keeps tracking drift but logs nothing. "
-                "Call wandb.init() before training, or pass run=... to watch().",
-            )
+            if self._wandb_missing():
+                self._warn_once(
+                    "no-wandb",
+                    "wandb cannot be imported (is it installed?): gradema keeps tracking drift, "
+                    "escalating and pruning (monitor.events, state_dict()) but logs nothing. "
+                    "pip install wandb and call wandb.init() to chart it.",
+                )
+            else:
+                self._warn_once(
+                    "no-run",
+                    "No active W&B run: gradema keeps tracking drift but logs nothing. "
+                    "Call wandb.init() before training, or pass run=... to watch().",
+                )
             return None
         if getattr(run, "disabled", False):
             self._warn_once(
@@ -100,6 +110,17 @@ class WandbSink:
         if id(run) != self._defined_for and not self.closed:
             self._attach(run)
         return run
+
+    def _wandb_missing(self) -> bool:
+        """``wandb`` is not loaded and cannot be (looked up once)."""
+        if "wandb" in sys.modules and sys.modules["wandb"] is not None:
+            return False
+        if self._missing is None:
+            try:
+                self._missing = importlib.util.find_spec("wandb") is None
+            except (ImportError, ValueError):  # a blocked import, or sys.modules["wandb"] = None
+                self._missing = True
+        return self._missing
 
     def attach(self) -> None:
         """Start watching the run's history now if a run is live (quietly when none is yet).
@@ -244,10 +265,13 @@ class WandbSink:
 
     # ------------------------------------------------------------------ warnings
     def _failed(self, what: str, exc: BaseException) -> None:
+        # One warning for every W&B failure: a dead connection fails logs, summaries and alerts
+        # alike, and one cause deserves one message.
         self._warn_once(
-            f"error:{what}",
-            f"W&B {what} failed ({type(exc).__name__}: {exc}); training continues, "
-            "this warning is shown once.",
+            "error",
+            f"W&B {what} failed ({type(exc).__name__}: {exc}); training continues and gradema "
+            "keeps tracking drift (events, counters, state_dict()); this warning is shown once "
+            "for any W&B error.",
         )
 
     def _warn_once(self, key: str, message: str) -> None:
