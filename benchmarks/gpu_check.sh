@@ -19,5 +19,5 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1 WANDB_MOD
   nvidia-smi -L
   python3 -c "import torch, wandb; print('torch', torch.__version__, '| wandb', wandb.__version__, '|', torch.cuda.get_device_name(0))"
 } 2>&1 | tee "$OUT/gpu.txt"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda_sync.py 2>&1 | tee "$OUT/tests.txt"
+timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda_sync.py tests/test_bad_gradients.py -k "cuda or sync" 2>&1 | tee "$OUT/tests.txt"
 timeout 330 python3 -m benchmarks.overhead --device cuda --budget "$BUDGET" --no-memory 2>&1 | tee "$OUT/overhead.txt"
