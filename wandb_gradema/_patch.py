@@ -1,5 +1,7 @@
 """InstancePatch: replace one method on one object, undoably, without touching its class.
 
+And ``weak_method``: a callback to an object that does not keep it alive.
+
 The monitor patches ``GradScaler.step`` and the W&B run's history callback; the framework
 adapters patch their frameworks' methods. One way of doing it, here.
 """
@@ -7,10 +9,11 @@ adapters patch their frameworks' methods. One way of doing it, here.
 from __future__ import annotations
 
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["InstancePatch", "undo_all"]
+__all__ = ["InstancePatch", "undo_all", "weak_method"]
 
 
 class InstancePatch:
@@ -57,3 +60,17 @@ def undo_all(patches: list[InstancePatch]) -> None:
     """Undo ``patches`` newest first and empty the list."""
     while patches:
         patches.pop().undo()
+
+
+def weak_method(method: Callable[[], None]) -> Callable[[], None]:
+    """A callable standing for a bound ``method`` through a weak reference (a no-op once its
+    object is gone): an object's parts can call back into it without a reference cycle, so
+    plain reference counting frees it."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call

@@ -16,8 +16,17 @@ from typing import Any
 
 from ._validate import check_state_keys
 from .errors import warn
+from .escalation import EscalationEvent
 
-__all__ = ["FORMAT_VERSION", "STATE_KEY", "STATE_KEYS", "DCPStateful", "OptimizerStateHooks", "upgrade"]
+__all__ = [
+    "FORMAT_VERSION",
+    "STATE_KEY",
+    "STATE_KEYS",
+    "DCPStateful",
+    "OptimizerStateHooks",
+    "event_from_state",
+    "upgrade",
+]
 
 #: The format ``state_dict()`` writes. 2: the decision schedule (``ticks``), steps processed but
 #: not yet decided, internal-error count, the ``confirmed`` flag of events and the policy's
@@ -171,3 +180,10 @@ def _called_from_dcp() -> bool:
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
+
+
+def event_from_state(data: Mapping[str, Any]) -> EscalationEvent:
+    """An ``EscalationEvent`` from its ``asdict`` form (tuples come back as lists)."""
+    return EscalationEvent(
+        **{**data, "reasons": tuple(data["reasons"]), "anomaly_types": tuple(data["anomaly_types"])}
+    )

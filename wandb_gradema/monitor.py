@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 import traceback
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any, NoReturn, SupportsIndex
@@ -20,16 +19,17 @@ import torch
 from torch import Tensor
 
 from . import _dist
+from ._patch import weak_method
 from .actions import EscalationActions
 from .cadence import LogCadence
-from .checkpoint import FORMAT_VERSION, DCPStateful, OptimizerStateHooks, upgrade
+from .checkpoint import FORMAT_VERSION, DCPStateful, OptimizerStateHooks, event_from_state, upgrade
 from .detector import AnomalyDetector, AnomalyReport, Observation
 from .errors import EscalationError, RunPruned, warn
 from .escalation import EscalationEvent, EscalationPolicy
 from .intake import StepIntake
 from .judge import StepJudge
 from .options import OnEscalation, build_options
-from .params import meta_parameter
+from .params import check_materialized
 from .pruning import make_penalty
 from .readback import read_back
 from .scaler import ScalerWatch
@@ -81,13 +81,7 @@ class GradientMonitor:
                 "This optimizer is already watched by a GradientMonitor; call its remove() before watching it again."
             )
         opts = build_options(options)
-        meta = meta_parameter(optimizer, opts.model)
-        if meta is not None:
-            raise ValueError(
-                f"watch(): parameter '{meta}' is on the meta device (a shape without data): there are no "
-                "gradients to measure. Materialize the model first (model.to_empty(device=...), then load "
-                "or initialise the weights), build the optimizer over those parameters, then call watch()."
-            )
+        check_materialized(optimizer, opts.model)
         penalty = make_penalty(opts.sweep_metric, opts.sweep_goal, opts.sweep_penalty)
         self.detector = opts.detector if opts.detector is not None else AnomalyDetector(sensitivity=opts.sensitivity)
         self.tracker = GradientEMATracker(decay=opts.ema_decay, eps=opts.eps)
@@ -101,7 +95,7 @@ class GradientMonitor:
         self._distributed = _dist.is_distributed()  # set up before optimizers are built: once
         self.actions = EscalationActions(
             self.sink, opts.on_escalation, alerts=opts.alerts, penalty=penalty,
-            distributed=self._distributed, summary=_weak(self._write_summary),
+            distributed=self._distributed, summary=weak_method(self._write_summary),
         )
         self.events: list[EscalationEvent] = []
         # While hooked, optimizer and monitor hold each other (the hook must keep alive a monitor
@@ -294,8 +288,8 @@ class GradientMonitor:
         self.judge.load_state_dict(state, detector=not restart_detector)
         self._step = int(state["step"])
         self._ticks = int(state["ticks"])
-        self.events = [_event(e) for e in state["events"]]
-        self._undecided_events = [_event(e) for e in state["undecided_events"]]
+        self.events = [event_from_state(e) for e in state["events"]]
+        self._undecided_events = [event_from_state(e) for e in state["undecided_events"]]
         self._undecided_rows = [(int(step), dict(row)) for step, row in state["undecided_rows"]]
         self._internal_errors = self._errors_written = int(state["internal_errors"])
         self.intake.reset()
@@ -463,27 +457,6 @@ class GradientMonitor:
             return None
 
 
-def _weak(method: Callable[[], None]) -> Callable[[], None]:
-    """``method`` of the monitor for its own parts: a weak reference, so that the monitor holds
-    no cycle through its parts and plain reference counting frees it (and its optimizer) once
-    ``remove()`` has taken the hooks off."""
-    ref = weakref.WeakMethod(method)
-
-    def call() -> None:
-        bound = ref()
-        if bound is not None:
-            bound()
-
-    return call
-
-
 def _norm_tensor(total: Tensor | float) -> Tensor:
     """The measured total norm as a 0-d tensor of the caller's own (no sync)."""
     return total.clone() if isinstance(total, Tensor) else torch.tensor(total)
-
-
-def _event(data: Mapping[str, Any]) -> EscalationEvent:
-    """An ``EscalationEvent`` from its ``asdict`` form (tuples come back as lists)."""
-    return EscalationEvent(
-        **{**data, "reasons": tuple(data["reasons"]), "anomaly_types": tuple(data["anomaly_types"])}
-    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["WatchedParams", "is_sharded", "largest_lr", "meta_parameter"]
+__all__ = ["WatchedParams", "check_materialized", "is_sharded", "largest_lr"]
 
 
 def is_sharded(param: torch.Tensor) -> bool:
@@ -24,14 +24,22 @@ def is_sharded(param: torch.Tensor) -> bool:
     return type(param).__name__ in ("DTensor", "FlatParameter") or bool(getattr(param, "_fsdp_flattened", False))
 
 
-def meta_parameter(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None) -> str | None:
-    """The name of the first of ``optimizer``'s parameters on the meta device, or None."""
+def check_materialized(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None) -> None:
+    """Refuse parameters on the meta device (a shape without data: no gradient to measure).
+
+    Raises:
+        ValueError: naming the first such parameter and how to materialize the model.
+    """
     names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
     for gi, g in enumerate(optimizer.param_groups):
         for pi, p in enumerate(g["params"]):
             if p.device.type == "meta":
-                return names.get(id(p), f"group{gi}.param{pi}")
-    return None
+                raise ValueError(
+                    f"watch(): parameter '{names.get(id(p), f'group{gi}.param{pi}')}' is on the meta device "
+                    "(a shape without data): there are no gradients to measure. Materialize the model first "
+                    "(model.to_empty(device=...), then load or initialise the weights), build the optimizer "
+                    "over those parameters, then call watch()."
+                )
 
 
 class WatchedParams:
