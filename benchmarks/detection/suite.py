@@ -31,8 +31,8 @@ def load_split(
     cache: TraceCache | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[Trace]:
-    """The labelled traces of ``split`` (``dev``, ``test``, ``holdout``, ``quick``, ``shared-dev``,
-    ``ext-dev``, ``ext-test`` or ``ext-holdout``)."""
+    """The labelled traces of ``split`` (``dev``, ``test``, ``holdout``, ``holdout2``, ``quick``,
+    ``shared-dev``, ``ext-dev``, ``ext-test``, ``ext-holdout`` or ``ext-holdout2``)."""
     if split == "shared-dev":
         return load_shared_dev()
     cache = cache or TraceCache()
