@@ -232,13 +232,23 @@ def test_learning_rate_jump_in_an_existing_group_escalates_at_once_unconfirmed()
     assert events == [(150, ("lr_jump",), False)]
 
 
-def test_learning_rate_jump_followed_by_trouble_is_confirmed() -> None:
+def test_learning_rate_jump_followed_by_lasting_trouble_is_confirmed_by_the_loss_rules() -> None:
     def loss(t):  # the LR bug wrecks the run ten steps later
         return learning(t) if t < 160 else 2.3
 
     events = _events(_run(loss=loss, lr=lambda t: 0.01 if t < 150 else 0.1))
     assert events[0] == (150, ("lr_jump",), False)
-    assert any(confirmed and "lr_jump" in rules and 160 < step < 175 for step, rules, confirmed in events)
+    (step, rules, _), *_ = [e for e in events if e[2]]
+    assert "progress_lost" in rules and 160 < step < 190  # the jump is context, not evidence
+
+
+def test_a_run_that_survives_a_learning_rate_jump_is_never_confirmed() -> None:
+    def loss(t):  # eight bad steps after the jump, then training goes on
+        return 1.5 if 150 <= t < 158 else learning(t)
+
+    events = _events(_run(loss=loss, lr=lambda t: 0.01 if t < 150 else 0.1))
+    assert events and events[0][:2] == (150, ("lr_jump",))
+    assert not any(confirmed for *_, confirmed in events)
 
 
 def test_a_new_param_group_with_a_higher_lr_is_not_a_jump_by_itself() -> None:
@@ -251,11 +261,13 @@ def test_only_persistent_or_corroborated_anomalies_are_confirmed() -> None:
     def relapse(t):  # a relapse that lasts: progress_lost, later with dead units
         return learning(t) if t < 100 else 2.3
 
-    events = _events(_run(loss=relapse, lr=lambda t: 0.1, active=lambda t: 1.0 if t < 110 else 0.2))
-    first, *_ = events
-    assert not first[2]  # the escalation comes first, on patience
-    confirmed = [step for step, _, c in events if c]
-    assert confirmed and confirmed[0] - first[0] <= 12
+    alone = _events(_run(loss=relapse, lr=lambda t: 0.1))
+    first, *_ = alone
+    assert not first[2]  # the loss alone: the escalation comes first, on patience ...
+    confirmed = [step for step, _, c in alone if c]
+    assert confirmed and confirmed[0] - first[0] == 9  # ... the prune once it has lasted 12 steps
+    both = _events(_run(loss=relapse, lr=lambda t: 0.1, active=lambda t: 1.0 if t < 110 else 0.2))
+    assert both[0][2] and set(both[0][1]) == {"progress_lost", "dead_units"}  # two families agree
 
 
 # ---------------------------------------------------------------------------- API
@@ -281,7 +293,7 @@ def test_state_dict_round_trip_continues_exactly() -> None:
     full = AnomalyDetector()
     expected = [full.check(o) for o in obs]
     assert any(r.has_anomaly for r in expected[150:])
-    for cut in (5, 90, 160):
+    for cut in (5, 90, 160, 215):
         first = AnomalyDetector()
         for o in obs[:cut]:
             first.check(o)

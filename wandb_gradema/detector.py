@@ -27,9 +27,13 @@ FAMILIES = {
     "above_start": "loss",
     "progress_lost": "loss",
     "unstable_rise": "loss",
-    "stalled": "loss",
+    "stalled": "gradient",  # its evidence of death is the gradients; the loss only gates it
     "lr_jump": "schedule",
 }
+#: The families of independent evidence: the schedule is context for the other two.
+INDEPENDENT = frozenset({"gradient", "loss"})
+#: Both independent families on ``confirm_steps // AGREE_DIVISOR`` steps in a row confirm.
+AGREE_DIVISOR = 4
 #: ``stalled`` needs gradients this one-sided: one tensor holds 98%+ of the squared norm.
 DEAD_HEALTH = 0.02
 #: The fast median (5 losses) has sqrt(window / 5) x the standard error of the level.
@@ -180,7 +184,7 @@ class AnomalyDetector:
         loss_z_threshold: float = 4.0,
         trend_z_threshold: float = 2.5,
         loss_explode_factor: float = 4.0,
-        above_start_factor: float = 1.5,
+        above_start_factor: float = 1.1,
         learned_progress: float = 0.3,
         relapse_threshold: float = 0.5,
         rise_threshold: float = 0.25,
@@ -236,8 +240,8 @@ class AnomalyDetector:
             trend_z=self.trend_z_threshold,
         )
         self._lr = schedule.ScheduleStats()
-        self._episode = 0  # anomalous reports in a row
-        self._families: list[str] = []  # rule families seen in this run of anomalous reports
+        self._episode = 0  # anomalous reports in a row with gradient or loss evidence
+        self._agree = 0  # ... of which, the last ones in a row with both families at once
 
     def state_dict(self) -> dict[str, Any]:
         """Every running statistic, as plain Python values."""
@@ -246,7 +250,7 @@ class AnomalyDetector:
             "loss": self._losses.state(),
             "schedule": self._lr.state(),
             "episode": self._episode,
-            "families": list(self._families),
+            "agree": self._agree,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -259,7 +263,7 @@ class AnomalyDetector:
         self._losses.load(state["loss"])
         self._lr.load(state["schedule"])
         self._episode = int(state["episode"])
-        self._families = [str(f) for f in state["families"]]
+        self._agree = int(state["agree"])
 
     @property
     def initial_loss(self) -> float | None:
@@ -314,10 +318,13 @@ class AnomalyDetector:
                 found["nonfinite"] = (math.inf, lambda: f"Non-finite loss ({x}) at step {obs.step}.")
                 critical = True
             else:
-                norm_rise = 0.0
+                norm_rise = norm_z = 0.0
                 if grads.n == loss.DEPART_STEPS + 1:  # the first steps' norms against the first one
                     norm_rise = _median(list(grads.norms.values)[1:]) - grads.first
-                losses.observe(x, norm_rise)
+                if losses.n == self.reference_steps - 1 and grads.n:  # ... and the reference's
+                    later = list(grads.norms.values)[1:] if grads.n <= grads.norms.size else list(grads.norms.values)
+                    norm_z = loss.rise_z(grads.first, later, loss.DEPART_STEPS)
+                losses.observe(x, norm_rise, norm_z)
                 v = loss.view(losses, z=self.loss_z_threshold, learned_progress=self.learned_progress)
         if grads_ok:
             gradient.judge_gradients(
@@ -406,21 +413,21 @@ class AnomalyDetector:
                 score = value
         score *= s
         if score < 1.0:
-            self._episode = 0
-            self._families = []
+            self._episode = self._agree = 0
             return AnomalyReport(step=step, has_anomaly=False, score=score)
         details = {k: why() for k, (value, why) in found.items() if value * s >= 1.0}
-        self._episode += 1
-        for rule in details:
-            family = FAMILIES.get(rule)
-            if family is not None and family not in self._families:
-                self._families.append(family)
-        # lr_jump is trouble after a jump: the schedule and what suffered agree.
-        corroborated = len(self._families) >= 2 or "lr_jump" in details
+        # The schedule is context, not evidence: only the gradient and loss families count
+        # towards the prune bar, and they must agree on the same steps to corroborate.
+        families = {FAMILIES.get(rule) for rule in details} & INDEPENDENT
+        if families:
+            self._episode += 1
+            self._agree = self._agree + 1 if families == INDEPENDENT else 0
+        else:
+            self._episode = self._agree = 0
         confirmed = (
             critical
             or self._episode >= self.confirm_steps
-            or (corroborated and self._episode >= max(1, self.confirm_steps // 2))
+            or self._agree >= max(1, self.confirm_steps // AGREE_DIVISOR)
         )
         return AnomalyReport(
             step=step,

@@ -37,7 +37,7 @@ from ._common import MEDIAN_SE, Findings
 from ._window import RollingWindow
 from .gradient import Ema
 
-__all__ = ["LossStats", "judge_loss", "theil_sen_start"]
+__all__ = ["LossStats", "judge_loss", "rise_z", "theil_sen_start"]
 
 #: Losses in the fast median, read only in the window after an LR jump.
 FAST_WINDOW = 5
@@ -52,13 +52,17 @@ RISE_LEVEL = 0.25
 DEPART_STEPS = 3
 DEPART_LOSS = 8.0
 DEPART_NORM = 8.0
-#: ... or, when every one of the first ``reference_steps - 1`` losses is above the first, these.
+#: ... or, when every one of the first ``reference_steps - 1`` losses is above the first, these
+#: (the norm: ``DEPART_NORM_MILD`` x, or ``DEPART_NORM_Z`` times the noise of the later log norms,
+#: 1.048 x their median absolute difference; Adam's normalisation brings a kicked model's norm
+#: back within tens of steps, while its loss stays up).
 DEPART_LOSS_MILD = 2.0
 DEPART_NORM_MILD = 4.0
-#: ``above_start`` needs the longer median not to have fallen below this share of its value a
-#: trend window earlier (a fine-tune kicked by a fresh optimizer keeps recovering, by more than
-#: a quarter per window; forgetting stays).
-STAYS = 0.75
+DEPART_NORM_Z = 3.0
+
+#: ``above_start``: a level above the start that would be back within this many times the run's
+#: age, at its pace over the last trend window, is recovering (see ``recovering``).
+RECOVERY_HORIZON = 2.0
 
 _DIFF_TO_SD = 1.0 / (0.6745 * math.sqrt(2.0))  # median |x_t - x_{t-1}| -> sigma, Gaussian
 
@@ -85,7 +89,18 @@ def theil_sen_start(values: list[float], trend_z: float = 2.0) -> float:
     return min(max(start, min(values)), max(values))
 
 
-def _departed(first: list[float], norm_rise: float) -> bool:
+def rise_z(head: float, later: list[float], n_first: int | None = None) -> float:
+    """How far the median of ``later`` (logs; of its first ``n_first`` only, when given) is above
+    ``head``, in units of the noise of ``later`` (1.048 x the median absolute difference between
+    consecutive values); inf without noise."""
+    if len(later) < 3:
+        return 0.0
+    rise = _median(sorted(later[:n_first])) - head
+    sigma = _DIFF_TO_SD * _median(sorted(abs(b - a) for a, b in zip(later, later[1:])))
+    return rise / sigma if sigma > 0 else (math.inf if rise > 0 else 0.0)
+
+
+def _departed(first: list[float], norm_rise: float, norm_z: float) -> bool:
     """Did the run leave its start at the first step (see the module docstring)?"""
     head = first[0]
     if head <= 0:
@@ -94,7 +109,13 @@ def _departed(first: list[float], norm_rise: float) -> bool:
     if early >= DEPART_LOSS * head and norm_rise >= math.log(DEPART_NORM):
         return True
     # milder, but every later loss is above the first one
-    return head < min(first[1:]) and early >= DEPART_LOSS_MILD * head and norm_rise >= math.log(DEPART_NORM_MILD)
+    norm_up = norm_rise >= math.log(DEPART_NORM_MILD) or norm_z >= DEPART_NORM_Z
+    return head < min(first[1:]) and early >= DEPART_LOSS_MILD * head and norm_up
+
+
+def _var_of_median(n: int) -> float:
+    """Variance of the median of ``n`` values in units of their variance (one value: itself)."""
+    return 1.0 if n == 1 else MEDIAN_SE * MEDIAN_SE / n
 
 
 def _median(ordered: list[float]) -> float:
@@ -137,16 +158,18 @@ class LossStats:
         # After the latest step: the level, the longer level, the noise (a standard deviation).
         self.level = self.level_long = self.sigma = math.nan
 
-    def observe(self, loss: float, norm_rise: float = 0.0) -> None:
+    def observe(self, loss: float, norm_rise: float = 0.0, norm_z: float = 0.0) -> None:
         """Fold in one finite loss; ``norm_rise``: log of the median gradient norm of steps 1 to
-        ``DEPART_STEPS`` over the first one (read once, at that step)."""
+        ``DEPART_STEPS`` over the first one (read once, at that step); ``norm_z``: the rise of
+        the later log norms over the first one in their own noise (``rise_z``), read once, with
+        the loss that completes the reference."""
         if self.ref is None:
             self.first.append(loss)
             if len(self.first) == DEPART_STEPS + 1:
                 self.norm_rise = norm_rise
             if len(self.first) >= self.reference_steps:
                 self.ref = theil_sen_start(self.first, self.trend_z)
-                self.departed = _departed(self.first, self.norm_rise)
+                self.departed = _departed(self.first, self.norm_rise, norm_z)
                 self.start = self.first[0] if self.departed else self.ref
         if self.n:
             self.diffs.push(abs(loss - self.prev))
@@ -184,7 +207,7 @@ class LossStats:
     def log_band(self, z: float, n: int, n_other: int) -> float:
         """``band`` for log levels: the noise of the log losses (1.048 x median |d log x|)."""
         sigma = _DIFF_TO_SD * self.log_diffs.median() if len(self.log_diffs) else math.inf
-        return z * MEDIAN_SE * sigma * math.sqrt(1 / n + 1 / n_other)
+        return z * sigma * math.sqrt(_var_of_median(n) + _var_of_median(n_other))
 
     def band(self, z: float, sigma: float | None = None, n: int | None = None, n_other: int | None = None) -> float:
         """The smallest difference between a median of ``n`` losses (the level's window by
@@ -271,6 +294,16 @@ def view(st: LossStats, *, z: float, learned_progress: float) -> LossView | None
     return LossView(st, z=z, learned_progress=learned_progress)
 
 
+def recovering(level: float, start: float, earlier: float, window: int, elapsed: int) -> bool:
+    """A level above ``start`` is on its way back: at the pace (in log space) it fell from
+    ``earlier``, ``window`` steps ago, it would be back at the start within ``RECOVERY_HORIZON``
+    x as long as the run has lasted so far (``elapsed`` steps). A fine-tune kicked by a fresh optimizer recovers within
+    tens of steps; a forgetting one settles, and its way back grows far longer than its past."""
+    if not (level > 0 and start > 0 and earlier > level):
+        return False
+    return math.log(level / start) / math.log(earlier / level) * window < RECOVERY_HORIZON * elapsed
+
+
 def holds_progress(v: LossView | None) -> bool:
     """The run has learned and still holds most of it (shrinking gradients are convergence)."""
     return v is not None and v.learned and v.m - v.best < 0.5 * v.progress
@@ -322,7 +355,9 @@ def judge_loss(
             lambda: f"Loss is at {m:.4g} (median of the last {len(st.short)}), {m / start:.3g}x where it started ({start:.4g}).",
         )
     m_long = v.m_long
-    stays = len(st.history) == st.history.maxlen and m_long >= STAYS * st.history[0]
+    stays = len(st.history) == st.history.maxlen and not recovering(
+        m_long, start, st.history[0], len(st.history) - 1, st.n
+    )
     if stays and st.above_run >= st.long.size:
         found["above_start"] = (
             math.log(m_long / start) / log_above,
