@@ -242,6 +242,7 @@ class AnomalyDetector:
         self._lr = schedule.ScheduleStats()
         self._episode = 0  # anomalous reports in a row with gradient or loss evidence
         self._agree = 0  # ... of which, the last ones in a row with both families at once
+        self._jump_norm = 0.0  # this step's lr_jump score from the gradient norm alone
 
     def state_dict(self) -> dict[str, Any]:
         """Every running statistic, as plain Python values."""
@@ -348,6 +349,7 @@ class AnomalyDetector:
                     lambda: f"Stalled: for {clock} steps one gradient tensor has held nearly all the norm (or most "
                     "tensors none); no loss observed to show progress.",
                 )
+        self._jump_norm = 0.0
         if immediate:  # a jump in an existing param group: a schedule bug until shown otherwise
             schedule.judge_jump_itself(lr, found, log_jump=self._log_jump)
         elif lr.armed(self.jump_window):
@@ -395,6 +397,7 @@ class AnomalyDetector:
         norm_rise = 0.0
         if grads.full and math.isfinite(lr.jump_norm):
             norm_rise = max(0.0, grads.med - lr.jump_norm)
+        self._jump_norm = norm_rise / self._log_explode  # a gradient sign (a median: burst-proof)
         schedule.judge_jump(
             lr,
             found,
@@ -419,6 +422,10 @@ class AnomalyDetector:
         # The schedule is context, not evidence: only the gradient and loss families count
         # towards the prune bar, and they must agree on the same steps to corroborate.
         families = {FAMILIES.get(rule) for rule in details} & INDEPENDENT
+        if "lr_jump" in details and self._jump_norm * s >= 1.0 and not self._losses.n:
+            # Without a loss to show whether the run survives the jump, a norm that has
+            # exploded since (a median: burst-proof) is the gradient evidence.
+            families.add("gradient")
         if families:
             self._episode += 1
             self._agree = self._agree + 1 if families == INDEPENDENT else 0
