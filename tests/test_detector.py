@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
 import pytest
 
 from wandb_gradema import AnomalyDetector, EscalationPolicy, Observation
+from wandb_gradema.rules import loss as loss_rules
 from wandb_gradema.rules._window import RollingWindow
 from wandb_gradema.rules.loss import theil_sen_start
 
@@ -215,6 +217,56 @@ def test_a_fine_tune_that_forgets_escalates_and_one_kicked_by_a_fresh_optimizer_
     assert _escalations(_run(300, loss=kicked, norm=norm, lr=lambda t: 1e-2)) == []
 
 
+def test_a_fine_tune_that_forgets_mildly_escalates_and_is_confirmed() -> None:
+    def norm(t):
+        return 0.3 if t == 0 else 2.0
+
+    def forgets(t):  # wrecked at the first step (2.4x), recovers part of the way, settles at 1.25x
+        return 2.0 if t == 0 else 2.5 + 2.3 * math.exp(-t / 10)
+
+    events = _events(_run(300, loss=forgets, norm=norm, lr=lambda t: 1e-2, loss_noise=0.03))
+    assert events[0][1] == ("above_start",) and events[0][0] < 80
+    assert any(confirmed for *_, confirmed in events)
+
+
+def test_a_fine_tune_that_settles_back_near_its_start_does_not_escalate() -> None:
+    def kicked(t):  # wrecked at the first step, back to 1.05x its start within 40 steps, then learning
+        return 2.0 if t == 0 else 2.0 * (1.05 + 1.3 * math.exp(-t / 8)) * (1 - 0.0003 * t)
+
+    obs = _run(300, loss=kicked, norm=lambda t: 0.3 if t == 0 else 2.0, lr=lambda t: 1e-2, loss_noise=0.03)
+    assert _escalations(obs) == []
+
+
+@pytest.mark.parametrize(
+    ("level", "start", "earlier", "elapsed", "expected"),
+    [
+        (1.3, 1.0, 2.0, 80, True),  # fell 35% in a window: back within a window, well inside 2 x 80 steps
+        (1.3, 1.0, 1.32, 80, False),  # fell 1.5%: 17 windows to go
+        (1.3, 1.0, 1.32, 400, True),  # ... which is within twice the age of a long run
+        (1.3, 1.0, 1.2, 80, False),  # rising
+        (0.9, 1.0, 2.0, 80, True),  # already back below the start
+    ],
+)
+def test_recovering_table(level, start, earlier, elapsed, expected) -> None:
+    assert loss_rules.recovering(level, start, earlier, 32, elapsed) is expected
+
+
+def test_a_departure_shows_its_norm_rise_in_noise_units_too() -> None:
+    # The loss 3x and the norm 3.5x up at the first step (under the 4x of the fixed rule), both
+    # far beyond the noise of what follows: the first loss is the start.
+    obs = _run(40, loss=lambda t: 1.0 if t == 0 else 3.0, norm=lambda t: 1.0 if t == 0 else 3.5, loss_noise=0.02)
+    obs = [dataclasses.replace(o, grad_norm=3.5 * (1 + 0.02 * (o.step % 3)) if o.step else 1.0) for o in obs]
+    detector = AnomalyDetector()
+    for o in obs:
+        detector.check(o)
+    assert detector.state_dict()["loss"]["departed"] and detector.state_dict()["loss"]["start"] == obs[0].loss
+    noisy = _run(40, loss=lambda t: 1.0 if t == 0 else 3.0, norm=lambda t: 1.0 if t == 0 else 3.5, loss_noise=0.02)
+    detector = AnomalyDetector()  # a norm as noisy as its rise is no second sign
+    for o in noisy:
+        detector.check(o)
+    assert not detector.state_dict()["loss"]["departed"]
+
+
 def test_a_lucky_first_batch_does_not_set_the_start() -> None:
     def loss(t):  # the first batch happens to be 5x below the level; the run learns slowly
         return 0.5 if t == 0 else 2.5 - 0.001 * t
@@ -249,6 +301,14 @@ def test_a_run_that_survives_a_learning_rate_jump_is_never_confirmed() -> None:
     events = _events(_run(loss=loss, lr=lambda t: 0.01 if t < 150 else 0.1))
     assert events and events[0][:2] == (150, ("lr_jump",))
     assert not any(confirmed for *_, confirmed in events)
+
+
+def test_without_a_loss_a_norm_that_explodes_after_a_jump_is_confirmed() -> None:
+    obs = _run(lr=lambda t: 0.01 if t < 150 else 0.1, norm=lambda t: 1.0 if t < 152 else 50.0)
+    events = _events(obs)
+    assert events[0] == (150, ("lr_jump",), False)
+    (step, rules, _), *_ = [e for e in events if e[2]]
+    assert "lr_jump" in rules and step < 175
 
 
 def test_a_new_param_group_with_a_higher_lr_is_not_a_jump_by_itself() -> None:
