@@ -18,7 +18,7 @@ from .rules._common import Findings
 
 __all__ = ["AnomalyDetector", "AnomalyReport", "Observation"]
 
-#: Which family each rule belongs to (corroboration between families confirms an anomaly).
+#: Which family each rule belongs to (the gradient and loss families agreeing confirm).
 FAMILIES = {
     "grad_explosion": "gradient",
     "grad_vanish": "gradient",
@@ -81,9 +81,9 @@ class AnomalyReport:
         score: the largest rule score this step (>= 1 means anomalous); logged as a chart.
         critical: True when the anomaly must escalate at once (non-finite values); critical
             reports are always prune-grade.
-        confirmed: True when the evidence is strong enough to prune on (critical, or the
-            anomaly has persisted ``confirm_steps`` steps, or half that with two independent
-            families of rules agreeing).
+        confirmed: True when the evidence is strong enough to prune on (critical, or gradient
+            or loss rules have fired ``confirm_steps`` steps in a row, or both families together
+            on a quarter of that).
         immediate: escalate without waiting for ``patience`` but, unless also confirmed, do
             not prune (an LR jump in an existing param group: a likely schedule bug).
     """
@@ -117,7 +117,8 @@ class AnomalyDetector:
       ``dead_share`` of the tensors non-zero); the last two stay off while the loss holds its
       progress (vanishing is convergence then);
     * loss: ``loss_explosion`` (``loss_explode_factor`` x the start), ``above_start``
-      (``above_start_factor`` x the start and not recovering: forgetting, for a fine-tune),
+      (significantly above the start, at least ``above_start_factor`` x, for a whole trend
+      window and not on its way back: forgetting, for a fine-tune),
       ``progress_lost`` (``relapse_threshold`` of the progress given back), ``unstable_rise``
       (``rise_threshold`` given back while the LR climbs to new heights), ``stalled`` (at the
       start after ``stall_steps`` at a non-rising LR, *with* dead-looking gradients; without
@@ -126,13 +127,16 @@ class AnomalyDetector:
       existing param group (a schedule bug) it escalates at once, unconfirmed; with a new param
       group (``add_param_group``: unfreezing) it is nothing by itself. Either way, trouble
       within ``jump_window`` steps (the loss gives back ``rise_threshold`` of the progress it
-      held at the jump, or the gradients explode) makes it an anomaly, and prune-grade.
+      held at the jump, or the gradients explode) makes it an anomaly. The jump is context,
+      not evidence: it never confirms by itself (see the prune bar).
     * ``nonfinite``: a NaN/Inf gradient norm or loss. Critical and confirmed at once.
 
-    **Prune bar**: a report is ``confirmed`` (prune-grade) when critical, when the anomaly has
-    lasted ``confirm_steps`` steps in a row, or ``confirm_steps // 2`` with rules of two families
-    (gradient, loss, schedule) agreeing. ``EscalationPolicy`` escalates on ``patience`` anomalous
-    steps; the monitor prunes only on confirmed events.
+    **Prune bar**: a report is ``confirmed`` (prune-grade) when critical, when gradient or loss
+    rules have fired ``confirm_steps`` steps in a row, or when rules of both families (two
+    independent signs) have fired together on ``confirm_steps // 4`` steps in a row. The
+    schedule is context, not evidence: ``lr_jump`` alone never counts (without an observed
+    loss, a norm that exploded since the jump counts as gradient evidence). ``EscalationPolicy``
+    escalates on ``patience`` anomalous steps; the monitor prunes only on confirmed events.
 
     Non-finite gradients: reported (critical), never folded into any statistic.
 
@@ -146,7 +150,8 @@ class AnomalyDetector:
         sensitivity: multiplies every rule's score, > 0. 2.0 fires at half the evidence.
         warmup_steps: observations before the slow gradient baseline and LR jumps count, >= 0.
         burst_steps: longest burst of bad batches in a row treated as noise, >= 1.
-        confirm_steps: anomalous steps in a row that make a report prune-grade, >= 1.
+        confirm_steps: anomalous steps in a row that make a report prune-grade (a quarter of
+            them with both the gradient and the loss rules firing), >= 1.
         slow_decay: decay of the slow (baseline) EMA of the log norm, in (0, 1).
         z_threshold: standard deviations above baseline for ``grad_explosion``, > 0.
         explode_ratio: norm / baseline ratio for ``grad_explosion``, > 1.
@@ -157,7 +162,8 @@ class AnomalyDetector:
         loss_z_threshold: standard errors a change of the loss level must exceed, > 0.
         trend_z_threshold: Mann-Kendall z of a significant trend, > 0.
         loss_explode_factor: level / start ratio for ``loss_explosion``, > 1.
-        above_start_factor: level / start ratio for ``above_start``, > 1.
+        above_start_factor: least level / start ratio for ``above_start`` (a floor: the bar is
+            significance and persistence), > 1.
         learned_progress: drop below the start that counts as having learned, in (0, 1).
         relapse_threshold: share of progress lost for ``progress_lost``, > 0.
         rise_threshold: share of progress lost for ``unstable_rise`` and after an LR jump, > 0.

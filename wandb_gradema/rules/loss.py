@@ -14,17 +14,19 @@ Statistics of the finite observed losses:
   pairwise slopes: one lucky or corrupted batch cannot set it, a loss already falling or
   exploding fast is traced back to where it began). A fine-tune's start is its pretrained
   level;
-- the **best** level so far: the lowest median of the last ``trend_window`` losses (a longer
-  window than the level's, so the minimum of many noisy medians is not a lucky one), and the
-  Mann-Kendall trend of the same window (``trend_z`` < -threshold: still improving);
+- the **best** level so far: the lowest level (a median of ``window`` losses; the rules
+  compare the longer median of the last ``trend_window`` losses with it, beyond the slow
+  noise's band), and the Mann-Kendall trend of the last ``trend_window`` losses
+  (``trend_z`` < -threshold: still improving);
 - a **departure** from the start at the very first step: a fresh optimizer with a far too
   high LR can wreck a pretrained model in one step, so every loss but the first is already
   the wrecked level (the Theil-Sen start then traces the recovery back to a high start).
   When the median of the next ``DEPART_STEPS`` losses is ``DEPART_LOSS`` x the first *and*
   the median of their gradient norms ``DEPART_NORM`` x the first one (two independent signs;
   a lucky first batch of 2 shows both at once in about 1% of runs, of 8 or more practically
-  never), or milder rises (``DEPART_*_MILD``) with every later loss of the reference window
-  above the first, the first loss is the start the explosion rules compare with.
+  never), or milder rises (``DEPART_*_MILD``; the norm's may also stand ``DEPART_NORM_Z`` times
+  the noise of the later log norms above the first) with every later loss of the reference
+  window above the first, the first loss is the start the explosion rules compare with.
 """
 
 from __future__ import annotations
@@ -331,9 +333,11 @@ def judge_loss(
       noise of the log losses (an exploding loss's noise explodes with it).
       ``loss_explosion`` waits for the warm-up (an early transient is confirmed by what
       follows) and, after a departure at the first step, needs the loss still rising (a fresh
-      optimizer's kick to a pretrained model recovers over tens of steps); ``above_start`` compares the longer median
-      and needs it above for a whole trend window (Adam's kick to a pretrained model lasts tens
-      of steps, then recovers). For a fine-tune this is forgetting.
+      optimizer's kick to a pretrained model recovers over tens of steps). ``above_start``
+      compares the longer median, needs it significantly above for a whole trend window and
+      not on its way back (``recovering``: at its pace over the last window, back at the start
+      within ``RECOVERY_HORIZON`` x the run's age); ``exp(log_above)`` is only a floor. For a
+      fine-tune this is forgetting, however mild.
     * ``progress_lost``: a run that has learned (``learned_progress`` of its start, beyond
       noise) has given back ``relapse_threshold`` of it, significantly, and its trend is not
       still improving.
