@@ -192,14 +192,17 @@ def test_extended_splits_differ_in_configs_and_seeds_and_keep_a_holdout() -> Non
     assert any(s["pretrain_steps"] for _, s in dev) and any(s["steps"] >= 1000 for _, s in dev)
 
 
-@pytest.mark.parametrize(("first", "second", "others"), [
-    ("holdout", "holdout2", ("dev", "test")),
-    ("ext-holdout", "ext-holdout2", ("ext-dev", "ext-test")),
+@pytest.mark.parametrize(("first", "later", "others"), [
+    ("holdout", ("holdout2", "holdout3"), ("dev", "test")),
+    ("ext-holdout", ("ext-holdout2", "ext-holdout3"), ("ext-dev", "ext-test")),
 ])  # fmt: skip
-def test_second_holdouts_hold_every_variant_with_seeds_of_their_own(
-    first: str, second: str, others: tuple[str, ...]
+def test_later_holdouts_hold_every_variant_with_seeds_of_their_own(
+    first: str, later: tuple[str, ...], others: tuple[str, ...]
 ) -> None:
-    old, new = scenarios(first), scenarios(second)
-    assert [n for n, _ in new] == [n for n, _ in old]
     used = {s["seed"] for split in (first, *others) for _, s in scenarios(split)}
-    assert not {s["seed"] for _, s in new} & used
+    for split in later:
+        new = scenarios(split)
+        assert [n for n, _ in new] == [n for n, _ in scenarios(first)]
+        seeds = {s["seed"] for _, s in new}
+        assert not seeds & used, split
+        used |= seeds
