@@ -191,15 +191,13 @@ def test_loss_turning_up_while_the_learning_rate_still_rises_escalates() -> None
     assert 120 < event[0] < 150 and "unstable_rise" in event[1]
 
 
-def test_a_stall_needs_dead_looking_gradients() -> None:
-    flat = _run(400, loss=lambda t: 2.3, lr=lambda t: 0.1, health=lambda t: 0.0)  # one tensor holds it all
-    (event, *_) = _events(flat)
-    assert event[1] == ("stalled",) and 200 <= event[0] <= 210
+def test_a_plateau_is_never_a_stall_while_the_gradients_are_alive() -> None:
     alive = _run(400, loss=lambda t: 2.3, lr=lambda t: 0.1)  # health 0.6: a plateau, not a stall
     assert _escalations(alive) == []
-    # a linear head has two tensors: its weight always holds nearly all of the norm
-    head = [Observation(**{**{f: getattr(o, f) for f in o.__slots__}, "n_tensors": 2}) for o in flat]
-    assert _escalations(head) == []
+    # One tensor (a deep net's head) holding all of the norm: the body of a deep tanh net with a
+    # small init sits like this for 200 steps and more before it learns.
+    one_sided = _run(400, loss=lambda t: 2.3, lr=lambda t: 0.1, health=lambda t: 0.0)
+    assert _escalations(one_sided) == []
 
 
 def test_a_fine_tune_that_forgets_escalates_and_one_kicked_by_a_fresh_optimizer_does_not() -> None:
@@ -217,16 +215,20 @@ def test_a_fine_tune_that_forgets_escalates_and_one_kicked_by_a_fresh_optimizer_
     assert _escalations(_run(300, loss=kicked, norm=norm, lr=lambda t: 1e-2)) == []
 
 
-def test_a_fine_tune_that_forgets_mildly_escalates_and_is_confirmed() -> None:
+def test_a_fine_tune_that_forgets_without_doubling_escalates_and_is_confirmed() -> None:
     def norm(t):
         return 0.3 if t == 0 else 2.0
 
-    def forgets(t):  # wrecked at the first step (2.4x), recovers part of the way, settles at 1.25x
-        return 2.0 if t == 0 else 2.5 + 2.3 * math.exp(-t / 10)
+    def forgets(t):  # wrecked at the first step (3x), recovers part of the way, settles at 1.6x
+        return 2.0 if t == 0 else 3.2 + 2.8 * math.exp(-t / 10)
 
     events = _events(_run(300, loss=forgets, norm=norm, lr=lambda t: 1e-2, loss_noise=0.03))
     assert events[0][1] == ("above_start",) and events[0][0] < 80
     assert any(confirmed for *_, confirmed in events)
+    # Settling at 1.25x is below the floor: a fine-tune kicked by a fresh optimizer can sit 30-40%
+    # above its start for tens of steps while it recovers, and per run the two look alike.
+    mild = _run(300, loss=lambda t: 2.0 if t == 0 else 2.5 + 2.3 * math.exp(-t / 10), norm=norm, loss_noise=0.03)
+    assert _escalations(mild) == []
 
 
 def test_a_fine_tune_that_settles_back_near_its_start_does_not_escalate() -> None:
@@ -265,6 +267,25 @@ def test_a_departure_shows_its_norm_rise_in_noise_units_too() -> None:
     for o in noisy:
         detector.check(o)
     assert not detector.state_dict()["loss"]["departed"]
+
+
+def test_an_easy_first_batch_of_a_trained_model_is_no_departure() -> None:
+    # A well-trained model's batch losses spread by factors; an easy first batch has a low loss
+    # *and* a low norm (5x below the rest), but no lower than the spread of the batches after it.
+    def loss(t):
+        return 0.008 if t == 0 else 0.025
+
+    def norm(t):
+        return 0.02 if t == 0 else 0.1
+
+    obs = _run(300, loss=loss, norm=norm, lr=lambda t: 1e-4, loss_noise=0.5, seed=3)
+    obs[0] = dataclasses.replace(obs[0], loss=0.008, grad_norm=0.02)  # every later batch is harder
+    obs = [dataclasses.replace(o, loss=max(o.loss, 0.0081)) if o.step else o for o in obs]
+    detector = AnomalyDetector()
+    for o in obs[:12]:
+        detector.check(o)
+    assert not detector.state_dict()["loss"]["departed"]
+    assert _escalations(obs) == []
 
 
 def test_a_lucky_first_batch_does_not_set_the_start() -> None:
@@ -422,8 +443,11 @@ def test_theil_sen_start_table(values, start) -> None:
     assert theil_sen_start(values) == pytest.approx(start)
 
 
-def test_without_a_loss_one_sided_gradients_for_the_stall_window_are_a_stall() -> None:
-    one_sided = _run(400, lr=lambda t: 0.1, health=lambda t: 0.0)  # no loss observed
-    (event, *_) = _events(one_sided)
-    assert event[1] == ("stalled",) and 200 <= event[0] <= 210
-    assert _escalations(_run(400, lr=lambda t: 0.1)) == []  # spread gradients: nothing
+def test_without_a_loss_silent_tensors_for_the_stall_window_are_a_stall() -> None:
+    silent = _run(400, lr=lambda t: 0.1, active=lambda t: 0.2)  # no loss observed
+    events = _events(silent)
+    assert events[0][1] == ("dead_units",) and events[0][0] < 20
+    detector = AnomalyDetector()
+    stalled = [o.step for o in silent if "stalled" in detector.check(o).anomaly_types]
+    assert stalled and 195 <= stalled[0] <= 210  # ... and, after the stall window, stalled too
+    assert _escalations(_run(400, lr=lambda t: 0.1, health=lambda t: 0.0)) == []  # one-sided, alive: nothing

@@ -34,8 +34,6 @@ FAMILIES = {
 INDEPENDENT = frozenset({"gradient", "loss"})
 #: Both independent families on ``confirm_steps // AGREE_DIVISOR`` steps in a row confirm.
 AGREE_DIVISOR = 4
-#: ``stalled`` needs gradients this one-sided: one tensor holds 98%+ of the squared norm.
-DEAD_HEALTH = 0.02
 #: The fast median (5 losses) has sqrt(window / 5) x the standard error of the level.
 FAST_BAND = 1.6
 
@@ -54,8 +52,8 @@ class Observation:
         n_nonfinite: number of gradient tensors with a non-finite norm.
         param_groups: number of the optimizer's param groups. A learning-rate jump that comes
             with a new group (``add_param_group``, unfreezing layers) is not a schedule bug.
-        n_tensors: number of gradient tensors measured (0: unknown). With only a few (a linear
-            head), one tensor holding most of the norm is normal, not a sign of death.
+        n_tensors: number of gradient tensors measured (0: unknown). Recorded for the rules
+            that read the spread of the norm over tensors; none does at present.
     """
 
     step: int
@@ -121,8 +119,8 @@ class AnomalyDetector:
       window and not on its way back: forgetting, for a fine-tune),
       ``progress_lost`` (``relapse_threshold`` of the progress given back), ``unstable_rise``
       (``rise_threshold`` given back while the LR climbs to new heights), ``stalled`` (at the
-      start after ``stall_steps`` at a non-rising LR, *with* dead-looking gradients; without
-      any observed loss, the dead-looking gradients alone, for as long);
+      start after ``stall_steps`` at a non-rising LR, *with* most tensors silent; without any
+      observed loss, the silent tensors alone, for as long);
     * schedule: ``lr_jump``: the LR jumped ``lr_jump_ratio`` x above anything before. In an
       existing param group (a schedule bug) it escalates at once, unconfirmed; with a new param
       group (``add_param_group``: unfreezing) it is nothing by itself. Either way, trouble
@@ -162,8 +160,9 @@ class AnomalyDetector:
         loss_z_threshold: standard errors a change of the loss level must exceed, > 0.
         trend_z_threshold: Mann-Kendall z of a significant trend, > 0.
         loss_explode_factor: level / start ratio for ``loss_explosion``, > 1.
-        above_start_factor: least level / start ratio for ``above_start`` (a floor: the bar is
-            significance and persistence), > 1.
+        above_start_factor: least level / start ratio for ``above_start``, > 1 (beyond it,
+            significance and persistence decide; a fine-tune kicked by a fresh optimizer can sit
+            30-40% above its start for tens of steps while it recovers).
         learned_progress: drop below the start that counts as having learned, in (0, 1).
         relapse_threshold: share of progress lost for ``progress_lost``, > 0.
         rise_threshold: share of progress lost for ``unstable_rise`` and after an LR jump, > 0.
@@ -190,7 +189,7 @@ class AnomalyDetector:
         loss_z_threshold: float = 4.0,
         trend_z_threshold: float = 2.5,
         loss_explode_factor: float = 4.0,
-        above_start_factor: float = 1.1,
+        above_start_factor: float = 1.5,
         learned_progress: float = 0.3,
         relapse_threshold: float = 0.5,
         rise_threshold: float = 0.25,
@@ -235,9 +234,7 @@ class AnomalyDetector:
     def reset(self) -> None:
         """Forget every observation."""
         window = 2 * self.burst_steps + 1
-        self._grads = gradient.GradientStats(
-            slow_decay=self.slow_decay, window=window, warmup_steps=self.warmup_steps, dead_health=DEAD_HEALTH
-        )
+        self._grads = gradient.GradientStats(slow_decay=self.slow_decay, window=window, warmup_steps=self.warmup_steps)
         self._losses = loss.LossStats(
             window=window,
             trend_window=self.trend_window,
@@ -317,7 +314,7 @@ class AnomalyDetector:
             found["nonfinite"] = (math.inf, lambda: f"Non-finite gradient norm ({g}) at step {obs.step}.")
             critical = True
         else:
-            grads.observe(g, obs.active_share, obs.health)
+            grads.observe(g, obs.active_share)
         x = obs.loss
         v = None
         if x is not None:
@@ -345,15 +342,15 @@ class AnomalyDetector:
                 trend_z=self.trend_z_threshold,
             )
         if v is not None:
-            self._judge_loss(v, found, obs.n_tensors)
+            self._judge_loss(v, found)
         elif grads_ok and losses.n == 0 and lr.clock * self.sensitivity >= self.stall_steps:
-            # No loss to show progress: one-sided gradients for that long are evidence enough.
-            if gradient.one_sided(grads, dead_share=self.dead_share, n_tensors=obs.n_tensors):
+            # No loss to show progress: silent tensors for that long are evidence enough.
+            if gradient.silent(grads, dead_share=self.dead_share):
                 clock = lr.clock
                 found["stalled"] = (
                     clock / self.stall_steps,
-                    lambda: f"Stalled: for {clock} steps one gradient tensor has held nearly all the norm (or most "
-                    "tensors none); no loss observed to show progress.",
+                    lambda: f"Stalled: for {clock} steps most gradient tensors have had no gradient; no loss "
+                    "observed to show progress.",
                 )
         self._jump_norm = 0.0
         if immediate:  # a jump in an existing param group: a schedule bug until shown otherwise
@@ -362,7 +359,7 @@ class AnomalyDetector:
             self._judge_jump(v, found, obs.step)
         return self._report(obs.step, found, critical, immediate)
 
-    def _judge_loss(self, v: loss.LossView, found: Findings, n_tensors: int) -> None:
+    def _judge_loss(self, v: loss.LossView, found: Findings) -> None:
         losses = self._losses
         loss.judge_loss(
             losses,
@@ -387,7 +384,7 @@ class AnomalyDetector:
             stall_steps=self.stall_steps,
             min_progress=self.min_progress,
             trend_z=self.trend_z_threshold,
-            dead_gradients=gradient.one_sided(self._grads, dead_share=self.dead_share, n_tensors=n_tensors),
+            dead_gradients=gradient.silent(self._grads, dead_share=self.dead_share),
         )
 
     def _judge_jump(self, v: loss.LossView | None, found: Findings, step: int) -> None:

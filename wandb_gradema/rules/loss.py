@@ -26,7 +26,8 @@ Statistics of the finite observed losses:
   a lucky first batch of 2 shows both at once in about 1% of runs, of 8 or more practically
   never), or milder rises (``DEPART_*_MILD``; the norm's may also stand ``DEPART_NORM_Z`` times
   the noise of the later log norms above the first) with every later loss of the reference
-  window above the first, the first loss is the start the explosion rules compare with.
+  window above the first and their median ``DEPART_Z`` times their own noise above it, the
+  first loss is the start the explosion rules compare with.
 """
 
 from __future__ import annotations
@@ -57,10 +58,14 @@ DEPART_NORM = 8.0
 #: ... or, when every one of the first ``reference_steps - 1`` losses is above the first, these
 #: (the norm: ``DEPART_NORM_MILD`` x, or ``DEPART_NORM_Z`` times the noise of the later log norms,
 #: 1.048 x their median absolute difference; Adam's normalisation brings a kicked model's norm
-#: back within tens of steps, while its loss stays up).
+#: back within tens of steps, while its loss stays up), with the later losses' median also
+#: ``DEPART_Z`` times their own log noise above the first: a lucky easy batch of a well-trained
+#: model has a low loss *and* a low norm, so the norm is no second sign for it, and only a rise
+#: that stands out from the batch-to-batch spread is a departure.
 DEPART_LOSS_MILD = 2.0
 DEPART_NORM_MILD = 4.0
 DEPART_NORM_Z = 3.0
+DEPART_Z = 4.0
 
 #: ``above_start``: a level above the start that would be back within this many times the run's
 #: age, at its pace over the last trend window, is recovering (see ``recovering``).
@@ -110,9 +115,11 @@ def _departed(first: list[float], norm_rise: float, norm_z: float) -> bool:
     early = _median(sorted(first[1 : DEPART_STEPS + 1]))
     if early >= DEPART_LOSS * head and norm_rise >= math.log(DEPART_NORM):
         return True
-    # milder, but every later loss is above the first one
+    # milder, but every later loss is above the first one, beyond the batch-to-batch noise
     norm_up = norm_rise >= math.log(DEPART_NORM_MILD) or norm_z >= DEPART_NORM_Z
-    return head < min(first[1:]) and early >= DEPART_LOSS_MILD * head and norm_up
+    if not (head < min(first[1:]) and early >= DEPART_LOSS_MILD * head and norm_up):
+        return False
+    return rise_z(math.log(head), [math.log(x) for x in first[1:]]) >= DEPART_Z
 
 
 def _var_of_median(n: int) -> float:
@@ -402,8 +409,9 @@ def judge_stall(
 ) -> None:
     """``stalled``: after ``stall_steps`` steps at a non-rising LR the level is still at its start
     (within noise and ``min_progress``), with no significant downward trend, *and* the
-    gradients look dead (most tensors silent, or one tensor holding nearly all the norm). A
-    plateau whose gradients are alive is a slow or late learner, never a stall."""
+    gradients look dead (most tensors get no gradient at all). A plateau whose gradients are
+    alive, even when one tensor (a deep net's head) holds nearly all of the norm, is a slow or
+    late learner, never a stall."""
     if not dead_gradients or v.trend <= -trend_z:
         return
     m, ref = v.m, v.ref
@@ -412,5 +420,5 @@ def judge_stall(
     found["stalled"] = (
         clock / stall_steps,
         lambda: f"Stalled: after {clock} steps the loss ({m:.4g}, {ref:.4g} at the start) has made no progress "
-        "beyond its noise and the gradients look dead.",
+        "beyond its noise and most gradient tensors get no gradient.",
     )
