@@ -45,7 +45,8 @@ class Observation:
     Attributes:
         step: optimizer step index (0-based).
         grad_norm: total L2 gradient norm before the update (NaN/Inf when a gradient was).
-        health: gradient health score in [0, 1] (see ``wandb_gradema.health_score``).
+        health: gradient health score in [0, 1] (see ``wandb_gradema.health_score``); charted,
+            not read by the rules (one tensor holding the norm is no sign of death).
         loss: mean training loss observed for this step, or None when none was given.
         lr: largest learning rate over the optimizer's param groups, or None.
         active_share: share of gradient tensors with a finite, non-vanishing norm.
