@@ -190,3 +190,19 @@ def test_extended_splits_differ_in_configs_and_seeds_and_keep_a_holdout() -> Non
     seeds = [{s["seed"] for _, s in split} for split in (dev, test, holdout)]
     assert not seeds[0] & seeds[1] and not (seeds[0] | seeds[1]) & seeds[2]
     assert any(s["pretrain_steps"] for _, s in dev) and any(s["steps"] >= 1000 for _, s in dev)
+
+
+@pytest.mark.parametrize(("first", "later", "others"), [
+    ("holdout", ("holdout2", "holdout3"), ("dev", "test")),
+    ("ext-holdout", ("ext-holdout2", "ext-holdout3"), ("ext-dev", "ext-test")),
+])  # fmt: skip
+def test_later_holdouts_hold_every_variant_with_seeds_of_their_own(
+    first: str, later: tuple[str, ...], others: tuple[str, ...]
+) -> None:
+    used = {s["seed"] for split in (first, *others) for _, s in scenarios(split)}
+    for split in later:
+        new = scenarios(split)
+        assert [n for n, _ in new] == [n for n, _ in scenarios(first)]
+        seeds = {s["seed"] for _, s in new}
+        assert not seeds & used, split
+        used |= seeds

@@ -18,7 +18,7 @@ from .rules._common import Findings
 
 __all__ = ["AnomalyDetector", "AnomalyReport", "Observation"]
 
-#: Which family each rule belongs to (corroboration between families confirms an anomaly).
+#: Which family each rule belongs to (the gradient and loss families agreeing confirm).
 FAMILIES = {
     "grad_explosion": "gradient",
     "grad_vanish": "gradient",
@@ -27,11 +27,13 @@ FAMILIES = {
     "above_start": "loss",
     "progress_lost": "loss",
     "unstable_rise": "loss",
-    "stalled": "loss",
+    "stalled": "gradient",  # its evidence of death is the gradients; the loss only gates it
     "lr_jump": "schedule",
 }
-#: ``stalled`` needs gradients this one-sided: one tensor holds 98%+ of the squared norm.
-DEAD_HEALTH = 0.02
+#: The families of independent evidence: the schedule is context for the other two.
+INDEPENDENT = frozenset({"gradient", "loss"})
+#: Both independent families on ``confirm_steps // AGREE_DIVISOR`` steps in a row confirm.
+AGREE_DIVISOR = 4
 #: The fast median (5 losses) has sqrt(window / 5) x the standard error of the level.
 FAST_BAND = 1.6
 
@@ -43,15 +45,16 @@ class Observation:
     Attributes:
         step: optimizer step index (0-based).
         grad_norm: total L2 gradient norm before the update (NaN/Inf when a gradient was).
-        health: gradient health score in [0, 1] (see ``wandb_gradema.health_score``).
+        health: gradient health score in [0, 1] (see ``wandb_gradema.health_score``); charted,
+            not read by the rules (one tensor holding the norm is no sign of death).
         loss: mean training loss observed for this step, or None when none was given.
         lr: largest learning rate over the optimizer's param groups, or None.
         active_share: share of gradient tensors with a finite, non-vanishing norm.
         n_nonfinite: number of gradient tensors with a non-finite norm.
         param_groups: number of the optimizer's param groups. A learning-rate jump that comes
             with a new group (``add_param_group``, unfreezing layers) is not a schedule bug.
-        n_tensors: number of gradient tensors measured (0: unknown). With only a few (a linear
-            head), one tensor holding most of the norm is normal, not a sign of death.
+        n_tensors: number of gradient tensors measured (0: unknown). Recorded for the rules
+            that read the spread of the norm over tensors; none does at present.
     """
 
     step: int
@@ -77,9 +80,9 @@ class AnomalyReport:
         score: the largest rule score this step (>= 1 means anomalous); logged as a chart.
         critical: True when the anomaly must escalate at once (non-finite values); critical
             reports are always prune-grade.
-        confirmed: True when the evidence is strong enough to prune on (critical, or the
-            anomaly has persisted ``confirm_steps`` steps, or half that with two independent
-            families of rules agreeing).
+        confirmed: True when the evidence is strong enough to prune on (critical, or gradient
+            or loss rules have fired ``confirm_steps`` steps in a row, or both families together
+            on a quarter of that).
         immediate: escalate without waiting for ``patience`` but, unless also confirmed, do
             not prune (an LR jump in an existing param group: a likely schedule bug).
     """
@@ -113,22 +116,26 @@ class AnomalyDetector:
       ``dead_share`` of the tensors non-zero); the last two stay off while the loss holds its
       progress (vanishing is convergence then);
     * loss: ``loss_explosion`` (``loss_explode_factor`` x the start), ``above_start``
-      (``above_start_factor`` x the start and not recovering: forgetting, for a fine-tune),
+      (significantly above the start, at least ``above_start_factor`` x, for a whole trend
+      window and not on its way back: forgetting, for a fine-tune),
       ``progress_lost`` (``relapse_threshold`` of the progress given back), ``unstable_rise``
       (``rise_threshold`` given back while the LR climbs to new heights), ``stalled`` (at the
-      start after ``stall_steps`` at a non-rising LR, *with* dead-looking gradients; without
-      any observed loss, the dead-looking gradients alone, for as long);
+      start after ``stall_steps`` at a non-rising LR, *with* most tensors silent; without any
+      observed loss, the silent tensors alone, for as long);
     * schedule: ``lr_jump``: the LR jumped ``lr_jump_ratio`` x above anything before. In an
       existing param group (a schedule bug) it escalates at once, unconfirmed; with a new param
       group (``add_param_group``: unfreezing) it is nothing by itself. Either way, trouble
       within ``jump_window`` steps (the loss gives back ``rise_threshold`` of the progress it
-      held at the jump, or the gradients explode) makes it an anomaly, and prune-grade.
+      held at the jump, or the gradients explode) makes it an anomaly. The jump is context,
+      not evidence: it never confirms by itself (see the prune bar).
     * ``nonfinite``: a NaN/Inf gradient norm or loss. Critical and confirmed at once.
 
-    **Prune bar**: a report is ``confirmed`` (prune-grade) when critical, when the anomaly has
-    lasted ``confirm_steps`` steps in a row, or ``confirm_steps // 2`` with rules of two families
-    (gradient, loss, schedule) agreeing. ``EscalationPolicy`` escalates on ``patience`` anomalous
-    steps; the monitor prunes only on confirmed events.
+    **Prune bar**: a report is ``confirmed`` (prune-grade) when critical, when gradient or loss
+    rules have fired ``confirm_steps`` steps in a row, or when rules of both families (two
+    independent signs) have fired together on ``confirm_steps // 4`` steps in a row. The
+    schedule is context, not evidence: ``lr_jump`` alone never counts (without an observed
+    loss, a norm that exploded since the jump counts as gradient evidence). ``EscalationPolicy``
+    escalates on ``patience`` anomalous steps; the monitor prunes only on confirmed events.
 
     Non-finite gradients: reported (critical), never folded into any statistic.
 
@@ -142,7 +149,8 @@ class AnomalyDetector:
         sensitivity: multiplies every rule's score, > 0. 2.0 fires at half the evidence.
         warmup_steps: observations before the slow gradient baseline and LR jumps count, >= 0.
         burst_steps: longest burst of bad batches in a row treated as noise, >= 1.
-        confirm_steps: anomalous steps in a row that make a report prune-grade, >= 1.
+        confirm_steps: anomalous steps in a row that make a report prune-grade (a quarter of
+            them with both the gradient and the loss rules firing), >= 1.
         slow_decay: decay of the slow (baseline) EMA of the log norm, in (0, 1).
         z_threshold: standard deviations above baseline for ``grad_explosion``, > 0.
         explode_ratio: norm / baseline ratio for ``grad_explosion``, > 1.
@@ -153,7 +161,9 @@ class AnomalyDetector:
         loss_z_threshold: standard errors a change of the loss level must exceed, > 0.
         trend_z_threshold: Mann-Kendall z of a significant trend, > 0.
         loss_explode_factor: level / start ratio for ``loss_explosion``, > 1.
-        above_start_factor: level / start ratio for ``above_start``, > 1.
+        above_start_factor: least level / start ratio for ``above_start``, > 1 (beyond it,
+            significance and persistence decide; a fine-tune kicked by a fresh optimizer can sit
+            30-40% above its start for tens of steps while it recovers).
         learned_progress: drop below the start that counts as having learned, in (0, 1).
         relapse_threshold: share of progress lost for ``progress_lost``, > 0.
         rise_threshold: share of progress lost for ``unstable_rise`` and after an LR jump, > 0.
@@ -225,9 +235,7 @@ class AnomalyDetector:
     def reset(self) -> None:
         """Forget every observation."""
         window = 2 * self.burst_steps + 1
-        self._grads = gradient.GradientStats(
-            slow_decay=self.slow_decay, window=window, warmup_steps=self.warmup_steps, dead_health=DEAD_HEALTH
-        )
+        self._grads = gradient.GradientStats(slow_decay=self.slow_decay, window=window, warmup_steps=self.warmup_steps)
         self._losses = loss.LossStats(
             window=window,
             trend_window=self.trend_window,
@@ -236,8 +244,9 @@ class AnomalyDetector:
             trend_z=self.trend_z_threshold,
         )
         self._lr = schedule.ScheduleStats()
-        self._episode = 0  # anomalous reports in a row
-        self._families: list[str] = []  # rule families seen in this run of anomalous reports
+        self._episode = 0  # anomalous reports in a row with gradient or loss evidence
+        self._agree = 0  # ... of which, the last ones in a row with both families at once
+        self._jump_norm = 0.0  # this step's lr_jump score from the gradient norm alone
 
     def state_dict(self) -> dict[str, Any]:
         """Every running statistic, as plain Python values."""
@@ -246,7 +255,7 @@ class AnomalyDetector:
             "loss": self._losses.state(),
             "schedule": self._lr.state(),
             "episode": self._episode,
-            "families": list(self._families),
+            "agree": self._agree,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -259,7 +268,7 @@ class AnomalyDetector:
         self._losses.load(state["loss"])
         self._lr.load(state["schedule"])
         self._episode = int(state["episode"])
-        self._families = [str(f) for f in state["families"]]
+        self._agree = int(state["agree"])
 
     @property
     def initial_loss(self) -> float | None:
@@ -306,7 +315,7 @@ class AnomalyDetector:
             found["nonfinite"] = (math.inf, lambda: f"Non-finite gradient norm ({g}) at step {obs.step}.")
             critical = True
         else:
-            grads.observe(g, obs.active_share, obs.health)
+            grads.observe(g, obs.active_share)
         x = obs.loss
         v = None
         if x is not None:
@@ -314,10 +323,13 @@ class AnomalyDetector:
                 found["nonfinite"] = (math.inf, lambda: f"Non-finite loss ({x}) at step {obs.step}.")
                 critical = True
             else:
-                norm_rise = 0.0
+                norm_rise = norm_z = 0.0
                 if grads.n == loss.DEPART_STEPS + 1:  # the first steps' norms against the first one
                     norm_rise = _median(list(grads.norms.values)[1:]) - grads.first
-                losses.observe(x, norm_rise)
+                if losses.n == self.reference_steps - 1 and grads.n:  # ... and the reference's
+                    later = list(grads.norms.values)[1:] if grads.n <= grads.norms.size else list(grads.norms.values)
+                    norm_z = loss.rise_z(grads.first, later, loss.DEPART_STEPS)
+                losses.observe(x, norm_rise, norm_z)
                 v = loss.view(losses, z=self.loss_z_threshold, learned_progress=self.learned_progress)
         if grads_ok:
             gradient.judge_gradients(
@@ -331,23 +343,24 @@ class AnomalyDetector:
                 trend_z=self.trend_z_threshold,
             )
         if v is not None:
-            self._judge_loss(v, found, obs.n_tensors)
+            self._judge_loss(v, found)
         elif grads_ok and losses.n == 0 and lr.clock * self.sensitivity >= self.stall_steps:
-            # No loss to show progress: one-sided gradients for that long are evidence enough.
-            if gradient.one_sided(grads, dead_share=self.dead_share, n_tensors=obs.n_tensors):
+            # No loss to show progress: silent tensors for that long are evidence enough.
+            if gradient.silent(grads, dead_share=self.dead_share):
                 clock = lr.clock
                 found["stalled"] = (
                     clock / self.stall_steps,
-                    lambda: f"Stalled: for {clock} steps one gradient tensor has held nearly all the norm (or most "
-                    "tensors none); no loss observed to show progress.",
+                    lambda: f"Stalled: for {clock} steps most gradient tensors have had no gradient; no loss "
+                    "observed to show progress.",
                 )
+        self._jump_norm = 0.0
         if immediate:  # a jump in an existing param group: a schedule bug until shown otherwise
             schedule.judge_jump_itself(lr, found, log_jump=self._log_jump)
         elif lr.armed(self.jump_window):
             self._judge_jump(v, found, obs.step)
         return self._report(obs.step, found, critical, immediate)
 
-    def _judge_loss(self, v: loss.LossView, found: Findings, n_tensors: int) -> None:
+    def _judge_loss(self, v: loss.LossView, found: Findings) -> None:
         losses = self._losses
         loss.judge_loss(
             losses,
@@ -372,7 +385,7 @@ class AnomalyDetector:
             stall_steps=self.stall_steps,
             min_progress=self.min_progress,
             trend_z=self.trend_z_threshold,
-            dead_gradients=gradient.one_sided(self._grads, dead_share=self.dead_share, n_tensors=n_tensors),
+            dead_gradients=gradient.silent(self._grads, dead_share=self.dead_share),
         )
 
     def _judge_jump(self, v: loss.LossView | None, found: Findings, step: int) -> None:
@@ -388,6 +401,7 @@ class AnomalyDetector:
         norm_rise = 0.0
         if grads.full and math.isfinite(lr.jump_norm):
             norm_rise = max(0.0, grads.med - lr.jump_norm)
+        self._jump_norm = norm_rise / self._log_explode  # a gradient sign (a median: burst-proof)
         schedule.judge_jump(
             lr,
             found,
@@ -406,21 +420,25 @@ class AnomalyDetector:
                 score = value
         score *= s
         if score < 1.0:
-            self._episode = 0
-            self._families = []
+            self._episode = self._agree = 0
             return AnomalyReport(step=step, has_anomaly=False, score=score)
         details = {k: why() for k, (value, why) in found.items() if value * s >= 1.0}
-        self._episode += 1
-        for rule in details:
-            family = FAMILIES.get(rule)
-            if family is not None and family not in self._families:
-                self._families.append(family)
-        # lr_jump is trouble after a jump: the schedule and what suffered agree.
-        corroborated = len(self._families) >= 2 or "lr_jump" in details
+        # The schedule is context, not evidence: only the gradient and loss families count
+        # towards the prune bar, and they must agree on the same steps to corroborate.
+        families = {FAMILIES.get(rule) for rule in details} & INDEPENDENT
+        if "lr_jump" in details and self._jump_norm * s >= 1.0 and not self._losses.n:
+            # Without a loss to show whether the run survives the jump, a norm that has
+            # exploded since (a median: burst-proof) is the gradient evidence.
+            families.add("gradient")
+        if families:
+            self._episode += 1
+            self._agree = self._agree + 1 if families == INDEPENDENT else 0
+        else:
+            self._episode = self._agree = 0
         confirmed = (
             critical
             or self._episode >= self.confirm_steps
-            or (corroborated and self._episode >= max(1, self.confirm_steps // 2))
+            or self._agree >= max(1, self.confirm_steps // AGREE_DIVISOR)
         )
         return AnomalyReport(
             step=step,

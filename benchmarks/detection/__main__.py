@@ -17,7 +17,10 @@ from .detectors import all_detectors, fire, product
 from .evaluate import counts_line, format_families, format_table, score
 from .suite import MAX_JOBS, load_split
 
-SPLITS = ("dev", "test", "holdout", "shared-dev", "ext-dev", "ext-test", "ext-holdout")
+SPLITS = (
+    "dev", "test", "holdout", "holdout2", "holdout3", "shared-dev",
+    "ext-dev", "ext-test", "ext-holdout", "ext-holdout2", "ext-holdout3",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,10 +18,26 @@ TEST_SEED_OFFSET = 100
 #: ``holdout``: every variant of both splits again, with seeds no other split uses. Nothing was
 #: tuned on it: it judges whether the defaults generalise beyond the runs they were chosen on.
 HOLDOUT_SEED_OFFSET = 1000
+#: ``holdout2``: every variant once more, with seeds of its own. Added before the second tuning
+#: pass (the first holdout had been looked at once): looked at once, at the end of that pass.
+HOLDOUT2_SEED_OFFSET = 3000
+#: ``holdout3``: again, for the fixes that the look at ``holdout2`` called for; looked at once.
+HOLDOUT3_SEED_OFFSET = 5000
 #: The extended suite (``EXTENDED``) has splits of its own, named with this prefix.
 EXTENDED_PREFIX = "ext-"
-EXTENDED_SPLITS = ("ext-dev", "ext-test", "ext-holdout")
+EXTENDED_SPLITS = ("ext-dev", "ext-test", "ext-holdout", "ext-holdout2", "ext-holdout3")
 EXTENDED_HOLDOUT_SEED_OFFSET = 2000
+EXTENDED_HOLDOUT2_SEED_OFFSET = 4000
+EXTENDED_HOLDOUT3_SEED_OFFSET = 6000
+#: Every holdout: every variant, with seeds no other split uses.
+HOLDOUT_SEEDS = {
+    "holdout": HOLDOUT_SEED_OFFSET,
+    "holdout2": HOLDOUT2_SEED_OFFSET,
+    "ext-holdout": EXTENDED_HOLDOUT_SEED_OFFSET,
+    "ext-holdout2": EXTENDED_HOLDOUT2_SEED_OFFSET,
+    "holdout3": HOLDOUT3_SEED_OFFSET,
+    "ext-holdout3": EXTENDED_HOLDOUT3_SEED_OFFSET,
+}
 
 CNN: dict[str, Any] = {"model": "cnn"}
 CANCER: dict[str, Any] = {"task": "cancer", "width": 32}
@@ -207,25 +223,31 @@ QUICK = (
 )
 
 
+def _holdout(families: dict[str, list[dict[str, Any]]], offset: int) -> list[tuple[str, Spec]]:
+    """Every variant of ``families``, seeded ``offset + index``."""
+    return [
+        (f"{fam}-{i}", make_spec(**cfg, seed=offset + i))
+        for fam, variants in families.items()
+        for i, cfg in enumerate(variants)
+    ]
+
+
 def _seed(split: str, variant: int) -> int:
     return variant + (TEST_SEED_OFFSET if split == "test" else 0)
 
 
 def scenarios(split: str) -> list[tuple[str, Spec]]:
-    """The named specs of ``split``: ``dev``, ``test``, ``holdout`` or ``quick`` (dev variants, for
-    CI); ``ext-dev``, ``ext-test``, ``ext-holdout`` for the extended suite."""
+    """The named specs of ``split``: ``dev``, ``test``, ``holdout``, ``holdout2``, ``holdout3`` or
+    ``quick`` (dev variants, for CI); ``ext-dev``, ``ext-test``, ``ext-holdout``, ``ext-holdout2``,
+    ``ext-holdout3`` for the extended suite."""
     if split.startswith(EXTENDED_PREFIX):
         return _extended(split)
     if split == "quick":
         return [(f"{fam}-{i}", make_spec(**FAMILIES[fam][i], seed=_seed("dev", i))) for fam, i in QUICK]
-    if split == "holdout":
-        return [
-            (f"{fam}-{i}", make_spec(**cfg, seed=HOLDOUT_SEED_OFFSET + i))
-            for fam, variants in FAMILIES.items()
-            for i, cfg in enumerate(variants)
-        ]
+    if split in HOLDOUT_SEEDS:
+        return _holdout(FAMILIES, HOLDOUT_SEEDS[split])
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS + ('holdout', 'quick')}")
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS + (*HOLDOUT_SEEDS, 'quick')}")
     parity = SPLITS.index(split)
     return [
         (f"{fam}-{i}", make_spec(**cfg, seed=_seed(split, i)))
@@ -239,7 +261,7 @@ def scenarios(split: str) -> list[tuple[str, Spec]]:
 # Runs people sweep beyond 300 steps from scratch: tiny noisy batches, long schedules with late
 # bursts of corrupted batches, fine-tunes, late learners, warm restarts and cyclic LRs, late
 # failures. Same scheme: even variants in ``ext-dev``, odd ones in ``ext-test`` (seed + 100),
-# every variant in ``ext-holdout`` with seeds nothing else uses.
+# every variant in ``ext-holdout``, ``ext-holdout2`` and ``ext-holdout3`` with seeds nothing else uses.
 SUM16: dict[str, Any] = {"task": "sum16", "width": 64}
 SINE16: dict[str, Any] = {"task": "sine16", "width": 64}
 SIGN16: dict[str, Any] = {"task": "sign16", "width": 64}
@@ -360,12 +382,8 @@ EXTENDED: dict[str, list[dict[str, Any]]] = {
 def _extended(split: str) -> list[tuple[str, Spec]]:
     if split not in EXTENDED_SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {EXTENDED_SPLITS}")
-    if split == "ext-holdout":
-        return [
-            (f"{fam}-{i}", make_spec(**cfg, seed=EXTENDED_HOLDOUT_SEED_OFFSET + i))
-            for fam, variants in EXTENDED.items()
-            for i, cfg in enumerate(variants)
-        ]
+    if split in HOLDOUT_SEEDS:
+        return _holdout(EXTENDED, HOLDOUT_SEEDS[split])
     parity = EXTENDED_SPLITS.index(split)
     return [
         (f"{fam}-{i}", make_spec(**cfg, seed=i + (TEST_SEED_OFFSET if parity else 0)))

@@ -31,8 +31,9 @@ def load_split(
     cache: TraceCache | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[Trace]:
-    """The labelled traces of ``split`` (``dev``, ``test``, ``holdout``, ``quick``, ``shared-dev``,
-    ``ext-dev``, ``ext-test`` or ``ext-holdout``)."""
+    """The labelled traces of ``split`` (``dev``, ``test``, ``holdout``, ``holdout2``, ``holdout3``,
+    ``quick``, ``shared-dev``, ``ext-dev``, ``ext-test``, ``ext-holdout``, ``ext-holdout2`` or
+    ``ext-holdout3``)."""
     if split == "shared-dev":
         return load_shared_dev()
     cache = cache or TraceCache()

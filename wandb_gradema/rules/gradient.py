@@ -9,7 +9,6 @@ change moves it within ``window // 2 + 1`` steps.
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Any
 
 from ._common import TINY, Findings
@@ -59,19 +58,16 @@ class GradientStats:
 
     - ``slow``: EMA of the log norm, the baseline. Once warm it takes values winsorised to 3
       standard deviations above it, so a spike cannot drag it up.
-    - ``norms``, ``active``, ``health``: the last ``window`` log norms, active-tensor shares and
-      health scores (medians read by the rules).
+    - ``norms``, ``active``: the last ``window`` log norms and active-tensor shares (medians read
+      by the rules).
     - ``first``: the first log norm (the baseline while warming up); ``peak``: the highest
       median log norm once warm; ``base``/``sd``: the baseline and its spread *before* the
       latest step was folded in (what that step is judged against).
     """
 
-    __slots__ = (
-        "slow", "n", "first", "peak", "base", "sd", "norms", "active", "health", "warmup_steps", "med", "full",
-        "dead_health", "one_sided",
-    )  # fmt: skip
+    __slots__ = ("slow", "n", "first", "peak", "base", "sd", "norms", "active", "warmup_steps", "med", "full")
 
-    def __init__(self, *, slow_decay: float, window: int, warmup_steps: int, dead_health: float = 0.02) -> None:
+    def __init__(self, *, slow_decay: float, window: int, warmup_steps: int) -> None:
         self.warmup_steps = warmup_steps
         self.slow = Ema(slow_decay)
         self.n = 0
@@ -81,10 +77,6 @@ class GradientStats:
         self.sd = 1.0
         self.norms = RollingWindow(window, trend=True)
         self.active = RollingWindow(window)
-        # health scores of the window; only "how many at or below dead_health" is ever read
-        self.health: deque[float] = deque(maxlen=window)
-        self.dead_health = dead_health
-        self.one_sided = 0  # health scores in the window at or below dead_health
         self.med = math.nan  # median log norm of the window, after the latest step
         self.full = False  # the window is full: the rules may judge
 
@@ -93,7 +85,7 @@ class GradientStats:
         """Past the warm-up: the slow EMA is the baseline."""
         return self.n > self.warmup_steps
 
-    def observe(self, grad_norm: float, active_share: float, health: float) -> None:
+    def observe(self, grad_norm: float, active_share: float) -> None:
         """Fold in one finite observation."""
         x = math.log(max(grad_norm, TINY))
         if self.n == 0:
@@ -106,10 +98,6 @@ class GradientStats:
         self.n += 1
         self.norms.push(x)
         self.active.push(active_share)
-        if len(self.health) == self.health.maxlen:
-            self.one_sided -= self.health[0] <= self.dead_health
-        self.health.append(health)
-        self.one_sided += health <= self.dead_health
         self.med = self.norms.median()
         self.full = self.norms.full
         if self.full and self.n > self.warmup_steps:
@@ -125,7 +113,6 @@ class GradientStats:
             "sd": self.sd,
             "norms": self.norms.state(),
             "active": self.active.state(),
-            "health": list(self.health),
         }
 
     def load(self, s: dict[str, Any]) -> None:
@@ -135,26 +122,16 @@ class GradientStats:
         self.base, self.sd = float(s["base"]), float(s["sd"])
         self.norms.load(s["norms"])
         self.active.load(s["active"])
-        self.health = deque((float(h) for h in s["health"]), maxlen=self.health.maxlen)
-        self.one_sided = sum(h <= self.dead_health for h in self.health)
         self.med = self.norms.median()
         self.full = self.norms.full
 
 
-#: One tensor holding nearly all the norm means death only among this many tensors or more
-#: (a linear head has two, and its weight always holds nearly all of it).
-MIN_TENSORS_FOR_HEALTH = 4
-
-
-def one_sided(st: GradientStats, *, dead_share: float, n_tensors: int) -> bool:
-    """The gradients look dead: most tensors silent, or (among ``MIN_TENSORS_FOR_HEALTH`` or more;
-    0 is unknown) one tensor holds nearly all the norm (the median health of the window is at
-    most ``dead_health``)."""
-    if not st.full:
-        return False
-    if st.active.median() <= dead_share:
-        return True
-    return (n_tensors == 0 or n_tensors >= MIN_TENSORS_FOR_HEALTH) and 2 * st.one_sided > len(st.health)
+def silent(st: GradientStats, *, dead_share: float) -> bool:
+    """The gradients look dead: most tensors get no gradient at all (the median active share of
+    the window is at most ``dead_share``). One tensor holding nearly all the norm is *not* a
+    sign of death: the body of a deep tanh net with a small init gets 0.1% of the squared norm
+    for 200 steps and more on the plateau before it learns."""
+    return st.full and st.active.median() <= dead_share
 
 
 def judge_gradients(

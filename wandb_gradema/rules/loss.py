@@ -14,17 +14,20 @@ Statistics of the finite observed losses:
   pairwise slopes: one lucky or corrupted batch cannot set it, a loss already falling or
   exploding fast is traced back to where it began). A fine-tune's start is its pretrained
   level;
-- the **best** level so far: the lowest median of the last ``trend_window`` losses (a longer
-  window than the level's, so the minimum of many noisy medians is not a lucky one), and the
-  Mann-Kendall trend of the same window (``trend_z`` < -threshold: still improving);
+- the **best** level so far: the lowest level (a median of ``window`` losses; the rules
+  compare the longer median of the last ``trend_window`` losses with it, beyond the slow
+  noise's band), and the Mann-Kendall trend of the last ``trend_window`` losses
+  (``trend_z`` < -threshold: still improving);
 - a **departure** from the start at the very first step: a fresh optimizer with a far too
   high LR can wreck a pretrained model in one step, so every loss but the first is already
   the wrecked level (the Theil-Sen start then traces the recovery back to a high start).
   When the median of the next ``DEPART_STEPS`` losses is ``DEPART_LOSS`` x the first *and*
   the median of their gradient norms ``DEPART_NORM`` x the first one (two independent signs;
   a lucky first batch of 2 shows both at once in about 1% of runs, of 8 or more practically
-  never), or milder rises (``DEPART_*_MILD``) with every later loss of the reference window
-  above the first, the first loss is the start the explosion rules compare with.
+  never), or milder rises (``DEPART_*_MILD``; the norm's may also stand ``DEPART_NORM_Z`` times
+  the noise of the later log norms above the first) with every later loss of the reference
+  window above the first and their median ``DEPART_Z`` times their own noise above it, the
+  first loss is the start the explosion rules compare with.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from ._common import MEDIAN_SE, Findings
 from ._window import RollingWindow
 from .gradient import Ema
 
-__all__ = ["LossStats", "judge_loss", "theil_sen_start"]
+__all__ = ["LossStats", "judge_loss", "rise_z", "theil_sen_start"]
 
 #: Losses in the fast median, read only in the window after an LR jump.
 FAST_WINDOW = 5
@@ -52,13 +55,21 @@ RISE_LEVEL = 0.25
 DEPART_STEPS = 3
 DEPART_LOSS = 8.0
 DEPART_NORM = 8.0
-#: ... or, when every one of the first ``reference_steps - 1`` losses is above the first, these.
+#: ... or, when every one of the first ``reference_steps - 1`` losses is above the first, these
+#: (the norm: ``DEPART_NORM_MILD`` x, or ``DEPART_NORM_Z`` times the noise of the later log norms,
+#: 1.048 x their median absolute difference; Adam's normalisation brings a kicked model's norm
+#: back within tens of steps, while its loss stays up), with the later losses' median also
+#: ``DEPART_Z`` times their own log noise above the first: a lucky easy batch of a well-trained
+#: model has a low loss *and* a low norm, so the norm is no second sign for it, and only a rise
+#: that stands out from the batch-to-batch spread is a departure.
 DEPART_LOSS_MILD = 2.0
 DEPART_NORM_MILD = 4.0
-#: ``above_start`` needs the longer median not to have fallen below this share of its value a
-#: trend window earlier (a fine-tune kicked by a fresh optimizer keeps recovering, by more than
-#: a quarter per window; forgetting stays).
-STAYS = 0.75
+DEPART_NORM_Z = 3.0
+DEPART_Z = 4.0
+
+#: ``above_start``: a level above the start that would be back within this many times the run's
+#: age, at its pace over the last trend window, is recovering (see ``recovering``).
+RECOVERY_HORIZON = 2.0
 
 _DIFF_TO_SD = 1.0 / (0.6745 * math.sqrt(2.0))  # median |x_t - x_{t-1}| -> sigma, Gaussian
 
@@ -85,7 +96,18 @@ def theil_sen_start(values: list[float], trend_z: float = 2.0) -> float:
     return min(max(start, min(values)), max(values))
 
 
-def _departed(first: list[float], norm_rise: float) -> bool:
+def rise_z(head: float, later: list[float], n_first: int | None = None) -> float:
+    """How far the median of ``later`` (logs; of its first ``n_first`` only, when given) is above
+    ``head``, in units of the noise of ``later`` (1.048 x the median absolute difference between
+    consecutive values); inf without noise."""
+    if len(later) < 3:
+        return 0.0
+    rise = _median(sorted(later[:n_first])) - head
+    sigma = _DIFF_TO_SD * _median(sorted(abs(b - a) for a, b in zip(later, later[1:])))
+    return rise / sigma if sigma > 0 else (math.inf if rise > 0 else 0.0)
+
+
+def _departed(first: list[float], norm_rise: float, norm_z: float) -> bool:
     """Did the run leave its start at the first step (see the module docstring)?"""
     head = first[0]
     if head <= 0:
@@ -93,8 +115,16 @@ def _departed(first: list[float], norm_rise: float) -> bool:
     early = _median(sorted(first[1 : DEPART_STEPS + 1]))
     if early >= DEPART_LOSS * head and norm_rise >= math.log(DEPART_NORM):
         return True
-    # milder, but every later loss is above the first one
-    return head < min(first[1:]) and early >= DEPART_LOSS_MILD * head and norm_rise >= math.log(DEPART_NORM_MILD)
+    # milder, but every later loss is above the first one, beyond the batch-to-batch noise
+    norm_up = norm_rise >= math.log(DEPART_NORM_MILD) or norm_z >= DEPART_NORM_Z
+    if not (head < min(first[1:]) and early >= DEPART_LOSS_MILD * head and norm_up):
+        return False
+    return rise_z(math.log(head), [math.log(x) for x in first[1:]]) >= DEPART_Z
+
+
+def _var_of_median(n: int) -> float:
+    """Variance of the median of ``n`` values in units of their variance (one value: itself)."""
+    return 1.0 if n == 1 else MEDIAN_SE * MEDIAN_SE / n
 
 
 def _median(ordered: list[float]) -> float:
@@ -137,16 +167,18 @@ class LossStats:
         # After the latest step: the level, the longer level, the noise (a standard deviation).
         self.level = self.level_long = self.sigma = math.nan
 
-    def observe(self, loss: float, norm_rise: float = 0.0) -> None:
+    def observe(self, loss: float, norm_rise: float = 0.0, norm_z: float = 0.0) -> None:
         """Fold in one finite loss; ``norm_rise``: log of the median gradient norm of steps 1 to
-        ``DEPART_STEPS`` over the first one (read once, at that step)."""
+        ``DEPART_STEPS`` over the first one (read once, at that step); ``norm_z``: the rise of
+        the later log norms over the first one in their own noise (``rise_z``), read once, with
+        the loss that completes the reference."""
         if self.ref is None:
             self.first.append(loss)
             if len(self.first) == DEPART_STEPS + 1:
                 self.norm_rise = norm_rise
             if len(self.first) >= self.reference_steps:
                 self.ref = theil_sen_start(self.first, self.trend_z)
-                self.departed = _departed(self.first, self.norm_rise)
+                self.departed = _departed(self.first, self.norm_rise, norm_z)
                 self.start = self.first[0] if self.departed else self.ref
         if self.n:
             self.diffs.push(abs(loss - self.prev))
@@ -184,7 +216,7 @@ class LossStats:
     def log_band(self, z: float, n: int, n_other: int) -> float:
         """``band`` for log levels: the noise of the log losses (1.048 x median |d log x|)."""
         sigma = _DIFF_TO_SD * self.log_diffs.median() if len(self.log_diffs) else math.inf
-        return z * MEDIAN_SE * sigma * math.sqrt(1 / n + 1 / n_other)
+        return z * sigma * math.sqrt(_var_of_median(n) + _var_of_median(n_other))
 
     def band(self, z: float, sigma: float | None = None, n: int | None = None, n_other: int | None = None) -> float:
         """The smallest difference between a median of ``n`` losses (the level's window by
@@ -271,6 +303,16 @@ def view(st: LossStats, *, z: float, learned_progress: float) -> LossView | None
     return LossView(st, z=z, learned_progress=learned_progress)
 
 
+def recovering(level: float, start: float, earlier: float, window: int, elapsed: int) -> bool:
+    """A level above ``start`` is on its way back: at the pace (in log space) it fell from
+    ``earlier``, ``window`` steps ago, it would be back at the start within ``RECOVERY_HORIZON``
+    x as long as the run has lasted so far (``elapsed`` steps). A fine-tune kicked by a fresh optimizer recovers within
+    tens of steps; a forgetting one settles, and its way back grows far longer than its past."""
+    if not (level > 0 and start > 0 and earlier > level):
+        return False
+    return math.log(level / start) / math.log(earlier / level) * window < RECOVERY_HORIZON * elapsed
+
+
 def holds_progress(v: LossView | None) -> bool:
     """The run has learned and still holds most of it (shrinking gradients are convergence)."""
     return v is not None and v.learned and v.m - v.best < 0.5 * v.progress
@@ -298,9 +340,11 @@ def judge_loss(
       noise of the log losses (an exploding loss's noise explodes with it).
       ``loss_explosion`` waits for the warm-up (an early transient is confirmed by what
       follows) and, after a departure at the first step, needs the loss still rising (a fresh
-      optimizer's kick to a pretrained model recovers over tens of steps); ``above_start`` compares the longer median
-      and needs it above for a whole trend window (Adam's kick to a pretrained model lasts tens
-      of steps, then recovers). For a fine-tune this is forgetting.
+      optimizer's kick to a pretrained model recovers over tens of steps). ``above_start``
+      compares the longer median, needs it significantly above for a whole trend window and
+      not on its way back (``recovering``: at its pace over the last window, back at the start
+      within ``RECOVERY_HORIZON`` x the run's age); ``exp(log_above)`` is only a floor. For a
+      fine-tune this is forgetting, however mild.
     * ``progress_lost``: a run that has learned (``learned_progress`` of its start, beyond
       noise) has given back ``relapse_threshold`` of it, significantly, and its trend is not
       still improving.
@@ -322,7 +366,9 @@ def judge_loss(
             lambda: f"Loss is at {m:.4g} (median of the last {len(st.short)}), {m / start:.3g}x where it started ({start:.4g}).",
         )
     m_long = v.m_long
-    stays = len(st.history) == st.history.maxlen and m_long >= STAYS * st.history[0]
+    stays = len(st.history) == st.history.maxlen and not recovering(
+        m_long, start, st.history[0], len(st.history) - 1, st.n
+    )
     if stays and st.above_run >= st.long.size:
         found["above_start"] = (
             math.log(m_long / start) / log_above,
@@ -363,8 +409,9 @@ def judge_stall(
 ) -> None:
     """``stalled``: after ``stall_steps`` steps at a non-rising LR the level is still at its start
     (within noise and ``min_progress``), with no significant downward trend, *and* the
-    gradients look dead (most tensors silent, or one tensor holding nearly all the norm). A
-    plateau whose gradients are alive is a slow or late learner, never a stall."""
+    gradients look dead (most tensors get no gradient at all). A plateau whose gradients are
+    alive, even when one tensor (a deep net's head) holds nearly all of the norm, is a slow or
+    late learner, never a stall."""
     if not dead_gradients or v.trend <= -trend_z:
         return
     m, ref = v.m, v.ref
@@ -373,5 +420,5 @@ def judge_stall(
     found["stalled"] = (
         clock / stall_steps,
         lambda: f"Stalled: after {clock} steps the loss ({m:.4g}, {ref:.4g} at the start) has made no progress "
-        "beyond its noise and the gradients look dead.",
+        "beyond its noise and most gradient tensors get no gradient.",
     )
