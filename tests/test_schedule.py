@@ -230,8 +230,15 @@ def test_a_newer_state_format_is_named_and_an_older_one_loads(tiny) -> None:
     monitor = wandb_gradema.watch(opt)
     train_loop(model, opt, batch, 3, monitor=monitor, nan_at={1})
     state = monitor.state_dict()
-    with pytest.raises(ValueError, match="format_version 3, written by a newer wandb_gradema.*Upgrade"):
-        monitor.load_state_dict({**state, "format_version": 3, "new_key": 1})
+    with pytest.raises(ValueError, match="format_version 4, written by a newer wandb_gradema.*Upgrade"):
+        monitor.load_state_dict({**state, "format_version": 4, "new_key": 1})
+    v2 = {**state, "format_version": 2, "detector": {"families": [], "older": "statistics"}}
+    restored = wandb_gradema.watch(torch.optim.SGD(model.parameters(), lr=0.01))
+    with pytest.warns(GrademaWarning, match="older format: the detector's statistics restart"):
+        restored.load_state_dict(v2)  # the first detector's checkpoints: everything else comes back
+    assert restored.step == 3 and [e.step for e in restored.events] == [1]
+    assert restored.state_dict()["tracker"] == state["tracker"]
+    restored.remove()
     v1 = {
         "format_version": 1, "step": state["step"], "skip_streak": 0, "next_log": 7,
         "tracker": state["tracker"], "detector": {"old": "statistics"}, "policy": state["policy"],

@@ -30,8 +30,9 @@ __all__ = [
 
 #: The format ``state_dict()`` writes. 2: the decision schedule (``ticks``), steps processed but
 #: not yet decided, internal-error count, the ``confirmed`` flag of events and the policy's
-#: cooldown after a confirmed one, and the detector's statistics by rule family.
-FORMAT_VERSION = 2
+#: cooldown after a confirmed one, and the detector's statistics by rule family. 3: the
+#: detector's statistics of its second version (rule families agreeing on the same steps).
+FORMAT_VERSION = 3
 #: The key under which the monitor state rides inside ``optimizer.state_dict()``.
 STATE_KEY = "gradema"
 STATE_KEYS = (
@@ -81,8 +82,11 @@ def upgrade(state: Mapping[str, Any], *, owner: str = "GradientMonitor") -> tupl
         state["cadence"] = {"next_log": state.pop("next_log")}
         state["events"] = [{**e, "confirmed": e.get("confirmed", False)} for e in state["events"]]
         state["policy"] = {"confirmed_quiet_until": -1, **state["policy"]}
-        state.update(undecided_events=[], undecided_rows=[], internal_errors=0, format_version=FORMAT_VERSION)
-        restart_detector = True  # the detector's statistics changed with format 2
+        state.update(undecided_events=[], undecided_rows=[], internal_errors=0, format_version=2)
+        version = 2
+    if version == 2:  # the detector's statistics changed with format 3; nothing else did
+        state["format_version"] = FORMAT_VERSION
+        restart_detector = True
     check_state_keys(owner, state, STATE_KEYS)
     return state, restart_detector
 
