@@ -117,7 +117,7 @@ def test_runner_carries_on_through_five_prunes_in_a_row(lr_sweep) -> None:
     run may end before the last diverging one under load)."""
     runner, _, _ = lr_sweep
     started = sorted(runner.trials, key=lambda t: t.number)
-    assert [t.params["lr"] for t in started] == DIVERGING + HEALTHY
+    assert [t.params["lr"]["value"] for t in started] == DIVERGING + HEALTHY
     assert [t.outcome for t in started] == ["pruned"] * len(DIVERGING) + ["finished"] * len(HEALTHY)
 
 
