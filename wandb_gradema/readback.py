@@ -66,6 +66,8 @@ def read_back(queue: Sequence[PendingStep]) -> list[StepValues]:
     on the first tensor's device); none when everything was measured on the host.
     """
     tensors = [t for p in queue for t in (p.row, p.loss, p.lr, p.layer_norms, p.found_inf) if isinstance(t, Tensor)]
+    if not tensors and all(isinstance(p.row, StatsRow) for p in queue):
+        return [_host_values(p) for p in queue]  # measured on the host: as it is, no copying
     flat: list[float] = []
     if tensors:
         dev = tensors[0].device
@@ -108,6 +110,21 @@ def read_back(queue: Sequence[PendingStep]) -> list[StepValues]:
             )
         )
     return values
+
+
+def _host_values(p: PendingStep) -> StepValues:
+    """The values of a step measured on the host (no field is a tensor)."""
+    skipped = p.skipped or bool(p.found_inf)
+    norms = p.layer_norms
+    return StepValues(
+        step=p.step,
+        row=None if skipped else p.row,  # type: ignore[arg-type]
+        loss=None if p.loss is None else float(p.loss),
+        lr=None if p.lr is None else float(p.lr),
+        layer_norms=norms if isinstance(norms, list) else None,
+        layer_index=p.layer_index,
+        param_groups=p.param_groups,
+    )
 
 
 def _scalar(value: float | Sequence[float] | None) -> float | None:
