@@ -38,7 +38,7 @@ def test_decisions_come_every_sync_every_steps_whatever_is_logged(tiny, wandb_of
         wandb_offline.init()
     reads: list[int] = []
     real = readback_module.read_back
-    monkeypatch.setattr("wandb_gradema.monitor.read_back", lambda q: reads.append(len(q)) or real(q))
+    monkeypatch.setattr("wandb_gradema.decisions.read_back", lambda q: reads.append(len(q)) or real(q))
     acted: list[tuple[int, int]] = []
     monitor = wandb_gradema.watch(opt, sync_every=8, log_every=log_every,
                                   on_escalation=lambda e: acted.append((e.step, monitor.step)))

@@ -1,18 +1,15 @@
 """GradientMonitor: the optimizer step hook and the decision schedule.
 
 Dataflow of one step: ``intake`` measures the gradients (``norms``, on their device) and queues
-the step → every ``sync_every`` steps the queue is read back (``readback``) and ``judge`` runs
-each step through the tracker, the detector and the escalation policy → ranks agree (``_dist``)
-→ rows and escalations go to the ``WandbSink`` → ``actions`` warns, prunes, raises or calls the
-user's handler.
+the step → every ``sync_every`` steps (``decisions``) the queue is read back (``readback``) and
+``judge`` runs each step through the tracker, the detector and the escalation policy → ranks
+agree (``_dist``) → rows and escalations go to the ``WandbSink`` → ``actions`` warns, prunes,
+raises or calls the user's handler.
 """
 
 from __future__ import annotations
 
-import time
-import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from typing import Any, NoReturn, SupportsIndex
 
 import torch
@@ -22,16 +19,17 @@ from . import _dist
 from ._patch import weak_method
 from .actions import EscalationActions
 from .cadence import LogCadence
-from .checkpoint import FORMAT_VERSION, DCPStateful, OptimizerStateHooks, event_from_state, upgrade
+from .checkpoint import FORMAT_VERSION, DCPStateful, OptimizerStateHooks, upgrade
+from .decisions import Decisions
 from .detector import AnomalyDetector, AnomalyReport, Observation
-from .errors import EscalationError, RunPruned, warn
+from .errors import RunPruned, warn
 from .escalation import EscalationEvent, EscalationPolicy
+from .guard import InternalErrors
 from .intake import StepIntake
 from .judge import StepJudge
 from .options import OnEscalation, build_options
 from .params import check_materialized
 from .pruning import make_penalty
-from .readback import read_back
 from .scaler import ScalerWatch
 from .tracker import DriftUpdate, GradientEMATracker
 from .wandb_sink import PREFIX, PRUNED_TAG, WandbSink
@@ -41,8 +39,6 @@ __all__ = ["GradientMonitor", "OnEscalation", "PRUNED_TAG"]
 
 #: Marks the monitor's step hook on an optimizer (one monitor per optimizer).
 _HOOK_MARK = "_gradema_hook"
-#: Exceptions that are decisions, never internal errors.
-_DECISIONS = (RunPruned, EscalationError)
 
 
 class GradientMonitor:
@@ -92,21 +88,20 @@ class GradientMonitor:
             optimizer, opts.model, sync_every=opts.sync_every, sharded=opts.sharded, max_norm=opts.max_norm
         )
         self.sink = WandbSink(run, prefix=PREFIX if opts.name is None else f"{PREFIX}/{opts.name}")
-        self._distributed = _dist.is_distributed()  # set up before optimizers are built: once
+        distributed = _dist.is_distributed()  # set up before optimizers are built: once
         self.actions = EscalationActions(
             self.sink, opts.on_escalation, alerts=opts.alerts, penalty=penalty,
-            distributed=self._distributed, summary=weak_method(self._write_summary),
+            distributed=distributed, summary=weak_method(self._write_summary),
         )
-        self.events: list[EscalationEvent] = []
+        self._guarded = InternalErrors()
+        self.decisions = Decisions(
+            self.intake, self.judge, self.policy, self.sink, self.actions, self._guarded, distributed=distributed
+        )
         # While hooked, optimizer and monitor hold each other (the hook must keep alive a monitor
         # nobody else holds); remove() takes the hooks off, which breaks the cycle.
         self.optimizer = optimizer
         self._step = 0  # optimizer steps observed
         self._ticks = 0  # optimizer steps attempted (GradScaler-skipped ones too): the schedule
-        self._undecided_events: list[EscalationEvent] = []
-        self._undecided_rows: list[tuple[int, dict[str, Any]]] = []
-        self._last_logged = -1
-        self._internal_errors = self._errors_written = 0
         # Run eagerly even inside a torch.compile'd function that calls opt.step(): the hook's
         # bookkeeping is Python, and dynamo would break the graph inside it.
         hook = torch.compiler.disable(self._on_step)
@@ -133,6 +128,11 @@ class GradientMonitor:
     def sharded(self) -> bool:
         """Gradients are sharded across ranks (FSDP): norms combine the ranks' shards."""
         return self.intake.sharded
+
+    @property
+    def events(self) -> list[EscalationEvent]:
+        """The decided escalations, in order."""
+        return self.decisions.events
 
     @property
     def escalated(self) -> bool:
@@ -167,7 +167,7 @@ class GradientMonitor:
     @property
     def internal_errors(self) -> int:
         """Errors inside the monitor so far (the first was shown as a warning; training went on)."""
-        return self._internal_errors
+        return self._guarded.count
 
     @property
     def last(self) -> tuple[Observation, DriftUpdate, AnomalyReport] | None:
@@ -215,7 +215,7 @@ class GradientMonitor:
 
     def flush(self) -> None:
         """Read back and judge every queued step now (one sync), without deciding or acting."""
-        self._guarded(self._judge_queue)
+        self._guarded(self.decisions.judge_queue)
 
     def remove(self) -> None:
         """Judge what is queued, log the last rows and the summary, and take every hook off.
@@ -224,12 +224,7 @@ class GradientMonitor:
         warned about, never acted on. Never raises an escalation; always unhooks.
         """
         try:
-            self._guarded(self._judge_queue)
-            events, self._undecided_events = self._undecided_events, []
-            self._guarded(self._record, events)
-            for event in events:
-                self._guarded(self.actions.found_at_removal, event)
-            self._guarded(self._log_last)
+            self.decisions.at_removal()
             self._guarded(self._write_summary)
         finally:
             for h in self._handles:
@@ -271,10 +266,8 @@ class GradientMonitor:
             "step": self._step,
             "ticks": self._ticks,
             **self.judge.state_dict(),
-            "events": [asdict(e) for e in self.events],
-            "undecided_events": [asdict(e) for e in self._undecided_events],
-            "undecided_rows": [[step, dict(row)] for step, row in self._undecided_rows],
-            "internal_errors": self._internal_errors,
+            **self.decisions.state_dict(),
+            "internal_errors": self._guarded.count,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -288,10 +281,8 @@ class GradientMonitor:
         self.judge.load_state_dict(state, detector=not restart_detector)
         self._step = int(state["step"])
         self._ticks = int(state["ticks"])
-        self.events = [event_from_state(e) for e in state["events"]]
-        self._undecided_events = [event_from_state(e) for e in state["undecided_events"]]
-        self._undecided_rows = [(int(step), dict(row)) for step, row in state["undecided_rows"]]
-        self._internal_errors = self._errors_written = int(state["internal_errors"])
+        self.decisions.load_state_dict(state)
+        self._guarded.restore(int(state["internal_errors"]))
         self.intake.reset()
 
     def stateful(self) -> DCPStateful:
@@ -365,68 +356,9 @@ class GradientMonitor:
     def _tick(self) -> None:
         self._ticks += 1
         if self._ticks % self.intake.sync_every == 0:
-            self._decide()
+            self.decisions.decide(stop_step=self._step - 1)
 
-    # ================================================================ judging and deciding
-    def _decide(self) -> None:
-        """A decision step: judge the queue, agree across ranks (one all-reduce), record, act."""
-        self._guarded(self._judge_queue)
-        local, self._undecided_events = self._undecided_events, []
-        if self._distributed:  # a failing collective raises: swallowed, it would hang the others
-            events = _dist.agree_events(local)
-            for event in events:  # the same cooldown and telemetry windows on every rank
-                self.policy.adopt(event.step, confirmed=event.confirmed)
-        else:
-            events = local
-        self._guarded(self._record, events)
-        for event in events:
-            self.actions.act(event, self._step - 1)
-
-    def _judge_queue(self) -> None:
-        """Read the queue back (one sync) and judge each step; nothing is decided here."""
-        queue = self.intake.take_queue()
-        if not queue:
-            return
-        logging = self.sink.run is not None
-        names = self.intake.watched.names
-        for values in read_back(queue):
-            event, row = self.judge.judge(values, names, logging=logging)
-            if event is not None:
-                self._undecided_events.append(event)
-            if row is not None:
-                self._undecided_rows.append(row)
-
-    def _record(self, events: list[EscalationEvent]) -> None:
-        """Record decided escalations and write the rows decided with them."""
-        self.events.extend(events)
-        self.judge.aggregator.counters["escalations"] += len(events)
-        for event in events:
-            self.actions.announce(event, self.events)
-        rows, self._undecided_rows = self._undecided_rows, []
-        if rows:
-            started = time.perf_counter()
-            if self.sink.log_rows(rows):
-                self._last_logged = rows[-1][0]
-                self.cadence.measured(time.perf_counter() - started, len(rows))
-                if self.actions.penalty is not None:  # remember the sweep metric's first finite value
-                    self.actions.penalty.observe(self.sink.run)
-        if self._internal_errors != self._errors_written:
-            self._errors_written = self._internal_errors
-            self.sink.write_counters({"internal_errors": self._internal_errors})
-
-    def _log_last(self) -> None:
-        """With the adaptive cadence, the last step gets its row so charts reach the end.
-
-        (A fixed ``log_every`` is kept exactly, so a resumed run logs what an uninterrupted one
-        would.)
-        """
-        last = self.judge.last
-        if self.cadence.log_every is not None or last is None or last[0].step == self._last_logged:
-            return
-        row = self.judge.last_row()
-        if row is not None and self.sink.log_rows([row]):
-            self._last_logged = row[0]
-
+    # ================================================================ summary
     def _write_summary(self) -> None:
         counters = self.judge.aggregator.counters
         self.sink.write_counters(
@@ -435,26 +367,9 @@ class GradientMonitor:
                 "steps_observed": counters["steps"],
                 "nonfinite_steps": counters["nonfinite_steps"],
                 "skipped_steps": counters["skipped_steps"],
-                "internal_errors": self._internal_errors,
+                "internal_errors": self._guarded.count,
             }
         )
-
-    def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run monitor internals; an internal error is counted, warned about once, and never
-        stops training. Decisions (``RunPruned``, ``EscalationError``) pass through."""
-        try:
-            return fn(*args)
-        except _DECISIONS:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            self._internal_errors += 1
-            if self._internal_errors == 1:
-                warn(
-                    "wandb_gradema: internal error, drift monitoring may be incomplete (shown once; "
-                    f"later ones are counted in gradema/internal_errors): {type(exc).__name__}: {exc}\n"
-                    f"{traceback.format_exc()}"
-                )
-            return None
 
 
 def _norm_tensor(total: Tensor | float) -> Tensor:

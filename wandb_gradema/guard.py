@@ -1,0 +1,52 @@
+"""InternalErrors: monitor internals never stop training; their errors are counted, warned once."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from .errors import EscalationError, RunPruned, warn
+
+__all__ = ["InternalErrors"]
+
+#: Exceptions that are decisions, never internal errors: they pass through.
+DECISIONS = (RunPruned, EscalationError)
+
+
+class InternalErrors:
+    """Runs the monitor's internals: an error is counted, shown once as a warning (with its
+    traceback) and swallowed, so a bug in monitoring never costs a training run. Later errors
+    are only counted (``gradema/internal_errors`` in the run summary)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._written = 0
+
+    def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, or None when it failed. Decisions (``RunPruned``, ``EscalationError``)
+        pass through."""
+        try:
+            return fn(*args)
+        except DECISIONS:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.count += 1
+            if self.count == 1:
+                warn(
+                    "wandb_gradema: internal error, drift monitoring may be incomplete (shown once; "
+                    f"later ones are counted in gradema/internal_errors): {type(exc).__name__}: {exc}\n"
+                    f"{traceback.format_exc()}"
+                )
+            return None
+
+    def unwritten(self) -> int | None:
+        """The count, when it changed since the last call (to write into the summary), else None."""
+        if self.count == self._written:
+            return None
+        self._written = self.count
+        return self.count
+
+    def restore(self, count: int) -> None:
+        """Continue from a checkpoint's count (already written to the run it came from)."""
+        self.count = self._written = count
