@@ -1,4 +1,9 @@
-"""GradientMonitor end to end: a real model, a real optimizer, real W&B in offline mode."""
+"""GradientMonitor end to end: a real model, a real optimizer, real W&B in offline mode.
+
+Every test runs twice: on the host path (CPU's default, every step decided at once) and on the
+deferred path accelerators take (values queued as tensors, read back and decided every 8
+steps), which ``sync_every=8`` runs on CPU.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,21 @@ from helpers import train_loop
 import wandb_gradema
 from wandb_gradema import EscalationError, GrademaWarning, GradientEMATracker
 from wandb_gradema.monitor import PRUNED_TAG
+
+#: Steps between decision steps on the deferred path.
+DEFERRED = 8
+
+
+@pytest.fixture(autouse=True, params=[1, DEFERRED], ids=["host", "deferred"])
+def sync_every(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The default ``sync_every`` of every monitor the test builds."""
+    monkeypatch.setitem(wandb_gradema.intake.DEFAULT_SYNC_EVERY, "cpu", request.param)
+    return int(request.param)
+
+
+def decided_at(step: int, sync_every: int) -> int:
+    """The step whose ``step()`` decides on ``step`` (the last of its decision interval)."""
+    return (step // sync_every + 1) * sync_every - 1
 
 
 def test_watch_keeps_the_optimizer_and_its_scheduler(tiny) -> None:
@@ -81,12 +101,14 @@ def test_nan_gradients_escalate_at_once_with_telemetry_summary_and_alert(tiny, w
     run = wandb_offline.init()
     monitor = wandb_gradema.watch(opt, model=model, log_every=100, telemetry_steps=4)
     train_loop(model, opt, batch, 12, monitor=monitor)
+    assert monitor.last[0].step == 11  # judged so far (read back on the deferred path)
     ema_before = monitor.tracker.norm_ema
-    with pytest.warns(GrademaWarning, match="escalated at step 12: Non-finite gradient norm"):
+    with pytest.warns(GrademaWarning, match="escalated at step 12: Non-finite gradient norm"):  # when decided
         train_loop(model, opt, batch, 1, start=12, monitor=monitor, nan_at={12})
-    assert monitor.tracker.norm_ema == ema_before  # the NaN step never entered the EMA
-    model.load_state_dict({k: torch.nan_to_num(v) for k, v in model.state_dict().items()})
-    train_loop(model, opt, batch, 8, start=13, monitor=monitor)
+        assert monitor.last[0].step == 12  # judged (read back on the deferred path)
+        assert monitor.tracker.norm_ema == ema_before  # the NaN step never entered the EMA
+        model.load_state_dict({k: torch.nan_to_num(v) for k, v in model.state_dict().items()})
+        train_loop(model, opt, batch, 8, start=13, monitor=monitor)
     monitor.remove()
     run.finish()
     logged = wandb_offline.read(run)
@@ -111,7 +133,7 @@ def test_without_a_run_tracking_works_and_one_warning_says_logging_is_off(tiny) 
     monitor = wandb_gradema.watch(opt, log_every=1, on_escalation=lambda e: None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train_loop(model, opt, batch, 6, monitor=monitor, nan_at={3})
+        train_loop(model, opt, batch, DEFERRED, monitor=monitor, nan_at={3})
     messages = [str(w.message) for w in caught if issubclass(w.category, GrademaWarning)]
     assert sum("No active W&B run" in m for m in messages) == 1
     assert [e.step for e in monitor.events] == [3]
@@ -126,11 +148,11 @@ def test_disabled_wandb_warns_once_and_keeps_tracking(tiny, wandb_offline) -> No
     monitor = wandb_gradema.watch(opt, log_every=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train_loop(model, opt, batch, 5, monitor=monitor)
+        train_loop(model, opt, batch, DEFERRED, monitor=monitor)  # to a decision step on either path
     run.finish()
     messages = [str(w.message) for w in caught if issubclass(w.category, GrademaWarning)]
     assert messages == [m for m in messages if "disabled" in m] and len(messages) == 1
-    assert monitor.step == 5 and monitor.last[0].grad_norm > 0
+    assert monitor.step == DEFERRED and monitor.last[0].grad_norm > 0
 
 
 def test_a_wandb_failure_never_stops_training(tiny, wandb_offline) -> None:
@@ -148,10 +170,12 @@ def test_a_wandb_failure_never_stops_training(tiny, wandb_offline) -> None:
     assert not any("failed" in m for m in messages)
     assert monitor.step == 8 and [e.step for e in monitor.events] == [5]  # still tracked and decided
     logged = wandb_offline.read(run)
-    assert [r["gradema/step"] for r in logged.history if "gradema/step" in r] == [0, 1, 2]  # all it had
+    # Everything measured before finish() went in first, queued steps too (deferred path).
+    assert [r["gradema/step"] for r in logged.history if "gradema/step" in r] == [0, 1, 2]
+    assert logged.summary["gradema/steps_observed"] == 3
 
 
-def test_gradscaler_steps_are_seen_unscaled_and_skipped_ones_are_counted(tiny) -> None:
+def test_gradscaler_steps_are_seen_unscaled_and_skipped_ones_are_counted(tiny, sync_every: int) -> None:
     model, batch = tiny
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
@@ -172,7 +196,7 @@ def test_gradscaler_steps_are_seen_unscaled_and_skipped_ones_are_counted(tiny) -
     assert monitor.last[0].step == 1 and not monitor.escalated
 
     with pytest.warns(GrademaWarning, match="3 optimizer steps in a row skipped by the GradScaler"):
-        for _ in range(3):
+        for _ in range(3 if sync_every == 1 else sync_every - 4):  # to the decision step
             loss = torch.nn.functional.mse_loss(model(x), y)
             scaler.scale(loss).backward()
             next(model.parameters()).grad.fill_(float("nan"))
@@ -323,18 +347,20 @@ def test_monitor_state_dict_round_trip_without_the_optimizer(tiny) -> None:
         fresh.load_state_dict({**state, "format_version": 99})
 
 
-def test_on_escalation_raise_and_callable(tiny) -> None:
+def test_on_escalation_raise_and_callable(tiny, sync_every: int) -> None:
     model, batch = tiny
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = wandb_gradema.watch(opt, on_escalation="raise")
     with pytest.raises(EscalationError, match="at step 2") as err:
-        train_loop(model, opt, batch, 3, monitor=monitor, nan_at={2})
-    assert err.value.step == 2
+        train_loop(model, opt, batch, DEFERRED, monitor=monitor, nan_at={2})
+    assert err.value.step == 2 and monitor.step == decided_at(2, sync_every) + 1  # raised by that step()
     opt.zero_grad()  # the aborted step left its NaN gradients behind
     monitor.remove()
+    # On the deferred path the steps before the decision applied the NaN gradients.
+    model.load_state_dict({k: torch.nan_to_num(v) for k, v in model.state_dict().items()})
     seen = []
     monitor = wandb_gradema.watch(opt, on_escalation=seen.append)
-    train_loop(model, opt, batch, 3, monitor=monitor, nan_at={1})
+    train_loop(model, opt, batch, DEFERRED, monitor=monitor, nan_at={1})
     assert [e.step for e in seen] == [1]
 
 
@@ -396,23 +422,24 @@ def test_bad_options_in_the_run_config_are_named(tiny, wandb_offline, section, e
         wandb_gradema.watch(opt)
 
 
-def test_pruning_outside_a_sweep_fails_the_run_and_unwinds_the_loop(tiny, wandb_offline) -> None:
+def test_pruning_outside_a_sweep_fails_the_run_and_unwinds_the_loop(tiny, wandb_offline, sync_every: int) -> None:
     model, batch = tiny
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     run = wandb_offline.init()
     monitor = wandb_gradema.watch(opt, on_escalation="prune")
     cleaned = []
-    with pytest.raises(wandb_gradema.RunPruned, match="Run pruned at step 4") as pruned:
+    stop = decided_at(4, sync_every)  # found at step 4, pruned by the step() that decides
+    with pytest.raises(wandb_gradema.RunPruned, match=f"Run pruned at step {stop}: Non-finite .* at step 4") as pruned:
         try:
             train_loop(model, opt, batch, 10, monitor=monitor, nan_at={4})
         except Exception:  # noqa: BLE001 - a training script's broad handler must not swallow the prune
             pytest.fail("RunPruned was caught as an Exception")
         finally:
             cleaned.append(True)
-    assert cleaned and pruned.value.step == 4 and pruned.value.code == 0
+    assert cleaned and pruned.value.step == stop and pruned.value.code == 0
     logged = wandb_offline.read(run)
     assert (logged.state, logged.exit_code) == ("failed", 1)
-    assert logged.summary["gradema/pruned"] is True and logged.summary["gradema/pruned_step"] == 4
+    assert logged.summary["gradema/pruned"] is True and logged.summary["gradema/pruned_step"] == stop
     assert PRUNED_TAG in logged.tags
 
 

@@ -4,8 +4,10 @@ A decision step (every ``sync_every`` optimizer steps, the same on every rank) r
 back once, judges each step in order (``StepJudge``), agrees across ranks with one
 all-reduce (``_dist``), records the escalations (``events``, W&B summary and alert), writes
 the rows the logging cadence picked and acts (``EscalationActions``). Reading back at any other
-time (``judge_queue``: ``state_dict()``, ``last``, ``flush()``) judges without deciding: what
-it finds waits for the next decision step.
+time (``read``: ``state_dict()``, ``last``, ``flush()``) judges and writes the rows without
+deciding: escalations it finds wait for the next decision step. (Writing the rows there keeps a
+checkpoint clean: everything judged before it is in the run, so a run resumed from it logs
+exactly what follows.)
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ __all__ = ["Decisions"]
 class Decisions:
     """The escalations and rows of one monitor, from judged to decided to acted on.
 
-    ``events`` are the decided escalations; judged steps wait in ``undecided_events`` and
-    ``undecided_rows`` until the next decision step (they travel in the monitor's state).
+    ``events`` are the decided escalations; escalations judged since the last decision step
+    wait in ``undecided_events`` (they travel in the monitor's state), rows in
+    ``undecided_rows`` until they are written (at the decision step, or any earlier read).
     """
 
     def __init__(
@@ -71,6 +74,11 @@ class Decisions:
         for event in events:
             self.actions.act(event, stop_step)
 
+    def read(self) -> None:
+        """Outside a decision step: judge the queue and write the rows, decide nothing."""
+        self.guard(self.judge_queue)
+        self.guard(self.write_rows)
+
     def judge_queue(self) -> None:
         """Read the queue back (one sync) and judge each step; nothing is decided here."""
         queue = self.intake.take_queue()
@@ -91,17 +99,22 @@ class Decisions:
         self.judge.aggregator.counters["escalations"] += len(events)
         for event in events:
             self.actions.announce(event, self.events)
-        rows, self.undecided_rows = self.undecided_rows, []
-        if rows:
-            started = time.perf_counter()
-            if self.sink.log_rows(rows):
-                self.last_logged = rows[-1][0]
-                self.judge.cadence.measured(time.perf_counter() - started, len(rows))
-                if self.actions.penalty is not None:  # remember the sweep metric's first finite value
-                    self.actions.penalty.observe(self.sink.run)
+        self.write_rows()
         errors = self.guard.unwritten()
         if errors is not None:
             self.sink.write_counters({"internal_errors": errors})
+
+    def write_rows(self) -> None:
+        """Write the rows judged so far (the logging cadence picked them)."""
+        rows, self.undecided_rows = self.undecided_rows, []
+        if not rows:
+            return
+        started = time.perf_counter()
+        if self.sink.log_rows(rows):
+            self.last_logged = rows[-1][0]
+            self.judge.cadence.measured(time.perf_counter() - started, len(rows))
+            if self.actions.penalty is not None:  # remember the sweep metric's first finite value
+                self.actions.penalty.observe(self.sink.run)
 
     def at_removal(self) -> None:
         """The end of watching: judge what is queued, record and report what it finds without

@@ -19,7 +19,8 @@ the user logs next (W&B then drops that row). One writer per run watches every o
 Until the user's style is known (their first ``log()`` call, or ``UNKNOWN_TICKS`` optimizer
 steps) the monitor's rows wait. When the last monitor using the writer is removed, rows still
 waiting for a user row keep the observer on the run until they are written, at the latest
-just before the run finishes.
+just before the run finishes. A run finished by the script while a monitor still watches first
+lets each monitor write what it has measured (``before_finish``): no queued step is lost.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class HistoryWriter:
         self._users = 0
         self._closing = False  # every monitor let go: detach once nothing waits
         self.combined = 0  # rows folded into others because the user logs less often
+        self._before_finish_calls: list[Callable[[], None]] = []  # one per monitor still watching
         self._patches: list[InstancePatch] = []
         try:
             self._patches.append(InstancePatch(run, "_partial_history_callback", self._observe))
@@ -108,9 +110,17 @@ class HistoryWriter:
 
     @classmethod
     def attach(
-        cls, run: Any, warn_once: Callable[[str, str], None], on_error: Callable[[str, BaseException], None]
+        cls,
+        run: Any,
+        warn_once: Callable[[str, str], None],
+        on_error: Callable[[str, BaseException], None],
+        before_finish: Callable[[], None] | None = None,
     ) -> HistoryWriter:
-        """The writer of ``run`` (created on first use); call ``release()`` when done."""
+        """The writer of ``run`` (created on first use); call ``release()`` when done.
+
+        ``before_finish`` is called when the run is finished while this user still watches
+        (the monitor writes its queued steps and its summary then).
+        """
         writer = vars(run).get(_ATTR) if hasattr(run, "__dict__") else None
         if not isinstance(writer, cls) or writer._closing:
             if isinstance(writer, cls):
@@ -121,10 +131,14 @@ class HistoryWriter:
             except Exception:  # noqa: BLE001 - unshared then; still correct for one monitor
                 pass
         writer._users += 1
+        if before_finish is not None:
+            writer._before_finish_calls.append(before_finish)
         return writer
 
-    def release(self) -> None:
+    def release(self, before_finish: Callable[[], None] | None = None) -> None:
         """One monitor is done: the last one writes what waits and takes the patches off."""
+        if before_finish in self._before_finish_calls:
+            self._before_finish_calls.remove(before_finish)
         self._users -= 1
         if self._users <= 0:
             self.close()
@@ -221,6 +235,12 @@ class HistoryWriter:
         self._user_open = not committed
 
     def _before_finish(self, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        calls, self._before_finish_calls = self._before_finish_calls, []
+        for call in calls:  # the monitors still watching write what they have measured
+            try:
+                call()
+            except Exception as exc:  # noqa: BLE001
+                self._on_error("history", exc)
         try:
             self._finish()
         except Exception as exc:  # noqa: BLE001

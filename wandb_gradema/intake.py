@@ -19,7 +19,11 @@ from . import _dist, norms
 from .params import WatchedParams, largest_lr
 from .readback import PendingStep
 
-__all__ = ["StepIntake"]
+__all__ = ["DEFAULT_SYNC_EVERY", "StepIntake"]
+
+#: ``sync_every`` when not given: on the CPU reading values back is free (every step decided);
+#: on an accelerator a read-back is a host-device sync, so 16 steps share one.
+DEFAULT_SYNC_EVERY = {"cpu": 1, "accelerator": 16}
 
 
 class StepIntake:
@@ -43,7 +47,8 @@ class StepIntake:
         max_norm: float | None,
     ) -> None:
         self.watched = WatchedParams(optimizer, model)
-        self.sync_every = sync_every if sync_every is not None else (1 if self.watched.on_cpu else 16)
+        default = DEFAULT_SYNC_EVERY["cpu" if self.watched.on_cpu else "accelerator"]
+        self.sync_every = sync_every if sync_every is not None else default
         self.max_norm = max_norm
         self.queue: list[PendingStep] = []
         self._sharded_option = sharded

@@ -54,9 +54,9 @@ class GradientMonitor:
     callable. ``"auto"`` prunes inside a W&B sweep and warns elsewhere.
 
     ``state_dict()``, ``last``, ``flush()`` and ``remove()`` may read the queue back at any
-    step: they judge what they read but never decide or act; escalations they find are acted on
-    at the next decision step (``remove()`` records them without acting). Saving, loading and
-    removing never raise an escalation.
+    step: they judge what they read and write its rows, but never decide or act; escalations
+    they find are acted on at the next decision step (``remove()`` records them without
+    acting). Saving, loading and removing never raise an escalation.
 
     The optimizer stays the same object: the monitor adds a step pre-hook (and, unless
     ``save_with_optimizer=False``, state-dict hooks so its state rides inside
@@ -87,7 +87,10 @@ class GradientMonitor:
         self.intake = StepIntake(
             optimizer, opts.model, sync_every=opts.sync_every, sharded=opts.sharded, max_norm=opts.max_norm
         )
-        self.sink = WandbSink(run, prefix=PREFIX if opts.name is None else f"{PREFIX}/{opts.name}")
+        self.sink = WandbSink(
+            run, prefix=PREFIX if opts.name is None else f"{PREFIX}/{opts.name}",
+            before_finish=weak_method(self._before_run_finish),
+        )
         distributed = _dist.is_distributed()  # set up before optimizers are built: once
         self.actions = EscalationActions(
             self.sink, opts.on_escalation, alerts=opts.alerts, penalty=penalty,
@@ -214,8 +217,9 @@ class GradientMonitor:
         return total
 
     def flush(self) -> None:
-        """Read back and judge every queued step now (one sync), without deciding or acting."""
-        self._guarded(self.decisions.judge_queue)
+        """Read back and judge every queued step now (one sync) and write the rows the logging
+        cadence picked, without deciding or acting."""
+        self.decisions.read()
 
     def remove(self) -> None:
         """Judge what is queued, log the last rows and the summary, and take every hook off.
@@ -359,6 +363,12 @@ class GradientMonitor:
             self.decisions.decide(stop_step=self._step - 1)
 
     # ================================================================ summary
+    def _before_run_finish(self) -> None:
+        """The script finishes the run while this monitor watches: the queued steps' rows and the
+        summary go in first (escalations among them wait for the next decision step)."""
+        self.decisions.read()
+        self._guarded(self._write_summary)
+
     def _write_summary(self) -> None:
         counters = self.judge.aggregator.counters
         self.sink.write_counters(

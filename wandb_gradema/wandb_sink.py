@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import _dist
@@ -58,8 +58,9 @@ class WandbSink:
             watched optimizers.
     """
 
-    def __init__(self, run: Any = None, prefix: str = PREFIX) -> None:
+    def __init__(self, run: Any = None, prefix: str = PREFIX, before_finish: Callable[[], None] | None = None) -> None:
         self._explicit = run
+        self._before_finish = before_finish  # the monitor writes its queued steps: see HistoryWriter
         self.prefix = prefix
         self.step_key = f"{prefix}/step"
         self._defined_for: int | None = None  # id() of the run define_metric ran on
@@ -141,8 +142,8 @@ class WandbSink:
     def _attach(self, run: Any) -> None:
         self._defined_for = id(run)
         if self._history is not None:
-            self._history.release()
-        self._history = HistoryWriter.attach(run, self._warn_once, self._failed)
+            self._history.release(self._before_finish)
+        self._history = HistoryWriter.attach(run, self._warn_once, self._failed, self._before_finish)
         try:
             run.define_metric(self.step_key, hidden=True)
             run.define_metric(f"{self.prefix}/*", step_metric=self.step_key)
@@ -175,7 +176,7 @@ class WandbSink:
         if self._history is not None:
             history, self._history = self._history, None
             try:
-                history.release()
+                history.release(self._before_finish)
             except Exception as exc:  # noqa: BLE001
                 self._failed("log", exc)
 
