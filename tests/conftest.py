@@ -10,7 +10,20 @@ from typing import Any
 import pytest
 import torch
 
+import wandb_gradema
 from wandb_gradema.offline import OfflineRun, find_runs, read_run
+
+#: Steps between decision steps on the deferred path (tests run it on CPU).
+DEFERRED = 8
+
+
+@pytest.fixture(params=[1, DEFERRED], ids=["host", "deferred"])
+def sync_every(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Runs the test on both decision paths: the default ``sync_every`` of every monitor it
+    builds is 1 (CPU's host path: every step decided at once) or ``DEFERRED`` (the path
+    accelerators take: values queued as tensors, read back and decided every 8 steps)."""
+    monkeypatch.setitem(wandb_gradema.intake.DEFAULT_SYNC_EVERY, "cpu", request.param)
+    return int(request.param)
 
 
 @pytest.fixture(autouse=True)

@@ -46,6 +46,11 @@ def train_loop(
     return steps
 
 
+def decided_at(step: int, sync_every: int) -> int:
+    """The step whose ``step()`` decides on ``step``: the last of its decision interval."""
+    return (step // sync_every + 1) * sync_every - 1
+
+
 def import_without(monkeypatch: pytest.MonkeyPatch, package: str, module: str) -> ModuleType:
     """Import ``module`` afresh as if ``package`` were not installed (for the optional extras)."""
     for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:

@@ -15,6 +15,8 @@ import torch
 import wandb_gradema
 from wandb_gradema import GrademaWarning
 
+pytestmark = pytest.mark.usefixtures("sync_every")  # every test on both decision paths
+
 _dynamo = pytest.importorskip("torch._dynamo")
 
 Batch = Callable[[int], tuple[torch.Tensor, torch.Tensor]]

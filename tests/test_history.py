@@ -4,7 +4,8 @@ Real offline runs, read back with the W&B CLI. The monitor logs from inside ``op
 the user logs in each of the styles scripts use (no step, ``step=`` before or after
 ``opt.step()``, rows built in two calls with ``commit=False``, their own ``define_metric``
 step key), with ``log_every=1`` and a thinned cadence, across an escalation with its telemetry
-window and across a prune.
+window and across a prune; on both decision paths (on the deferred one the monitor's rows come
+eight at a time).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import decided_at
 
 import wandb_gradema
 from wandb_gradema import GrademaWarning, RunPruned
+
+pytestmark = pytest.mark.usefixtures("sync_every")  # every test on both decision paths
 
 STEPS = 40
 BAD_AT = 20  # a NaN loss: a critical escalation, weights untouched
@@ -113,14 +117,16 @@ def test_every_user_row_and_every_monitor_row_lands_whole(wandb_offline, tiny, s
 
 
 @pytest.mark.parametrize("style", ["step_after", "split", "plain"])
-def test_a_prune_keeps_the_user_rows_before_it_and_the_monitor_rows(wandb_offline, tiny, style: str) -> None:
-    with pytest.warns(GrademaWarning, match="Run pruned at step 20"):
+def test_a_prune_keeps_the_user_rows_before_it_and_the_monitor_rows(wandb_offline, tiny, style: str,
+                                                                   sync_every: int) -> None:
+    stop = decided_at(BAD_AT, sync_every)  # the step() that decides prunes
+    with pytest.warns(GrademaWarning, match=f"Run pruned at step {stop}: Non-finite loss .* at step {BAD_AT}"):
         history, monitor, done = _train(wandb_offline, tiny, style, log_every=1, prune=True)
-    assert done == BAD_AT and monitor.pruned is not None and monitor.pruned.step == BAD_AT
+    assert done == stop and monitor.pruned is not None and monitor.pruned.step == stop
     user = [r.get("user/i", r.get("user/a")) for r in _user_rows(history, style)]
     # the user logs the pruned step too when they log before opt.step() (split rows' first half)
-    assert user[:BAD_AT] == list(range(BAD_AT)) and len(user) <= BAD_AT + 1
-    assert _monitor_steps(history) == list(range(BAD_AT + 1))  # the prune step's row included
+    assert user[:stop] == list(range(stop)) and len(user) <= stop + 1
+    assert _monitor_steps(history) == list(range(stop + 1))  # the prune step's row included
 
 
 def test_explicit_steps_sparser_than_the_monitor_fall_back_with_one_warning(wandb_offline, tiny, monkeypatch) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from helpers import decided_at
 
 import wandb_gradema
 from wandb_gradema import GrademaWarning
@@ -20,6 +21,8 @@ accelerate = pytest.importorskip("accelerate")
 from accelerate import Accelerator  # noqa: E402
 from accelerate.optimizer import AcceleratedOptimizer  # noqa: E402
 from accelerate.state import AcceleratorState, GradientState, PartialState  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("sync_every")  # every test on both decision paths
 
 
 @pytest.fixture(autouse=True)
@@ -104,14 +107,15 @@ def test_the_accelerated_optimizer_s_gradscaler_is_picked_up(tiny) -> None:
     assert "step" not in vars(scaler)
 
 
-def test_a_prune_ends_the_accelerate_loop_and_fails_the_run(wandb_offline) -> None:
+def test_a_prune_ends_the_accelerate_loop_and_fails_the_run(wandb_offline, sync_every: int) -> None:
+    stop = decided_at(2, sync_every)  # found at step 2, pruned by the step() that decides
     accelerator = Accelerator(cpu=True)
     model = _model()
     model, opt = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.01))
     run = wandb_offline.init()
     wandb_gradema.watch(opt, on_escalation="prune")  # not kept: the optimizer keeps it alive
-    with pytest.raises(wandb_gradema.RunPruned) as pruned, pytest.warns(GrademaWarning, match="Run pruned at step 2"):
-        for i in range(6):
+    with pytest.raises(wandb_gradema.RunPruned) as pruned, pytest.warns(GrademaWarning, match=f"Run pruned at step {stop}"):
+        for i in range(12):
             x, y = _batch(i)
             loss = torch.nn.functional.mse_loss(model(x), y)
             accelerator.backward(loss)
@@ -119,6 +123,6 @@ def test_a_prune_ends_the_accelerate_loop_and_fails_the_run(wandb_offline) -> No
                 next(model.parameters()).grad.fill_(float("nan"))
             opt.step()
             opt.zero_grad()
-    assert pruned.value.step == 2
+    assert pruned.value.step == stop
     logged = wandb_offline.read(run)
-    assert (logged.state, logged.summary["gradema/pruned_step"]) == ("failed", 2)
+    assert (logged.state, logged.summary["gradema/pruned_step"]) == ("failed", stop)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import import_without
+from helpers import decided_at, import_without
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -28,6 +28,8 @@ from transformers.integrations import WandbCallback  # noqa: E402
 from wandb_gradema import GrademaWarning, RunPruned  # noqa: E402
 from wandb_gradema.integrations.huggingface import GradientDriftCallback, watch_trainer  # noqa: E402
 from wandb_gradema.monitor import PRUNED_TAG  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("sync_every")  # every test on both decision paths
 
 VOCAB, SEQ = 64, 16
 
@@ -145,25 +147,27 @@ def test_hf_bf16_autocast_on_cpu_is_tracked(tmp_path) -> None:
     assert observation.loss == pytest.approx(_trainer_logs(trainer, "loss")[-1], rel=1e-5)
 
 
-def test_hf_prune_in_a_sweep_stops_training_and_fails_the_run(tmp_path, wandb_offline) -> None:
+def test_hf_prune_in_a_sweep_stops_training_and_fails_the_run(tmp_path, wandb_offline, sync_every: int) -> None:
+    stop = decided_at(2, sync_every)  # found at step 2, pruned by the step() that decides
     # A run started before the Trainer (as a sweep agent's function does); the WandbCallback
     # logs to it. W&B reads WANDB_SWEEP_ID once per process, so the sweep comes via settings.
     run = wandb_offline.init(settings=wandb.Settings(sweep_id="sweep123"))
     trainer, recorder = _trainer(tmp_path, max_steps=10, report_to="wandb", nan_at={2})
     callback = watch_trainer(trainer)
-    with pytest.warns(GrademaWarning, match="Run pruned at step 2: Non-finite"):
+    with pytest.warns(GrademaWarning, match=f"Run pruned at step {stop}: Non-finite .* at step 2"):
         trainer.train()  # returns: training ends through control.should_training_stop
 
-    assert trainer.state.global_step == 3 and callback.pruned.step == 2
-    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # NaN update skipped
+    assert trainer.state.global_step == stop + 1 and callback.pruned.step == stop
+    if sync_every == 1:  # decided at once: the NaN update was skipped (deferred: applied, as torch would)
+        assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert not any(isinstance(c, WandbCallback) for c in trainer.callback_handler.callbacks)
-    with pytest.raises(RunPruned, match="Run pruned at step 2"):
+    with pytest.raises(RunPruned, match=f"Run pruned at step {stop}"):
         callback.check_pruned()
     logged = wandb_offline.read(run)
     assert (logged.state, logged.exit_code) == ("failed", 1)
-    assert logged.summary["gradema/pruned"] is True and logged.summary["gradema/pruned_step"] == 2
+    assert logged.summary["gradema/pruned"] is True and logged.summary["gradema/pruned_step"] == stop
     assert PRUNED_TAG in logged.tags
-    assert len(logged.column("train/loss")) == 2  # the Trainer's rows before the prune
+    assert len(logged.column("train/loss")) == stop  # the Trainer's rows before the prune
 
 
 def test_hf_resume_from_checkpoint_continues_drift_tracking_exactly(tmp_path) -> None:

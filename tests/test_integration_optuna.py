@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import import_without
+from helpers import decided_at, import_without
 
 optuna = pytest.importorskip("optuna")
 
@@ -20,6 +20,8 @@ from wandb_gradema import GrademaWarning  # noqa: E402
 from wandb_gradema.integrations.optuna import TRIAL_ATTR, GradientDriftPruner, watch_trial  # noqa: E402
 from wandb_gradema.offline import find_runs, read_run  # noqa: E402
 from wandb_gradema.wandb_sink import PRUNED_TAG  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("sync_every")  # every test on both decision paths
 
 Batch = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -44,9 +46,12 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch, i: i
     return loss.item()
 
 
-def test_a_run_started_in_the_objective_ends_failed_when_its_trial_is_pruned(tiny, tmp_path: Path) -> None:
+def test_a_run_started_in_the_objective_ends_failed_when_its_trial_is_pruned(tiny, tmp_path: Path,
+                                                                           sync_every: int) -> None:
     """No optuna-integration needed: the objective starts its trial's run itself."""
     import wandb
+
+    stop = decided_at(3, sync_every)  # found at step 3, pruned by the step() that decides
 
     model0, batch = tiny
     initial = {k: v.clone() for k, v in model0.state_dict().items()}
@@ -67,16 +72,18 @@ def test_a_run_started_in_the_objective_ends_failed_when_its_trial_is_pruned(tin
 
     study = optuna.create_study()
     study.optimize(objective, n_trials=3)
-    assert study.trials[1].user_attrs[TRIAL_ATTR]["step"] == 3
+    assert study.trials[1].user_attrs[TRIAL_ATTR]["step"] == stop
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
     runs = {r.config["trial"]: r for r in (read_run(p, history=True) for p in find_runs(tmp_path))}
     assert [(runs[n].state, runs[n].exit_code) for n in range(3)] == [("finished", 0), ("failed", 1), ("finished", 0)]
-    assert runs[1].summary["gradema/pruned_step"] == 3 and PRUNED_TAG in runs[1].tags
+    assert runs[1].summary["gradema/pruned_step"] == stop and PRUNED_TAG in runs[1].tags
     assert runs[0].column("gradema/step")  # gradema's charts are in each trial's run
 
 
-def test_optuna_escalation_prunes_the_trial_and_its_wandb_run_ends_failed(tiny, tmp_path: Path) -> None:
+def test_optuna_escalation_prunes_the_trial_and_its_wandb_run_ends_failed(tiny, tmp_path: Path,
+                                                                         sync_every: int) -> None:
     pytest.importorskip("optuna_integration")
+    stop = decided_at(3, sync_every)
     from optuna_integration import WeightsAndBiasesCallback
 
     model0, batch = tiny
@@ -103,7 +110,7 @@ def test_optuna_escalation_prunes_the_trial_and_its_wandb_run_ends_failed(tiny, 
 
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
     attr = study.trials[1].user_attrs[TRIAL_ATTR]
-    assert attr["step"] == 3 and attr["types"] == ["nonfinite"] and "Non-finite" in attr["reason"]
+    assert attr["step"] == stop and attr["types"] == ["nonfinite"] and "Non-finite" in attr["reason"]
     # The callback writes each trial's params into its run's config: that names the runs.
     lrs = {t.params["lr"]: t.number for t in study.trials}
     runs = {lrs[r.config["lr"]]: r for r in (read_run(p, history=False) for p in find_runs(tmp_path))}
@@ -114,12 +121,12 @@ def test_optuna_escalation_prunes_the_trial_and_its_wandb_run_ends_failed(tiny, 
         ("finished", 0),
     ]
     pruned = runs[1]
-    assert pruned.summary["gradema/pruned"] is True and pruned.summary["gradema/pruned_step"] == 3
-    assert pruned.summary["gradema/steps_observed"] == 4 and PRUNED_TAG in pruned.tags
+    assert pruned.summary["gradema/pruned"] is True and pruned.summary["gradema/pruned_step"] == stop
+    assert pruned.summary["gradema/steps_observed"] == stop + 1 and PRUNED_TAG in pruned.tags
     assert "gradema/pruned" not in runs[0].summary and "gradema/pruned" not in runs[2].summary
 
 
-def test_optuna_pruner_answers_should_prune_after_an_escalation_else_defers(tiny) -> None:
+def test_optuna_pruner_answers_should_prune_after_an_escalation_else_defers(tiny, sync_every: int) -> None:
     model0, batch = tiny
     initial = {k: v.clone() for k, v in model0.state_dict().items()}
     pruned_at: dict[int, int] = {}
@@ -129,9 +136,10 @@ def test_optuna_pruner_answers_should_prune_after_an_escalation_else_defers(tiny
         model0.zero_grad(set_to_none=True)  # a pruned trial leaves its NaN gradients behind
         opt = torch.optim.SGD(model0.parameters(), lr=0.01)
         with watch_trial(trial, opt, raise_pruned=False):
-            for i in range(6):
+            for i in range(8):
                 loss = _step(model0, opt, batch, i, nan=trial.number == 1 and i == 2)
-                trial.report(1e9 if trial.number == 2 else loss, i)
+                # (Trial 1 reports a finite value: its NaN weights would trip the threshold.)
+                trial.report(1e9 if trial.number == 2 else 0.0, i)
                 if trial.should_prune():
                     pruned_at[trial.number] = i
                     raise optuna.TrialPruned()
@@ -141,7 +149,8 @@ def test_optuna_pruner_answers_should_prune_after_an_escalation_else_defers(tiny
     study.optimize(objective, n_trials=3)
 
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
-    assert pruned_at == {1: 2, 2: 0}  # trial 1 by its gradients, trial 2 by the wrapped pruner
+    # trial 1 by its gradients (when decided), trial 2 by the wrapped pruner
+    assert pruned_at == {1: decided_at(2, sync_every), 2: 0}
     assert TRIAL_ATTR in study.trials[1].user_attrs and TRIAL_ATTR not in study.trials[2].user_attrs
 
 

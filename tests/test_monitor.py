@@ -12,26 +12,14 @@ import warnings
 
 import pytest
 import torch
-from helpers import train_loop
+from conftest import DEFERRED
+from helpers import decided_at, train_loop
 
 import wandb_gradema
 from wandb_gradema import EscalationError, GrademaWarning, GradientEMATracker
 from wandb_gradema.monitor import PRUNED_TAG
 
-#: Steps between decision steps on the deferred path.
-DEFERRED = 8
-
-
-@pytest.fixture(autouse=True, params=[1, DEFERRED], ids=["host", "deferred"])
-def sync_every(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
-    """The default ``sync_every`` of every monitor the test builds."""
-    monkeypatch.setitem(wandb_gradema.intake.DEFAULT_SYNC_EVERY, "cpu", request.param)
-    return int(request.param)
-
-
-def decided_at(step: int, sync_every: int) -> int:
-    """The step whose ``step()`` decides on ``step`` (the last of its decision interval)."""
-    return (step // sync_every + 1) * sync_every - 1
+pytestmark = pytest.mark.usefixtures("sync_every")  # every test on both decision paths
 
 
 def test_watch_keeps_the_optimizer_and_its_scheduler(tiny) -> None:

@@ -22,13 +22,15 @@ import pytest
 import torch
 import wandb
 import yaml
-from helpers import train_loop
+from helpers import decided_at, train_loop
 
 import wandb_gradema
 from wandb_gradema import EscalationError, GrademaWarning, RunPruned
 from wandb_gradema.monitor import PRUNED_TAG
 from wandb_gradema.offline import find_runs, read_run
 from wandb_gradema.pruning import pruned_metric_value
+
+pytestmark = pytest.mark.usefixtures("sync_every")  # every test on both decision paths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +62,8 @@ def enter_sweep(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Cal
 
 
 # ---------------------------------------------------------------------------- policy
-def test_inside_a_sweep_the_default_prunes_and_records_why(tiny, wandb_offline, enter_sweep) -> None:
+def test_inside_a_sweep_the_default_prunes_and_records_why(tiny, wandb_offline, enter_sweep, sync_every: int) -> None:
+    stop = decided_at(6, sync_every)  # found at step 6, pruned by the step() that decides
     model, batch = tiny
     enter_sweep({"lr": 0.01})
     run = wandb_offline.init()
@@ -68,7 +71,7 @@ def test_inside_a_sweep_the_default_prunes_and_records_why(tiny, wandb_offline, 
     opt = torch.optim.SGD(model.parameters(), lr=run.config["lr"])
     monitor = wandb_gradema.watch(opt)
     cleaned: list[bool] = []
-    with pytest.warns(GrademaWarning, match="Run pruned at step 6"), pytest.raises(RunPruned) as pruned:
+    with pytest.warns(GrademaWarning, match=f"Run pruned at step {stop}"), pytest.raises(RunPruned) as pruned:
         try:
             train_loop(model, opt, batch, 50, monitor=monitor, nan_at={6}, log=lambda i, v: run.log({"loss": v}))
         except Exception:  # noqa: BLE001 - a broad handler in training code must not swallow it
@@ -79,19 +82,19 @@ def test_inside_a_sweep_the_default_prunes_and_records_why(tiny, wandb_offline, 
     err = pruned.value
     assert cleaned == [True]
     assert isinstance(err, SystemExit) and not isinstance(err, Exception) and err.code == 0
-    assert (err.step, monitor.pruned) == (6, err)
-    assert "Non-finite" in err.reason and str(err).startswith("Run pruned at step 6: ")
+    assert (err.step, monitor.pruned) == (stop, err)
+    assert "Non-finite" in err.reason and "at step 6" in err.reason and str(err).startswith(f"Run pruned at step {stop}: ")
 
     logged = wandb_offline.read(run)
     assert (logged.state, logged.exit_code) == ("failed", 1)
     s = logged.summary
-    assert s["gradema/pruned"] is True and s["gradema/pruned_step"] == 6
+    assert s["gradema/pruned"] is True and s["gradema/pruned_step"] == stop
     assert s["gradema/prune_reason"] == err.reason and "nonfinite" in s["gradema/prune_types"]
-    assert s["gradema/steps_observed"] == 7 and s["gradema/nonfinite_steps"] == 1
+    assert s["gradema/steps_observed"] == stop + 1 and s["gradema/nonfinite_steps"] == stop - 6 + 1  # (deferred: the NaN update went in)
     assert math.isnan(s["gradema/grad_norm"])  # the last values stay in the summary
     assert PRUNED_TAG in logged.tags
-    assert any(a["level"] == "ERROR" and "pruned at step 6" in a["title"] for a in logged.alerts)
-    assert len(logged.column("loss")) == 6  # steps 0-5 logged; step 6 stopped inside opt.step()
+    assert any(a["level"] == "ERROR" and f"pruned at step {stop}" in a["title"] for a in logged.alerts)
+    assert len(logged.column("loss")) == stop  # steps before it logged; it stopped inside opt.step()
 
 
 def test_outside_a_sweep_the_default_warns_and_training_goes_on(tiny, wandb_offline) -> None:
@@ -220,8 +223,9 @@ def test_pruned_metric_value_table(first, current, penalty, goal, expected) -> N
     assert pruned_metric_value(first=first, current=current, penalty=penalty, goal=goal) == expected
 
 
-def test_a_pruned_run_records_a_bounded_sweep_metric(tiny, wandb_offline, enter_sweep) -> None:
+def test_a_pruned_run_records_a_bounded_sweep_metric(tiny, wandb_offline, enter_sweep, sync_every: int) -> None:
     """val_loss looked great just before the prune; the run records its first value instead."""
+    stop = decided_at(22, sync_every)
     model, batch = tiny
     enter_sweep({"gradema": {"sweep_metric": "val_loss"}})
     run = wandb_offline.init()
@@ -232,7 +236,7 @@ def test_a_pruned_run_records_a_bounded_sweep_metric(tiny, wandb_offline, enter_
     def log(i: int, loss: float) -> None:
         run.log({"val_loss": values[i]} if i in values else {"train_loss": loss})
 
-    with pytest.warns(GrademaWarning, match="Run pruned at step 22"), pytest.raises(RunPruned, match="step 22"):
+    with pytest.warns(GrademaWarning, match=f"Run pruned at step {stop}"), pytest.raises(RunPruned, match=f"step {stop}"):
         train_loop(model, opt, batch, 40, monitor=monitor, nan_at={22}, log=log)
     logged = wandb_offline.read(run, history=False)
     assert logged.state == "failed"
@@ -240,12 +244,17 @@ def test_a_pruned_run_records_a_bounded_sweep_metric(tiny, wandb_offline, enter_
     assert logged.summary["gradema/sweep_metric_at_prune"] == 0.01
 
 
-def test_a_run_pruned_before_any_finite_metric_warns_or_takes_the_fixed_penalty(tiny, wandb_offline) -> None:
+def test_a_run_pruned_before_any_finite_metric_warns_or_takes_the_fixed_penalty(
+    tiny, wandb_offline, sync_every: int
+) -> None:
+    stop = decided_at(1, sync_every)
     model, batch = tiny
     run = wandb_offline.init()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = wandb_gradema.watch(opt, on_escalation="prune", sweep_metric="val_acc", sweep_goal="maximize")
-    with pytest.warns(GrademaWarning, match="Run pruned at step 1") as record, pytest.raises(RunPruned, match="step 1"):
+    with pytest.warns(GrademaWarning, match=f"Run pruned at step {stop}") as record, pytest.raises(
+        RunPruned, match=f"step {stop}"
+    ):
         train_loop(model, opt, batch, 10, monitor=monitor, nan_at={1})
     assert any("pruned before logging a finite `val_acc`" in str(w.message) for w in record)
     assert "val_acc" not in wandb_offline.read(run, history=False).summary
@@ -270,8 +279,9 @@ def test_a_run_pruned_before_any_finite_metric_warns_or_takes_the_fixed_penalty(
 
 
 # ---------------------------------------------------------------------------- the process
-def test_cli_mode_a_pruned_script_exits_0_with_its_run_failed_and_finally_run(tmp_path) -> None:
+def test_cli_mode_a_pruned_script_exits_0_with_its_run_failed_and_finally_run(tmp_path, sync_every: int) -> None:
     """What ``wandb agent`` sees: the program's exit status. A prune must read as success."""
+    stop = decided_at(5, sync_every)
     script = tmp_path / "train.py"
     script.write_text(
         textwrap.dedent(
@@ -280,7 +290,7 @@ def test_cli_mode_a_pruned_script_exits_0_with_its_run_failed_and_finally_run(tm
             run = wandb.init(project="gradema-tests")
             model = torch.nn.Linear(4, 1)
             opt = torch.optim.SGD(model.parameters(), lr=run.config.lr)
-            monitor = wandb_gradema.watch(opt)
+            monitor = wandb_gradema.watch(opt, sync_every=SYNC_EVERY)
             try:
                 for step in range(100):
                     opt.zero_grad()
@@ -294,7 +304,7 @@ def test_cli_mode_a_pruned_script_exits_0_with_its_run_failed_and_finally_run(tm
                 monitor.remove()
             run.finish()
             """
-        )
+        ).replace("SYNC_EVERY", str(sync_every))
     )
     params = tmp_path / "params.yaml"
     params.write_text("wandb_version: 1\n\nlr:\n  value: 0.01\n")
@@ -307,9 +317,9 @@ def test_cli_mode_a_pruned_script_exits_0_with_its_run_failed_and_finally_run(tm
     }
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "finally ran at step 5" in done.stdout and "loop ended" not in done.stdout
+    assert f"finally ran at step {stop}" in done.stdout and "loop ended" not in done.stdout
     assert "Traceback" not in done.stderr
     (path,) = find_runs(tmp_path)
     logged = read_run(path, history=False)
     assert (logged.run_id, logged.state, logged.exit_code) == ("prunecli", "failed", 1)
-    assert logged.summary["gradema/pruned_step"] == 5 and PRUNED_TAG in logged.tags
+    assert logged.summary["gradema/pruned_step"] == stop and PRUNED_TAG in logged.tags
