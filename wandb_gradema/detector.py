@@ -195,7 +195,7 @@ class AnomalyDetector:
         above_start_factor: float = 1.5,
         learned_progress: float = 0.3,
         relapse_threshold: float = 0.5,
-        rise_threshold: float = 0.25,
+        rise_threshold: float = 0.2,
         stall_steps: int = 200,
         min_progress: float = 0.1,
         lr_jump_ratio: float = 4.0,
