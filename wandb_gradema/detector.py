@@ -136,7 +136,10 @@ class AnomalyDetector:
     rules have fired ``confirm_steps`` steps in a row, or when rules of both families (two
     independent signs) have fired together on ``confirm_steps // 4`` steps in a row. The
     schedule is context, not evidence: ``lr_jump`` alone never counts (without an observed
-    loss, a norm that exploded since the jump counts as gradient evidence). ``EscalationPolicy``
+    loss, a norm that exploded since the jump counts as gradient evidence). ``progress_lost``
+    with no other rule beside it counts only once the relapse has held at the start for two
+    trend windows (``rules.loss.relapse_held``): a loss that swings and comes back (SGD with
+    high momentum) is escalated, never pruned. ``EscalationPolicy``
     escalates on ``patience`` anomalous steps; the monitor prunes only on confirmed events.
 
     Non-finite gradients: reported (critical), never folded into any statistic.
