@@ -414,12 +414,14 @@ def relapse_held(st: LossStats, v: LossView, relapse_threshold: float) -> bool:
     history = st.history
     if len(history) <= RELAPSE_WINDOWS * st.long.size:
         return False
-    low = min(history)  # O(window), only on the steps progress_lost fires
-    if v.lost(low, v.best_band) < relapse_threshold:
+    earlier = history[-len(st.long) - 1]
+    if earlier - v.m_long > v.long_band:
+        return False  # on its way back
+    floor = v.ref - ABOVE_Z * MEDIAN_SE * st.sigma * math.sqrt(1 / len(st.long) + 1 / st.reference_steps)
+    if min(history[0], earlier) < floor:  # O(1): a swing fails here, before the scan below
         return False
-    if v.ref - low > ABOVE_Z * MEDIAN_SE * st.sigma * math.sqrt(1 / len(st.long) + 1 / st.reference_steps):
-        return False
-    return history[-len(st.long) - 1] - v.m_long <= v.long_band
+    low = min(history)  # O(window), only while progress_lost fires on a level back at the start
+    return low >= floor and v.lost(low, v.best_band) >= relapse_threshold
 
 
 def judge_stall(
