@@ -193,8 +193,8 @@ def test_extended_splits_differ_in_configs_and_seeds_and_keep_a_holdout() -> Non
 
 
 @pytest.mark.parametrize(("first", "later", "others"), [
-    ("holdout", ("holdout2", "holdout3"), ("dev", "test")),
-    ("ext-holdout", ("ext-holdout2", "ext-holdout3"), ("ext-dev", "ext-test")),
+    ("holdout", ("holdout2", "holdout3", "holdout4"), ("dev", "test")),
+    ("ext-holdout", ("ext-holdout2", "ext-holdout3", "ext-holdout4"), ("ext-dev", "ext-test")),
 ])  # fmt: skip
 def test_later_holdouts_hold_every_variant_with_seeds_of_their_own(
     first: str, later: tuple[str, ...], others: tuple[str, ...]

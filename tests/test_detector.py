@@ -337,16 +337,54 @@ def test_a_new_param_group_with_a_higher_lr_is_not_a_jump_by_itself() -> None:
     assert _escalations(obs) == []
 
 
+def swinging(t: float, *, every: int, length: int, height: float = 2.3, stay_from: int | None = None) -> float:
+    """Learns, then swings back up to ``height`` for ``length`` steps every ``every`` steps and
+    comes back (SGD with a momentum of 0.99); from ``stay_from`` on it stays up (diverged)."""
+    if stay_from is not None and t >= stay_from:
+        return height
+    if t >= 150 and (t - 150) % every < length:
+        return height
+    return learning(t)
+
+
+@pytest.mark.parametrize(
+    ("name", "loss", "escalates", "confirmed"),
+    [
+        ("swings back to its start for 40 steps, twice", lambda t: swinging(t, every=250, length=40), True, False),
+        ("swings 80% of the way back for 60 steps", lambda t: swinging(t, every=250, length=60, height=1.9), True, False),
+        ("short swings every 100 steps", lambda t: swinging(t, every=100, length=25), True, False),
+        ("swings, then relapses to its start for good", lambda t: swinging(t, every=250, length=40, stay_from=450), True, True),
+    ],
+)  # fmt: skip
+def test_a_loss_that_swings_and_comes_back_is_never_prune_grade_table(name, loss, escalates, confirmed) -> None:
+    events = _events(_run(700, loss=loss, lr=lambda t: 0.1))
+    assert bool(events) == escalates, name
+    assert any(c for *_, c in events) == confirmed, name
+    if confirmed:  # the relapse that stays: prune-grade once it has held, well before the end
+        step = next(step for step, _, c in events if c)
+        assert 450 < step < 450 + 3 * 32 + 12, name
+
+
 # ---------------------------------------------------------------------------- prune bar
 def test_only_persistent_or_corroborated_anomalies_are_confirmed() -> None:
     def relapse(t):  # a relapse that lasts: progress_lost, later with dead units
         return learning(t) if t < 100 else 2.3
 
-    alone = _events(_run(loss=relapse, lr=lambda t: 0.1))
+    def explosion(t):  # a loss that explodes and stays there: loss_explosion
+        return learning(t) if t < 100 else 25.0
+
+    alone = _events(_run(loss=explosion, lr=lambda t: 0.1))
     first, *_ = alone
     assert not first[2]  # the loss alone: the escalation comes first, on patience ...
     confirmed = [step for step, _, c in alone if c]
     assert confirmed and confirmed[0] - first[0] == 9  # ... the prune once it has lasted 12 steps
+    # A relapse to the start, alone, is prune-grade once it has held there for two trend
+    # windows (a loss that swings comes back sooner), then for 12 steps.
+    relapsed = _events(_run(loss=relapse, lr=lambda t: 0.1))
+    first, *_ = relapsed
+    confirmed = [step for step, _, c in relapsed if c]
+    assert "progress_lost" in first[1] and not first[2]
+    assert confirmed and 2 * 32 < confirmed[0] - first[0] < 2 * 32 + 20
     both = _events(_run(loss=relapse, lr=lambda t: 0.1, active=lambda t: 1.0 if t < 110 else 0.2))
     assert both[0][2] and set(both[0][1]) == {"progress_lost", "dead_units"}  # two families agree
 

@@ -34,6 +34,8 @@ FAMILIES = {
 INDEPENDENT = frozenset({"gradient", "loss"})
 #: Both independent families on ``confirm_steps // AGREE_DIVISOR`` steps in a row confirm.
 AGREE_DIVISOR = 4
+#: Rules beside ``progress_lost`` that make a relapse count before it has held.
+SWING_CONTEXT = frozenset({"loss_explosion", "above_start", "unstable_rise", "lr_jump"})
 #: The fast median (5 losses) has sqrt(window / 5) x the standard error of the level.
 FAST_BAND = 1.6
 
@@ -134,7 +136,10 @@ class AnomalyDetector:
     rules have fired ``confirm_steps`` steps in a row, or when rules of both families (two
     independent signs) have fired together on ``confirm_steps // 4`` steps in a row. The
     schedule is context, not evidence: ``lr_jump`` alone never counts (without an observed
-    loss, a norm that exploded since the jump counts as gradient evidence). ``EscalationPolicy``
+    loss, a norm that exploded since the jump counts as gradient evidence). ``progress_lost``
+    with no other rule beside it counts only once the relapse has held at the start for two
+    trend windows (``rules.loss.relapse_held``): a loss that swings and comes back (SGD with
+    high momentum) is escalated, never pruned. ``EscalationPolicy``
     escalates on ``patience`` anomalous steps; the monitor prunes only on confirmed events.
 
     Non-finite gradients: reported (critical), never folded into any statistic.
@@ -193,7 +198,7 @@ class AnomalyDetector:
         above_start_factor: float = 1.5,
         learned_progress: float = 0.3,
         relapse_threshold: float = 0.5,
-        rise_threshold: float = 0.25,
+        rise_threshold: float = 0.2,
         stall_steps: int = 200,
         min_progress: float = 0.1,
         lr_jump_ratio: float = 4.0,
@@ -247,6 +252,7 @@ class AnomalyDetector:
         self._episode = 0  # anomalous reports in a row with gradient or loss evidence
         self._agree = 0  # ... of which, the last ones in a row with both families at once
         self._jump_norm = 0.0  # this step's lr_jump score from the gradient norm alone
+        self._swing = False  # this step's progress_lost is a relapse that has not held yet
 
     def state_dict(self) -> dict[str, Any]:
         """Every running statistic, as plain Python values."""
@@ -301,6 +307,7 @@ class AnomalyDetector:
         """Fold one observation into the statistics and return the verdict on it."""
         found: Findings = {}
         critical = False
+        self._swing = False
         lr = self._lr
         lr.observe(obs.lr, obs.param_groups, warmup_steps=self.warmup_steps, jump_ratio=self.lr_jump_ratio)
         immediate = lr.jumped and not lr.jump_added
@@ -362,7 +369,7 @@ class AnomalyDetector:
 
     def _judge_loss(self, v: loss.LossView, found: Findings) -> None:
         losses = self._losses
-        loss.judge_loss(
+        self._swing = loss.judge_loss(
             losses,
             v,
             found,
@@ -426,6 +433,11 @@ class AnomalyDetector:
         # The schedule is context, not evidence: only the gradient and loss families count
         # towards the prune bar, and they must agree on the same steps to corroborate.
         families = {FAMILIES.get(rule) for rule in details} & INDEPENDENT
+        if self._swing and families == {"loss"} and not details.keys() & SWING_CONTEXT:
+            # A relapse that has not held, alone, may be a loss that swings and comes back:
+            # it escalates, but counts towards the prune bar only once it has held (or with
+            # the gradients, or an LR jump, to corroborate it).
+            families = set()
         if "lr_jump" in details and self._jump_norm * s >= 1.0 and not self._losses.n:
             # Without a loss to show whether the run survives the jump, a norm that has
             # exploded since (a median: burst-proof) is the gradient evidence.

@@ -18,8 +18,8 @@ from .evaluate import counts_line, format_families, format_table, score
 from .suite import MAX_JOBS, load_split
 
 SPLITS = (
-    "dev", "test", "holdout", "holdout2", "holdout3", "shared-dev",
-    "ext-dev", "ext-test", "ext-holdout", "ext-holdout2", "ext-holdout3",
+    "dev", "test", "holdout", "holdout2", "holdout3", "holdout4", "shared-dev",
+    "ext-dev", "ext-test", "ext-holdout", "ext-holdout2", "ext-holdout3", "ext-holdout4",
 )  # fmt: skip
 
 

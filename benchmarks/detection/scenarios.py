@@ -23,12 +23,16 @@ HOLDOUT_SEED_OFFSET = 1000
 HOLDOUT2_SEED_OFFSET = 3000
 #: ``holdout3``: again, for the fixes that the look at ``holdout2`` called for; looked at once.
 HOLDOUT3_SEED_OFFSET = 5000
+#: ``holdout4``: again, made before the third tuning pass (``holdout3`` had been looked at once):
+#: looked at once, at the end of that pass.
+HOLDOUT4_SEED_OFFSET = 7000
 #: The extended suite (``EXTENDED``) has splits of its own, named with this prefix.
 EXTENDED_PREFIX = "ext-"
-EXTENDED_SPLITS = ("ext-dev", "ext-test", "ext-holdout", "ext-holdout2", "ext-holdout3")
+EXTENDED_SPLITS = ("ext-dev", "ext-test", "ext-holdout", "ext-holdout2", "ext-holdout3", "ext-holdout4")
 EXTENDED_HOLDOUT_SEED_OFFSET = 2000
 EXTENDED_HOLDOUT2_SEED_OFFSET = 4000
 EXTENDED_HOLDOUT3_SEED_OFFSET = 6000
+EXTENDED_HOLDOUT4_SEED_OFFSET = 8000
 #: Every holdout: every variant, with seeds no other split uses.
 HOLDOUT_SEEDS = {
     "holdout": HOLDOUT_SEED_OFFSET,
@@ -37,6 +41,8 @@ HOLDOUT_SEEDS = {
     "ext-holdout2": EXTENDED_HOLDOUT2_SEED_OFFSET,
     "holdout3": HOLDOUT3_SEED_OFFSET,
     "ext-holdout3": EXTENDED_HOLDOUT3_SEED_OFFSET,
+    "holdout4": HOLDOUT4_SEED_OFFSET,
+    "ext-holdout4": EXTENDED_HOLDOUT4_SEED_OFFSET,
 }
 
 CNN: dict[str, Any] = {"model": "cnn"}
@@ -237,9 +243,9 @@ def _seed(split: str, variant: int) -> int:
 
 
 def scenarios(split: str) -> list[tuple[str, Spec]]:
-    """The named specs of ``split``: ``dev``, ``test``, ``holdout``, ``holdout2``, ``holdout3`` or
-    ``quick`` (dev variants, for CI); ``ext-dev``, ``ext-test``, ``ext-holdout``, ``ext-holdout2``,
-    ``ext-holdout3`` for the extended suite."""
+    """The named specs of ``split``: ``dev``, ``test``, ``holdout``, ``holdout2``, ``holdout3``,
+    ``holdout4`` or ``quick`` (dev variants, for CI); ``ext-dev``, ``ext-test``, ``ext-holdout``,
+    ``ext-holdout2``, ``ext-holdout3``, ``ext-holdout4`` for the extended suite."""
     if split.startswith(EXTENDED_PREFIX):
         return _extended(split)
     if split == "quick":
@@ -261,7 +267,7 @@ def scenarios(split: str) -> list[tuple[str, Spec]]:
 # Runs people sweep beyond 300 steps from scratch: tiny noisy batches, long schedules with late
 # bursts of corrupted batches, fine-tunes, late learners, warm restarts and cyclic LRs, late
 # failures. Same scheme: even variants in ``ext-dev``, odd ones in ``ext-test`` (seed + 100),
-# every variant in ``ext-holdout``, ``ext-holdout2`` and ``ext-holdout3`` with seeds nothing else uses.
+# every variant in ``ext-holdout`` to ``ext-holdout4`` with seeds nothing else uses.
 SUM16: dict[str, Any] = {"task": "sum16", "width": 64}
 SINE16: dict[str, Any] = {"task": "sine16", "width": 64}
 SIGN16: dict[str, Any] = {"task": "sign16", "width": 64}

@@ -31,9 +31,8 @@ def load_split(
     cache: TraceCache | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[Trace]:
-    """The labelled traces of ``split`` (``dev``, ``test``, ``holdout``, ``holdout2``, ``holdout3``,
-    ``quick``, ``shared-dev``, ``ext-dev``, ``ext-test``, ``ext-holdout``, ``ext-holdout2`` or
-    ``ext-holdout3``)."""
+    """The labelled traces of ``split`` (``dev``, ``test``, ``holdout`` to ``holdout4``, ``quick``,
+    ``shared-dev``, ``ext-dev``, ``ext-test`` or ``ext-holdout`` to ``ext-holdout4``)."""
     if split == "shared-dev":
         return load_shared_dev()
     cache = cache or TraceCache()

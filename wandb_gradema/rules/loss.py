@@ -67,6 +67,10 @@ DEPART_NORM_MILD = 4.0
 DEPART_NORM_Z = 3.0
 DEPART_Z = 4.0
 
+#: ``progress_lost`` alone counts towards the prune bar only once the relapse has held at the
+#: start for this many trend windows (see ``relapse_held``).
+RELAPSE_WINDOWS = 2
+
 #: ``above_start``: a level above the start that would be back within this many times the run's
 #: age, at its pace over the last trend window, is recovering (see ``recovering``).
 RECOVERY_HORIZON = 2.0
@@ -155,7 +159,8 @@ class LossStats:
         self.start = math.nan  # what the explosion rules compare with: ref, or a departed first loss
         self.departed = False
         self.norm_rise = 0.0  # log norm rise over the first steps (for the departure test)
-        self.history: deque[float] = deque(maxlen=trend_window + 1)  # the longer medians
+        # the longer medians of the last RELAPSE_WINDOWS trend windows
+        self.history: deque[float] = deque(maxlen=RELAPSE_WINDOWS * trend_window + 1)
         self.prev = math.nan
         self.short = RollingWindow(window)
         self.long = RollingWindow(trend_window, trend=True)
@@ -331,8 +336,9 @@ def judge_loss(
     new_high: bool,
     warm: bool,
     z_loss: float,
-) -> None:
-    """Score the loss rules into ``found``.
+) -> bool:
+    """Score the loss rules into ``found``; True when ``progress_lost`` fired on a relapse that
+    has not held (see ``relapse_held``): alone, it is a swing until it does.
 
     * ``loss_explosion`` / ``above_start``: the level is ``exp(log_explode)`` /
       ``exp(log_above)`` x the start, significantly, and not falling (a transient that training
@@ -366,17 +372,17 @@ def judge_loss(
             lambda: f"Loss is at {m:.4g} (median of the last {len(st.short)}), {m / start:.3g}x where it started ({start:.4g}).",
         )
     m_long = v.m_long
-    stays = len(st.history) == st.history.maxlen and not recovering(
-        m_long, start, st.history[0], len(st.history) - 1, st.n
-    )
+    window = st.long.size
+    stays = len(st.history) > window and not recovering(m_long, start, st.history[-window - 1], window, st.n)
     if stays and st.above_run >= st.long.size:
         found["above_start"] = (
             math.log(m_long / start) / log_above,
             lambda: f"Loss is back above where it started and not recovering: {m_long:.4g} (median of the last "
             f"{len(st.long)}) vs {start:.4g} at the start ({m_long / start:.3g}x; forgetting, for a fine-tune).",
         )
+    swing = False
     if not v.learned:
-        return
+        return swing
     best, level = v.best, v.m_long
     lost = v.lost(level, v.best_band)
     if lost > 0 and not improving:
@@ -385,6 +391,7 @@ def judge_loss(
             lambda: f"Loss is back at {level:.4g} (median of the last {len(st.long)}): {lost:.0%} of the progress "
             f"from {ref:.4g} to {best:.4g} lost (beyond its noise, {v.best_band:.2g}).",
         )
+        swing = not relapse_held(st, v, relapse_threshold)
     if new_high and m - best > RISE_LEVEL * v.best_band:  # the level itself has left its best while the LR climbs
         upper = st.short.quantile(0.75)  # against the upper quartile where the level was best
         lost_upper = v.lost(upper, v.best_band, st.best_upper)
@@ -394,6 +401,27 @@ def judge_loss(
                 lambda: f"Loss rising ({lost_upper:.0%} of the progress lost in its upper quartile) while the "
                 "learning rate climbs to new heights.",
             )
+    return swing
+
+
+def relapse_held(st: LossStats, v: LossView, relapse_threshold: float) -> bool:
+    """The relapse has held: for ``RELAPSE_WINDOWS`` trend windows even the lowest longer median
+    has given back ``relapse_threshold`` of the progress and stood back at the start (less than
+    ``ABOVE_Z`` standard errors below it), and the longer median is not significantly below
+    where it was a window ago (on its way back). A loss that swings (SGD with high momentum)
+    can give back nearly all of its progress for tens of steps, then return; a diverged one
+    stays at its start."""
+    history = st.history
+    if len(history) <= RELAPSE_WINDOWS * st.long.size:
+        return False
+    earlier = history[-len(st.long) - 1]
+    if earlier - v.m_long > v.long_band:
+        return False  # on its way back
+    floor = v.ref - ABOVE_Z * MEDIAN_SE * st.sigma * math.sqrt(1 / len(st.long) + 1 / st.reference_steps)
+    if min(history[0], earlier) < floor:  # O(1): a swing fails here, before the scan below
+        return False
+    low = min(history)  # O(window), only while progress_lost fires on a level back at the start
+    return low >= floor and v.lost(low, v.best_band) >= relapse_threshold
 
 
 def judge_stall(
