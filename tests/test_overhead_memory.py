@@ -22,8 +22,9 @@ from benchmarks.overhead.memory import Footprint, footprint, package_bytes
 from wandb_gradema.norms import STATS_FIELDS
 
 #: Steps before the first snapshot: past the detector's longest window (the trend window of 32
-#: losses and the 33 medians kept after it fills), so what is kept has reached its bound.
-N = 80
+#: losses and the 65 medians, two trend windows', kept after it fills), so what is kept has
+#: reached its bound.
+N = 120
 #: Slack for allocator noise between two snapshots: a float kept per step would be 24 * 9N bytes.
 GROWTH_SLACK_BYTES = 1024
 #: Container items may differ by a few between two snapshots (e.g. a window being refilled).
