@@ -64,7 +64,7 @@ class Decisions:
         """
         self.guard(self.judge_queue)
         local, self.undecided_events = self.undecided_events, []
-        if self.distributed:  # a failing collective raises: swallowed, it would hang the others
+        if self.distributed:  # outside the guard: a failing collective raises (swallowed, it would hang the others)
             events = _dist.agree_events(local)
             for event in events:  # the same cooldown and telemetry windows on every rank
                 self.policy.adopt(event.step, confirmed=event.confirmed)
