@@ -32,6 +32,13 @@ def _init(rank: int, tmp: Path) -> None:
     )
 
 
+def _finish() -> None:
+    """Leave the process group together: a rank tearing gloo down while the other is still in
+    its last collective aborts that one ("terminate called without an active exception")."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _spawn(fn, *args, timeout: float = 180.0) -> None:
     """``mp.spawn`` with a deadline: a hang (ranks out of step) fails the test instead of CI."""
     context = mp.start_processes(fn, args=args, nprocs=WORLD, join=False, start_method="spawn")
@@ -77,7 +84,7 @@ def _ddp_worker(rank: int, tmp: Path) -> None:
                     "types": [list(e.anomaly_types) for e in monitor.events],
                     "options": [monitor.log_every, monitor.policy.patience]})
     )
-    dist.destroy_process_group()
+    _finish()
 
 
 def test_ddp_ranks_share_norms_and_decide_together_and_only_rank0_logs(tmp_path: Path) -> None:
@@ -110,7 +117,7 @@ def _sharded_worker(rank: int, tmp: Path) -> None:
         out["fsdp"] = fsdp
     out["fsdp1"] = _fsdp1_orig_params_norm(rank)
     (tmp / f"shard{rank}.json").write_text(json.dumps(out))
-    dist.destroy_process_group()
+    _finish()
 
 
 def _fsdp_norm(rank: int) -> dict | None:
@@ -237,7 +244,7 @@ def _field_worker(rank: int, tmp: Path, sync_every: int) -> None:
     (tmp / f"field{rank}.json").write_text(json.dumps(
         {"stopped": stopped, "event": event_step, "types": types, "n_params": n_params, "norms": norms}
     ))
-    dist.destroy_process_group()
+    _finish()
 
 
 @pytest.mark.parametrize("sync_every", [1, 8], ids=["host", "deferred"])
