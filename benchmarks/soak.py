@@ -79,15 +79,16 @@ def _rss_mib(pid: int | str = "self") -> float:
     return float("nan")
 
 
-def _children() -> list[int]:
-    me, found = os.getpid(), []
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (read from /proc; none where there is no /proc)."""
+    found: list[int] = []
     if not os.path.isdir("/proc"):
         return found
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
                         found.append(int(entry))
             except (OSError, ValueError, IndexError):
                 continue
@@ -124,7 +125,7 @@ def soak(steps: int, windows: int, *, sync_every: int | None, trace: bool, wandb
     if trace:
         tracemalloc.start(1)
     monitor = wandb_gradema.watch(opt, model=model, log_every=1, sync_every=sync_every)
-    service = _children()
+    service = child_pids(os.getpid())
     per_window = steps // windows
     out: list[Window] = []
     types: list[Counter[str]] = []  # object types by count, after the first window and at the end

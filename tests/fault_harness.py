@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.soak import child_pids
 from wandb_gradema.offline import OfflineRun, find_runs, read_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,19 +69,6 @@ def run_script(workdir: Path, *args: str) -> Finished:
     return Finished(done.returncode, done.stdout, done.stderr, _result(workdir))
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    return found
-
-
 def _wait_gone(pids: list[int], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -105,7 +92,7 @@ def run_until_killed(workdir: Path, *args: str) -> Finished:
         lines.append(line)
         if line.startswith("BLOCKED") or time.monotonic() > deadline:
             break
-    service = _children(proc.pid)
+    service = child_pids(proc.pid)
     proc.send_signal(signal.SIGKILL)
     out, err = proc.communicate(timeout=TIMEOUT_S)
     _wait_gone(service, 30.0)
@@ -125,13 +112,6 @@ def gradema_rows(run: OfflineRun) -> dict[int, dict[str, Any]]:
     return dict(zip(steps, rows))
 
 
-def nan_safe(value: Any) -> Any:
-    """``value`` with NaN replaced by a marker, so that == compares NaN as equal."""
-    if isinstance(value, dict):
-        return {k: nan_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [nan_safe(v) for v in value]
-    return "nan" if isinstance(value, float) and math.isnan(value) else value
 
 
 @functools.cache

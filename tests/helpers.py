@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -44,6 +45,15 @@ def train_loop(
         if log is not None:
             log(i, loss.item())
     return steps
+
+
+def nan_safe(value: Any) -> Any:
+    """``value`` with NaN replaced by a marker, so that == compares NaN as equal."""
+    if isinstance(value, dict):
+        return {k: nan_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nan_safe(v) for v in value]
+    return "nan" if isinstance(value, float) and math.isnan(value) else value
 
 
 def decided_at(step: int, sync_every: int) -> int:

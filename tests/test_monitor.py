@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 from conftest import DEFERRED
-from helpers import decided_at, train_loop
+from helpers import decided_at, nan_safe, train_loop
 
 import wandb_gradema
 from wandb_gradema import EscalationError, GrademaWarning, GradientEMATracker
@@ -311,11 +311,7 @@ def test_resume_from_checkpoint_logs_exactly_the_uninterrupted_sequence(tmp_path
     assert "gradema" in state["optimizer"]  # existing checkpoints carry the drift state
     second, _, resumed = _run_logged(factory, wandb_offline, 9, start=11, state=state)
     assert resumed.step == 20
-    assert _nan_safe(first + second) == _nan_safe(full)
-
-
-def _nan_safe(rows):
-    return [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+    assert nan_safe(first + second) == nan_safe(full)
 
 
 def test_monitor_state_dict_round_trip_without_the_optimizer(tiny) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import nan_safe
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -107,14 +108,6 @@ def assert_finite_or_untouched(state: dict[str, Any], fresh: dict[str, Any]) -> 
     for path, value in _leaves(state).items():
         if isinstance(value, float) and not math.isfinite(value):
             assert path in initial and _same(value, initial[path]), f"{path} = {value}"
-
-
-def _nan_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _nan_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_safe(v) for v in value]
-    return "nan" if isinstance(value, float) and math.isnan(value) else value
 
 
 def _through_json(state: dict[str, Any]) -> dict[str, Any]:
@@ -241,8 +234,8 @@ def test_a_detector_state_round_trip_at_any_split_equals_uninterrupted(fields: l
     resumed = AnomalyDetector()
     resumed.load_state_dict(_through_json(first.state_dict()))
     got += [resumed.check(o) for o in obs[split:]]
-    assert _nan_safe([asdict(r) for r in got]) == _nan_safe([asdict(r) for r in expected])
-    assert _nan_safe(resumed.state_dict()) == _nan_safe(whole.state_dict())
+    assert nan_safe([asdict(r) for r in got]) == nan_safe([asdict(r) for r in expected])
+    assert nan_safe(resumed.state_dict()) == nan_safe(whole.state_dict())
 
 
 @PROPERTY
@@ -256,7 +249,7 @@ def test_a_tracker_state_round_trip_at_any_split_equals_uninterrupted(steps: lis
     resumed = GradientEMATracker(decay=0.9)
     resumed.load_state_dict(_through_json(first.state_dict()))
     got += [resumed.update(*s) for s in steps[split:]]
-    assert _nan_safe([asdict(u) for u in got]) == _nan_safe([asdict(u) for u in expected])
+    assert nan_safe([asdict(u) for u in got]) == nan_safe([asdict(u) for u in expected])
 
 
 @st.composite
@@ -345,4 +338,4 @@ def test_a_monitor_checkpoint_at_any_split_equals_uninterrupted(
     decided, final = _monitored(steps, sync_every, None)
     resumed_decided, resumed_final = _monitored(steps, sync_every, split)
     assert resumed_decided == decided
-    assert _nan_safe(resumed_final) == _nan_safe(final)
+    assert nan_safe(resumed_final) == nan_safe(final)

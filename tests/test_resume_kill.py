@@ -22,12 +22,12 @@ import pytest
 from fault_harness import (
     NAN_AT,
     gradema_rows,
-    nan_safe,
     run_script,
     run_until_killed,
     uninterrupted,
     wandb_runs,
 )
+from helpers import nan_safe
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the harness reads /proc")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import train_loop
+from helpers import nan_safe, train_loop
 
 import wandb_gradema
 from wandb_gradema import EscalationError, GrademaWarning
@@ -106,15 +106,7 @@ def test_checkpoint_in_the_middle_of_a_decision_interval_resumes_exactly(tiny, s
     first_events, saved, _ = run(11)  # 11 = 8 + 3: three steps judged but not decided
     second_events, _, resumed_state = run(13, start=11, state=saved)
     assert first_events + second_events == full_events == [9]
-    assert _nan_safe(resumed_state) == _nan_safe(full_state)
-
-
-def _nan_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _nan_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_safe(v) for v in value]
-    return "nan" if isinstance(value, float) and math.isnan(value) else value
+    assert nan_safe(resumed_state) == nan_safe(full_state)
 
 
 @PATHS
@@ -282,7 +274,7 @@ def test_the_monitor_goes_into_a_dcp_checkpoint(tiny, tmp_path) -> None:
     fresh_opt = torch.optim.SGD(model.parameters(), lr=0.01)
     fresh = wandb_gradema.watch(fresh_opt, sync_every=4, on_escalation="raise")
     dcp.load({"gradema": fresh.stateful()}, checkpoint_id=str(tmp_path / "ckpt"))
-    assert _nan_safe(fresh.state_dict()) == _nan_safe(monitor.state_dict())
+    assert nan_safe(fresh.state_dict()) == nan_safe(monitor.state_dict())
     with pytest.raises(EscalationError, match="at step 5"):  # the pending decision comes back too
         train_loop(model, fresh_opt, batch, 2, start=6, monitor=fresh)
     with pytest.warns(GrademaWarning, match="escalated at step 5, after the last decision step"):

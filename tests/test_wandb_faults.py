@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 import torch
-from fault_harness import NAN_AT, nan_safe, run_script, uninterrupted, wandb_runs
+from fault_harness import NAN_AT, run_script, uninterrupted, wandb_runs
+from helpers import nan_safe
 
 import wandb_gradema
 from wandb_gradema import GrademaWarning
