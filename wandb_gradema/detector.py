@@ -14,7 +14,7 @@ from typing import Any
 
 from ._validate import check_float, check_int, check_state_keys
 from .rules import gradient, loss, schedule
-from .rules._common import Findings
+from .rules._common import Findings, median_sorted
 
 __all__ = ["AnomalyDetector", "AnomalyReport", "Observation"]
 
@@ -332,7 +332,7 @@ class AnomalyDetector:
             else:
                 norm_rise = norm_z = 0.0
                 if grads.n == loss.DEPART_STEPS + 1:  # the first steps' norms against the first one
-                    norm_rise = _median(list(grads.norms.values)[1:]) - grads.first
+                    norm_rise = median_sorted(sorted(list(grads.norms.values)[1:])) - grads.first
                 if losses.n == self.reference_steps - 1 and grads.n:  # ... and the reference's
                     later = list(grads.norms.values)[1:] if grads.n <= grads.norms.size else list(grads.norms.values)
                     norm_z = loss.rise_z(grads.first, later, loss.DEPART_STEPS)
@@ -463,8 +463,3 @@ class AnomalyDetector:
             immediate=immediate and "lr_jump" in details,
         )
 
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    half = len(ordered) // 2
-    return ordered[half] if len(ordered) % 2 else 0.5 * (ordered[half - 1] + ordered[half])

@@ -14,6 +14,8 @@ from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from typing import Any
 
+from ._common import median_sorted
+
 __all__ = ["RollingWindow"]
 
 
@@ -62,12 +64,7 @@ class RollingWindow:
         values.append(x)
 
     def median(self) -> float:
-        srt = self.sorted
-        n = len(srt)
-        if n == 0:
-            return math.nan
-        half = n // 2
-        return srt[half] if n % 2 else 0.5 * (srt[half - 1] + srt[half])
+        return median_sorted(self.sorted) if self.sorted else math.nan
 
     def quantile(self, q: float) -> float:
         """Linear-interpolation quantile (numpy's default)."""

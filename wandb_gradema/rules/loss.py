@@ -36,7 +36,7 @@ import math
 from collections import deque
 from typing import Any
 
-from ._common import MEDIAN_SE, Findings
+from ._common import MEDIAN_SE, Findings, median_sorted
 from ._window import RollingWindow
 from .gradient import Ema
 
@@ -93,8 +93,8 @@ def theil_sen_start(values: list[float], trend_z: float = 2.0) -> float:
     slopes = sorted((ys[j] - ys[i]) / (j - i) for i in range(n) for j in range(i + 1, n))
     mk = sum((d > 0) - (d < 0) for d in slopes)  # Mann-Kendall S
     significant = n >= 4 and abs(mk) - 1 >= trend_z * math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
-    slope = _median(slopes) if slopes and significant else 0.0
-    start = _median(sorted(y - slope * i for i, y in enumerate(ys)))
+    slope = median_sorted(slopes) if slopes and significant else 0.0
+    start = median_sorted(sorted(y - slope * i for i, y in enumerate(ys)))
     if positive:
         start = math.exp(start)
     return min(max(start, min(values)), max(values))
@@ -106,8 +106,8 @@ def rise_z(head: float, later: list[float], n_first: int | None = None) -> float
     consecutive values); inf without noise."""
     if len(later) < 3:
         return 0.0
-    rise = _median(sorted(later[:n_first])) - head
-    sigma = _DIFF_TO_SD * _median(sorted(abs(b - a) for a, b in zip(later, later[1:])))
+    rise = median_sorted(sorted(later[:n_first])) - head
+    sigma = _DIFF_TO_SD * median_sorted(sorted(abs(b - a) for a, b in zip(later, later[1:])))
     return rise / sigma if sigma > 0 else (math.inf if rise > 0 else 0.0)
 
 
@@ -116,7 +116,7 @@ def _departed(first: list[float], norm_rise: float, norm_z: float) -> bool:
     head = first[0]
     if head <= 0:
         return False
-    early = _median(sorted(first[1 : DEPART_STEPS + 1]))
+    early = median_sorted(sorted(first[1 : DEPART_STEPS + 1]))
     if early >= DEPART_LOSS * head and norm_rise >= math.log(DEPART_NORM):
         return True
     # milder, but every later loss is above the first one, beyond the batch-to-batch noise
@@ -129,12 +129,6 @@ def _departed(first: list[float], norm_rise: float, norm_z: float) -> bool:
 def _var_of_median(n: int) -> float:
     """Variance of the median of ``n`` values in units of their variance (one value: itself)."""
     return 1.0 if n == 1 else MEDIAN_SE * MEDIAN_SE / n
-
-
-def _median(ordered: list[float]) -> float:
-    n = len(ordered)
-    half = n // 2
-    return ordered[half] if n % 2 else 0.5 * (ordered[half - 1] + ordered[half])
 
 
 class LossStats:
@@ -212,7 +206,7 @@ class LossStats:
     def fast_level(self) -> float:
         """The median of the last ``FAST_WINDOW`` losses (read only after an LR jump)."""
         values = self.short.values
-        return _median(sorted(values[i] for i in range(max(0, len(values) - FAST_WINDOW), len(values))))
+        return median_sorted(sorted(values[i] for i in range(max(0, len(values) - FAST_WINDOW), len(values))))
 
     def log_ratio(self, level: float) -> float:
         """log(level / start), or -inf where undefined."""
