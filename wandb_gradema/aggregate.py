@@ -14,15 +14,6 @@ __all__ = ["LogAggregator"]
 _NAN = math.nan
 
 
-def _max(a: float, b: float) -> float:
-    """max() where NaN loses and Inf wins: a non-finite drift must show in the maximum."""
-    if math.isnan(a):
-        return b
-    if math.isnan(b):
-        return a
-    return a if a >= b else b
-
-
 class LogAggregator:
     """Keeps per-window maxima and run-long counters; builds the row for one W&B log call.
 
@@ -30,31 +21,63 @@ class LogAggregator:
     detector score and gradient norm, and the lowest health seen since the previous row.
     Counters (never reset): steps observed, steps with non-finite gradients, steps skipped by
     a GradScaler, escalations.
+
+    ``add`` runs on every judged step, so the window is kept in plain attributes (no dict, no
+    call per value); ``window`` builds the dict only for a row or a checkpoint.
     """
 
     _WINDOW = ("norm_drift_max", "health_drift_max", "score_max", "grad_norm_max", "health_min")
     _COUNTERS = ("steps", "nonfinite_steps", "skipped_steps", "escalations")
 
     def __init__(self) -> None:
-        self.window: dict[str, float] = {}
         self.counters: dict[str, int] = dict.fromkeys(self._COUNTERS, 0)
         self._reset_window()
 
     def _reset_window(self) -> None:
-        self.window = dict.fromkeys(self._WINDOW, _NAN)
+        self._norm_drift_max = self._health_drift_max = self._score_max = _NAN
+        self._grad_norm_max = self._health_min = _NAN
+
+    @property
+    def window(self) -> dict[str, float]:
+        """The window values by name (a new dict)."""
+        return {
+            "norm_drift_max": self._norm_drift_max,
+            "health_drift_max": self._health_drift_max,
+            "score_max": self._score_max,
+            "grad_norm_max": self._grad_norm_max,
+            "health_min": self._health_min,
+        }
+
+    @window.setter
+    def window(self, values: dict[str, float]) -> None:
+        self._norm_drift_max = values["norm_drift_max"]
+        self._health_drift_max = values["health_drift_max"]
+        self._score_max = values["score_max"]
+        self._grad_norm_max = values["grad_norm_max"]
+        self._health_min = values["health_min"]
 
     def add(self, obs: Observation, drift: DriftUpdate, report: AnomalyReport) -> None:
-        """Fold one processed step in."""
-        w = self.window
-        w["norm_drift_max"] = _max(w["norm_drift_max"], drift.norm_drift)
-        w["health_drift_max"] = _max(w["health_drift_max"], drift.health_drift)
-        w["score_max"] = _max(w["score_max"], report.score)
-        w["grad_norm_max"] = _max(w["grad_norm_max"], obs.grad_norm)
-        h = w["health_min"]
-        w["health_min"] = obs.health if math.isnan(h) or obs.health < h else h
-        self.counters["steps"] += 1
-        if not math.isfinite(obs.grad_norm):
-            self.counters["nonfinite_steps"] += 1
+        """Fold one processed step in (``_max`` inlined: NaN loses, Inf wins)."""
+        a, b = self._norm_drift_max, drift.norm_drift
+        if a != a or b > a:
+            self._norm_drift_max = b
+        a, b = self._health_drift_max, drift.health_drift
+        if a != a or b > a:
+            self._health_drift_max = b
+        a, b = self._score_max, report.score
+        if a != a or b > a:
+            self._score_max = b
+        g = obs.grad_norm
+        a = self._grad_norm_max
+        if a != a or g > a:
+            self._grad_norm_max = g
+        h, health = self._health_min, obs.health
+        if h != h or health < h:
+            self._health_min = health
+        counters = self.counters
+        counters["steps"] += 1
+        if not math.isfinite(g):
+            counters["nonfinite_steps"] += 1
 
     def row(
         self,
@@ -67,6 +90,7 @@ class LogAggregator:
         extra: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         """The metrics of one logged row (unprefixed names); starts a new window."""
+        counters = self.counters
         row: dict[str, Any] = {
             "grad_norm": obs.grad_norm,
             "grad_norm_ema": drift.norm_ema,
@@ -78,8 +102,14 @@ class LogAggregator:
             "score": report.score,
             "escalated": int(escalated),
             "escalation_event": int(event),
-            **self.window,
-            **{k: v for k, v in self.counters.items() if k != "steps"},
+            "norm_drift_max": self._norm_drift_max,
+            "health_drift_max": self._health_drift_max,
+            "score_max": self._score_max,
+            "grad_norm_max": self._grad_norm_max,
+            "health_min": self._health_min,
+            "nonfinite_steps": counters["nonfinite_steps"],
+            "skipped_steps": counters["skipped_steps"],
+            "escalations": counters["escalations"],
         }
         if obs.lr is not None:
             row["lr"] = obs.lr
@@ -92,7 +122,7 @@ class LogAggregator:
 
     def state_dict(self) -> dict[str, Any]:
         """Window and counters, as plain Python values."""
-        return {"window": dict(self.window), "counters": dict(self.counters)}
+        return {"window": self.window, "counters": dict(self.counters)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned; rejects missing or unknown keys by name."""

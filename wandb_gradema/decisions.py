@@ -63,14 +63,17 @@ class Decisions:
         ``stop_step`` is the step a prune reports as the one training stopped at.
         """
         self.guard(self.judge_queue)
-        local, self.undecided_events = self.undecided_events, []
+        local = self.undecided_events
+        if local:
+            self.undecided_events = []
         if self.distributed:  # outside the guard: a failing collective raises (swallowed, it would hang the others)
             events = _dist.agree_events(local)
             for event in events:  # the same cooldown and telemetry windows on every rank
                 self.policy.adopt(event.step, confirmed=event.confirmed)
         else:
             events = local
-        self.guard(self.record, events)
+        if events or self.undecided_rows or self.guard.count != self.guard.written:
+            self.guard(self.record, events)  # (a step with nothing to record costs nothing here)
         for event in events:
             self.actions.act(event, stop_step)
 
@@ -84,10 +87,13 @@ class Decisions:
         queue = self.intake.take_queue()
         if not queue:
             return
-        logging = self.sink.run is not None
         names = self.intake.watched.names
+        sink = self.sink
+        if sink.unattached:  # look a run up (attach, or warn once) until one is attached
+            sink.live()
         for values in read_back(queue):
-            event, row = self.judge.judge(values, names, logging=logging)
+            # The run is looked up only when a row is due (W&B lookups cost more than judging).
+            event, row = self.judge.judge(values, names, logging=self.sink.live)
             if event is not None:
                 self.undecided_events.append(event)
             if row is not None:

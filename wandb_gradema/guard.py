@@ -47,6 +47,11 @@ class InternalErrors:
         self._written = self.count
         return self.count
 
+    @property
+    def written(self) -> int:
+        """The count as last written into the summary (``unwritten``)."""
+        return self._written
+
     def restore(self, count: int) -> None:
         """Continue from a checkpoint's count (already written to the run it came from)."""
         self.count = self._written = count

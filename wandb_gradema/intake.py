@@ -17,7 +17,7 @@ from torch import Tensor
 
 from . import _dist, norms
 from .params import WatchedParams, largest_lr
-from .readback import PendingStep
+from .readback import PendingStep, StepValues
 
 __all__ = ["DEFAULT_SYNC_EVERY", "StepIntake"]
 
@@ -50,7 +50,7 @@ class StepIntake:
         default = DEFAULT_SYNC_EVERY["cpu" if self.watched.on_cpu else "accelerator"]
         self.sync_every = sync_every if sync_every is not None else default
         self.max_norm = max_norm
-        self.queue: list[PendingStep] = []
+        self.queue: list[PendingStep | StepValues] = []  # StepValues: measured on the host
         self._sharded_option = sharded
         self._distributed = _dist.is_distributed()
         self._pending: norms.GradStats | None = None  # measured by measure() for the coming step
@@ -133,13 +133,25 @@ class StepIntake:
             stats = norms.unscale(stats, grad_scale)
         if self.max_norm is not None and not stats.clipped:
             self.clip_(stats, self.max_norm)
+        row = stats.row
+        if self.read_at_once and isinstance(row, norms.StatsRow) and isinstance(stats.norms, list):  # host values
+            skipped = isinstance(found_inf, Tensor) and bool(found_inf.item())
+            loss = self.take_loss()
+            self.queue.append(
+                StepValues(
+                    step, None if skipped else row, None if loss is None else float(loss),
+                    largest_lr(optimizer, host=True), stats.norms, stats.index,  # type: ignore[arg-type]
+                    len(optimizer.param_groups),
+                )
+            )
+            return
         inf: float | Tensor | None = None
         if isinstance(found_inf, Tensor):
             inf = found_inf.item() if self.read_at_once else found_inf.detach().clone()
         lr = largest_lr(optimizer, host=self.read_at_once)
         self.queue.append(
             PendingStep(
-                step, stats.row, self.take_loss(), lr, stats.norms, stats.index, inf,
+                step, row, self.take_loss(), lr, stats.norms, stats.index, inf,
                 param_groups=len(optimizer.param_groups),
             )
         )
@@ -158,7 +170,7 @@ class StepIntake:
         self._loss_sum, self._loss_count = None, 0
         return loss
 
-    def take_queue(self) -> list[PendingStep]:
+    def take_queue(self) -> list[PendingStep | StepValues]:
         """Every queued step, in order; the queue starts afresh."""
         queue, self.queue = self.queue, []
         return queue

@@ -10,7 +10,7 @@ It holds no tensors and decides nothing across ranks: the monitor does that.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import norms
@@ -60,35 +60,47 @@ class StepJudge:
         self._same_norm = 0  # steps in a row with exactly the previous norm (clipping before step())
         self._hinted = False
 
-    def judge(self, v: StepValues, names: Sequence[str], *, logging: bool) -> tuple[EscalationEvent | None, Row | None]:
-        """Judge one step; its escalation (this rank's) and its row when one is due."""
-        if v.row is None:
+    def judge(
+        self, v: StepValues, names: Sequence[str], *, logging: bool | Callable[[], bool]
+    ) -> tuple[EscalationEvent | None, Row | None]:
+        """Judge one step; its escalation (this rank's) and its row when one is due.
+
+        ``logging``: rows are wanted (a W&B run takes them), or a callable asked only when a
+        row is due (most steps log nothing, and looking the run up costs more than judging).
+        """
+        row = v.row
+        if row is None:
             return self.skipped(v.step), None
         self.skip_streak = 0
-        if v.n_tensors == 0:  # no parameter had a gradient (step() without backward()): a no-op
+        n_tensors = len(v.layer_index)
+        if n_tensors == 0:  # no parameter had a gradient (step() without backward()): a no-op
             self.aggregator.counters["steps"] += 1  # update, counted but not judged
             return None, None
-        row = v.row
-        health, active, _ = norms.health_score(v.n_tensors, row.n_active, row.grad_norm, row.max_tensor_norm)
+        grad_norm = row.grad_norm
+        health, active, _ = norms.health_score(n_tensors, row.n_active, grad_norm, row.max_tensor_norm)
+        step = v.step
         obs = Observation(
-            step=v.step,
-            grad_norm=row.grad_norm,
+            step=step,
+            grad_norm=grad_norm,
             health=health,
             loss=v.loss,
             lr=v.lr,
             active_share=active,
-            n_nonfinite=v.n_tensors - int(row.n_finite),
+            n_nonfinite=n_tensors - int(row.n_finite),
             param_groups=v.param_groups,
-            n_tensors=v.n_tensors,
+            n_tensors=n_tensors,
         )
-        self._check_clipped(obs.grad_norm)
-        drift = self.tracker.update(obs.grad_norm, obs.health)
+        if not self._hinted:
+            self._check_clipped(grad_norm)
+        drift = self.tracker.update(grad_norm, health)
         report = self.detector.check(obs)
         event = self.policy.update(report)
         self.aggregator.add(obs, drift, report)
         self.last = (obs, drift, report)
-        telemetry = self.policy.telemetry_active(obs.step)
-        if not logging or (event is None and not telemetry and not self.cadence.due(obs.step)):
+        telemetry = self.policy.telemetry_active(step)
+        if event is None and not telemetry and not self.cadence.due(step):
+            return event, None
+        if not (logging() if callable(logging) else logging):
             return event, None
         extra = _layer_metrics(v, names) if telemetry or event is not None else None
         metrics = self.aggregator.row(obs, drift, report, escalated=telemetry, event=event is not None, extra=extra)

@@ -182,17 +182,31 @@ def measure(params: Sequence[Tensor], *, local: bool = False, host: bool = False
     nothing, that beats half a dozen tiny tensor ops; on accelerators it would force a sync.
     ``uniform``: every parameter has the same device and dtype (see ``per_tensor_norms``).
     """
-    with torch.no_grad():  # gradients built with create_graph=True must not grow graphs here
-        return _measure(params, local=local, host=host, uniform=uniform)
+    # Gradients built with create_graph=True must not grow graphs here. (The raw switch: the
+    # ``no_grad`` context manager costs more than the rest of the host path's bookkeeping.)
+    enabled = torch.is_grad_enabled()
+    if enabled:
+        torch._C._set_grad_enabled(False)
+    try:
+        grads, index = collect_grads(params, local=local)
+        if host:
+            values = _host_norms(grads, uniform)
+            return GradStats(norms=values, index=index, grads=grads, row=host_row(values))
+        return GradStats(norms=per_tensor_norms(grads, uniform=uniform), index=index, grads=grads)
+    finally:
+        if enabled:
+            torch._C._set_grad_enabled(True)
 
 
-def _measure(params: Sequence[Tensor], *, local: bool, host: bool, uniform: bool) -> GradStats:
-    grads, index = collect_grads(params, local=local)
-    norms = per_tensor_norms(grads, uniform=uniform)
-    if host:
-        values = norms.tolist()
-        return GradStats(norms=values, index=index, grads=grads, row=host_row(values))
-    return GradStats(norms=norms, index=index, grads=grads)
+def _host_norms(grads: list[Tensor], uniform: bool) -> list[float]:
+    """Per-tensor norms as floats: one foreach kernel and one read-back for float32 gradients
+    of one device (the common case on CPU), else ``per_tensor_norms``."""
+    if uniform and grads and grads[0].dtype is torch.float32 and grads[0].layout is torch.strided:
+        try:
+            return torch.stack(torch._foreach_norm(grads, 2.0)).tolist()
+        except (RuntimeError, NotImplementedError, TypeError):
+            pass  # unsupported on this device: the general path below
+    return per_tensor_norms(grads, uniform=uniform).tolist()
 
 
 @torch.no_grad()

@@ -55,13 +55,13 @@ class WatchedParams:
         self._model_names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
         self.params: list[torch.Tensor] = []
         self.names: list[str] = []
-        self._signature: tuple[int, ...] = ()
+        self._signature: list[int] = []
         self.refresh(optimizer)
 
     def refresh(self, optimizer: torch.optim.Optimizer) -> bool:
         """Re-read the param groups if they changed; True when they did."""
         groups = optimizer.param_groups
-        signature = tuple(len(g["params"]) for g in groups)
+        signature = [len(g["params"]) for g in groups]  # a list comprehension: checked every step
         if signature == self._signature:
             return False
         self._signature = signature
@@ -99,7 +99,12 @@ def largest_lr(optimizer: torch.optim.Optimizer, *, host: bool) -> float | Tenso
     Tensor LRs (capturable optimizers) on an accelerator stay there: a 0-d tensor read back
     with the step's other values, never a sync of its own. ``host``: read them now.
     """
-    lrs = [g.get("lr") for g in optimizer.param_groups]
+    groups = optimizer.param_groups
+    if len(groups) == 1:  # the common case, every step: no lists
+        lr = groups[0].get("lr")
+        if isinstance(lr, float):
+            return lr
+    lrs = [g.get("lr") for g in groups]
     floats = [float(v) for v in lrs if isinstance(v, (int, float))]
     tensors = [v for v in lrs if isinstance(v, Tensor)]
     if not tensors:

@@ -59,12 +59,28 @@ class StepValues:
         return len(self.layer_index)
 
 
-def read_back(queue: Sequence[PendingStep]) -> list[StepValues]:
+def read_back(queue: Sequence[PendingStep | StepValues]) -> list[StepValues]:
     """Host values of every queued step, in order.
 
     Host-device sync: one, for all device tensors of all queued steps together (concatenated
-    on the first tensor's device); none when everything was measured on the host.
+    on the first tensor's device); none when everything was measured on the host. Steps queued
+    as ``StepValues`` (measured on the host, CPU with ``sync_every=1``) pass through as they are.
     """
+    if len(queue) == 1 and isinstance(queue[0], StepValues):  # the CPU host path, every step
+        return [queue[0]]
+    values = [p for p in queue if isinstance(p, StepValues)]
+    if len(values) == len(queue):
+        return values
+    pending = [p for p in queue if not isinstance(p, StepValues)]
+    if not values:
+        return _read_pending(pending)
+    # Mixed (the path changed inside one queue, e.g. after add_param_group): one read-back, in order.
+    read = iter(_read_pending(pending))
+    return [p if isinstance(p, StepValues) else next(read) for p in queue]
+
+
+def _read_pending(queue: Sequence[PendingStep]) -> list[StepValues]:
+    """``read_back`` of steps that are all ``PendingStep``s."""
     tensors = [t for p in queue for t in (p.row, p.loss, p.lr, p.layer_norms, p.found_inf) if isinstance(t, Tensor)]
     if not tensors and all(isinstance(p.row, StatsRow) for p in queue):
         return [_host_values(p) for p in queue]  # measured on the host: as it is, no copying

@@ -112,6 +112,15 @@ class WandbSink:
             self._attach(run)
         return run
 
+    def live(self) -> bool:
+        """A run takes rows now (``run`` is not None)."""
+        return self.run is not None
+
+    @property
+    def unattached(self) -> bool:
+        """No run is attached yet (rows may start once one appears)."""
+        return self._history is None and self.enabled and not self.closed
+
     def _wandb_missing(self) -> bool:
         """``wandb`` is not loaded and cannot be (looked up once)."""
         if "wandb" in sys.modules and sys.modules["wandb"] is not None:

@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (
                 "per trainer (its adaptive log cadence sees its own steps, not the interleaving)"
                 if isolated
-                else "NOT isolated (wandb_gradema.monitor has no `time` module): interleaving "
+                else "NOT isolated (wandb_gradema.cadence or .decisions has no `time` module): interleaving "
                 "makes its steps look longer, and an adaptive cadence log more often"
             ),
             "\n",

@@ -5,7 +5,7 @@ wall time between two of its hooks. Interleaved timing runs other variants' step
 steps of one variant, so that estimate would be several times too long, and the monitor would
 log several times more often than in an uninterrupted training loop: the benchmark would
 measure a cadence no user gets. ``isolated_step_clock`` gives ``wandb_gradema.cadence`` (the
-step-time estimate) and ``wandb_gradema.monitor`` (the cost of a row) a ``time`` whose
+step-time estimate) and ``wandb_gradema.decisions`` (the cost of a row) a ``time`` whose
 ``perf_counter`` stops while other trainers run (each trainer reports when it starts and stops a
 step); nothing else in the library is touched.
 """
@@ -62,9 +62,9 @@ class _TimeModule(types.SimpleNamespace):
 @contextlib.contextmanager
 def isolated_step_clock() -> Iterator[bool]:
     """Give the monitor's cadence the trainer clock; yields False if a module has no ``time``."""
-    from wandb_gradema import cadence, monitor
+    from wandb_gradema import cadence, decisions
 
-    modules = (cadence, monitor)
+    modules = (cadence, decisions)
     originals = [getattr(m, "time", None) for m in modules]
     if not all(isinstance(o, types.ModuleType) for o in originals):
         yield False

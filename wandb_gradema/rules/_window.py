@@ -14,7 +14,6 @@ from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from typing import Any
 
-from ._common import median_sorted
 
 __all__ = ["RollingWindow"]
 
@@ -46,25 +45,35 @@ class RollingWindow:
     def push(self, x: float) -> None:
         """Append ``x``, dropping the oldest value when full; S follows both changes."""
         values, srt = self.values, self.sorted
-        if len(values) == self.size:
-            old = values.popleft()
-            if old == x and not self.trend:  # the same value in and out: order unchanged
-                values.append(x)
-                return
-            i = bisect_left(srt, old)
-            del srt[i]
-            if self.trend:  # ``old`` preceded every remaining value: remove its pairs
-                self.s -= (len(srt) - bisect_right(srt, old, i)) - i
-        if self.trend:  # ``x`` follows every value in the window: add its pairs
-            lo = bisect_left(srt, x)
-            self.s += lo - (len(srt) - bisect_right(srt, x, lo))
-            srt.insert(lo, x)
-        else:
-            insort(srt, x)
         values.append(x)
+        if self.trend:
+            n = len(srt)
+            if n == self.size:  # ``old`` preceded every remaining value: remove its pairs
+                old = values.popleft()
+                i = bisect_left(srt, old)
+                del srt[i]
+                n -= 1
+                self.s -= (n - bisect_right(srt, old, i)) - i
+            # ``x`` follows every value in the window: add its pairs
+            lo = bisect_left(srt, x)
+            self.s += lo - (n - bisect_right(srt, x, lo))
+            srt.insert(lo, x)
+            return
+        if len(srt) == self.size:
+            old = values.popleft()
+            if old == x:  # the same value in and out: order unchanged
+                return
+            del srt[bisect_left(srt, old)]
+        insort(srt, x)
 
     def median(self) -> float:
-        return median_sorted(self.sorted) if self.sorted else math.nan
+        """The median (``median_sorted``, inlined: read several times per step)."""
+        srt = self.sorted
+        n = len(srt)
+        if not n:
+            return math.nan
+        half = n >> 1
+        return srt[half] if n & 1 else 0.5 * (srt[half - 1] + srt[half])
 
     def quantile(self, q: float) -> float:
         """Linear-interpolation quantile (numpy's default)."""

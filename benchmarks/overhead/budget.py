@@ -1,0 +1,196 @@
+"""The hot path's budget: operations per steady-state step, counted (not timed), and held to.
+
+Wall time on a shared machine is noise; the number of Python calls the monitor makes per step
+and the number of torch operations it dispatches are not. ``count(case)`` trains the
+benchmark's ~100k-parameter MLP with ``watch()`` (fed ``observe_loss`` every step) past every
+detector window, then counts, over ``COUNTED_STEPS`` steps and only inside the monitor's work
+(its step pre-hook and ``observe_loss``, bracketed by the trainer's probes):
+
+* ``package_calls``: Python function calls in wandb_gradema's own files;
+* ``package_c_calls``: calls of built-in (C) functions made from those files (``len``,
+  ``math.log``, tensor methods...);
+* ``torch_ops``: torch operations dispatched (a ``TorchDispatchMode``; counted in a second pass,
+  so the mode's own Python calls are not counted as the monitor's).
+
+``BUDGET_FILE`` holds the ceiling of each count per case; ``check`` fails a case whose count
+exceeds it. Counts are deterministic for a given code and torch version (seeded data, no wall
+time on these paths), so a count that grows means the hot path grew.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import wandb_gradema
+
+from .memory import PACKAGE_DIR
+from .models import MODELS
+from .variants import NEVER, Trainer, open_run
+
+__all__ = ["BUDGET_FILE", "CASES", "Counts", "check", "count", "load_budget", "save_budget"]
+
+BUDGET_FILE = Path(__file__).with_name("budget.json")
+#: Steps before counting: past the detector's longest window (two trend windows of losses).
+WARMUP_STEPS = 120
+COUNTED_STEPS = 64
+#: Headroom written into the budget above the measured counts (``--update-budget``).
+HEADROOM = 0.05
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration whose per-step counts are budgeted.
+
+    Attributes:
+        key: its name in the budget file.
+        label: what it is, in words.
+        options: ``watch()`` options.
+        needs_run: an offline W&B run is open (rows are written).
+    """
+
+    key: str
+    label: str
+    options: Mapping[str, Any]
+    needs_run: bool = False
+
+
+CASES: dict[str, Case] = {
+    c.key: c
+    for c in (
+        Case("hot", "CPU host path (sync_every=1), no row logged", {"log_every": NEVER}),
+        Case("deferred", "deferred path (sync_every=8), no row logged", {"log_every": NEVER, "sync_every": 8}),
+        Case("rows", "CPU host path, a row every step to an offline run", {"log_every": 1}, needs_run=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Operations per step (means over the counted steps)."""
+
+    package_calls: float
+    package_c_calls: float
+    torch_ops: float
+
+    def over(self, budget: Mapping[str, float]) -> list[str]:
+        """The counts above ``budget``, as sentences (empty: within budget)."""
+        return [
+            f"{name} {value:.1f} > budget {budget[name]:g}"
+            for name, value in asdict(self).items()
+            if name in budget and value > budget[name]
+        ]
+
+
+class _CallCounter:
+    """``sys.setprofile`` callback counting calls made in the package's files."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.c_calls = 0
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call":
+            if frame.f_code.co_filename.startswith(PACKAGE_DIR):
+                self.calls += 1
+        elif event == "c_call" and frame.f_code.co_filename.startswith(PACKAGE_DIR):
+            self.c_calls += 1
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the torch operations dispatched while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _Probe:
+    """Switched on and off by the trainer's probes (``Trainer.profiler``) around the monitor."""
+
+    def __init__(self, on: Callable[[], None], off: Callable[[], None]) -> None:
+        self.enable, self.disable = on, off
+
+
+def count(case: Case, root: Path | None = None, steps: int = COUNTED_STEPS) -> Counts:
+    """Per-step counts of ``case`` on the ~100k-parameter MLP (CPU, one torch thread)."""
+    spec = MODELS["mlp-100k"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    base = spec.build()
+    batches = spec.batches(torch.Generator().manual_seed(0))
+    run = open_run(root, f"budget-{case.key}") if case.needs_run and root is not None else None
+    t = Trainer(base, spec, batches)
+    try:
+        monitor = t.bracket(lambda: wandb_gradema.watch(t.optimizer, model=t.model, run=run, **case.options))
+        t.monitor = monitor
+        t.before_step = monitor.observe_loss
+        t.on_close(monitor.remove)
+        for _ in range(WARMUP_STEPS):
+            t.step()
+        calls = _CallCounter()
+        t.profiler = _Probe(lambda: sys.setprofile(calls), lambda: sys.setprofile(None))  # type: ignore[assignment]
+        for _ in range(steps):
+            t.step()
+        ops = _OpCounter()
+        t.profiler = _Probe(ops.__enter__, lambda: ops.__exit__(None, None, None))  # type: ignore[assignment]
+        for _ in range(steps):
+            t.step()
+        t.profiler = None
+    finally:
+        t.close()
+        if run is not None:
+            run.finish()
+        torch.set_num_threads(threads)
+    return Counts(calls.calls / steps, calls.c_calls / steps, ops.ops / steps)
+
+
+def load_budget(path: Path = BUDGET_FILE) -> dict[str, dict[str, float]]:
+    """The stored budget: case -> count name -> ceiling."""
+    return json.loads(path.read_text())["cases"]
+
+
+def save_budget(measured: Mapping[str, Counts], path: Path = BUDGET_FILE) -> None:
+    """Write ``measured`` plus ``HEADROOM`` as the new budget."""
+    cases = {
+        key: {name: math.ceil(value * (1 + HEADROOM)) for name, value in asdict(c).items()}
+        for key, c in measured.items()
+    }
+    doc = {
+        "about": "Per-step operation ceilings of the monitor's hot path (benchmarks/overhead/budget.py); "
+        "regenerate with python -m benchmarks.overhead --update-budget after a deliberate change.",
+        "torch": torch.__version__.split("+")[0],
+        "python": ".".join(map(str, sys.version_info[:2])),
+        "cases": cases,
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def check(measured: Mapping[str, Counts], budget: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Every count over its ceiling, as ``case: sentence`` lines (empty: within budget)."""
+    return [f"{key}: {line}" for key, c in measured.items() if key in budget for line in c.over(budget[key])]
+
+
+def lines(measured: Mapping[str, Counts], budget: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """The counts against their ceilings, one line per case."""
+    out = []
+    for key, c in measured.items():
+        b = budget.get(key, {})
+        parts = [f"{name} {value:.1f}" + (f" / {b[name]:g}" if name in b else "") for name, value in asdict(c).items()]
+        verdict = "over" if c.over(b) else "ok" if b else "no budget"
+        out.append(f"  [{verdict}] {key} ({CASES[key].label}): " + ", ".join(parts))
+    return out
