@@ -1,10 +1,14 @@
-"""``python -m benchmarks.overhead [--quick] [--models M ...] [--device D] [--profile] [--threads N] [--budget S]``.
+"""``python -m benchmarks.overhead [--quick] [--models M ...] [--device D] [--profile] [--threads N] [--budget S] [--counts-only] [--update-counts]``.
 
 Times whole AdamW training steps of four models, interleaved in one process (A B A B ...),
 for the bare step and every variant in ``variants.VARIANTS``; prints per model a table of
 ratios to the bare step and extra time per step with 95% bootstrap intervals, the in-step time
-of each variant's own work, the issue's targets (met / missed, by how much), the monitor's
-memory, and with ``--profile`` where the monitor's time goes.
+of each variant's own work, the issue's targets (met / missed, by how much), the breakdown of
+the monitor's in-step time (hook and norms; judging; W&B rows), the monitor's memory, and with
+``--profile`` where the monitor's time goes. Last, the hot path's operation counts per step
+against the budget in ``budget.json`` (``budget.py``): the exit status is 1 when a count is
+over its ceiling. ``--counts-only`` runs just that check (seconds, CI); ``--update-counts``
+writes the measured counts (plus headroom) as the new budget.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import torch
 
 from wandb_gradema.errors import GrademaWarning
 
-from . import report
+from . import budget, report
+from .breakdown import measure_breakdown
 from .clock import isolated_step_clock
 from .memory import Footprint, footprint, package_bytes
 from .models import DEFAULT_MODELS, MODELS, Batch, ModelSpec
@@ -72,6 +77,12 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--budget", type=float, help=f"timing seconds for all four models (default {DEFAULT_BUDGET_S:.0f})"
+    )
+    parser.add_argument(
+        "--counts-only", action="store_true", help="only the per-step operation counts against budget.json (seconds)"
+    )
+    parser.add_argument(
+        "--update-counts", action="store_true", help="write the measured counts (+5%%) as the new budget.json"
     )
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="busy-window threshold")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory section")
@@ -218,6 +229,19 @@ class Bench:
             run.finish()
         return _memory_lines(first, second, snaps)
 
+    def breakdown(self) -> str:
+        """Hook and norms, judging, W&B rows: ``watch()`` at defaults with an offline run."""
+        steps = min(1000, max(50, int(2.0 / self.step_s)))
+        run = open_run(self.root, f"{self.spec.key}-breakdown")
+        t = Trainer(self.base, self.spec, self.batches)
+        try:
+            VARIANTS["defaults"].install(t, run)
+            warm_up({"defaults": t}, max(self.warm, VARIANTS["defaults"].min_warmup))
+            return measure_breakdown(t, steps).line()
+        finally:
+            t.close()
+            run.finish()
+
     def profile(self) -> str:
         """cProfile of the monitor's work: defaults with an offline run, then the hot path."""
         out = []
@@ -299,6 +323,7 @@ def _bench_model(spec: ModelSpec, args: argparse.Namespace, root: Path) -> None:
     print("targets:")
     for line in report.Targets(estimates, bench.n_params).lines():
         print(f"  {line}")
+    print(bench.breakdown())
     if not args.no_memory:
         print(bench.memory())
     print(f"({time.monotonic() - started:.0f} s for this model)\n", flush=True)
@@ -306,9 +331,31 @@ def _bench_model(spec: ModelSpec, args: argparse.Namespace, root: Path) -> None:
         print(bench.profile(), "\n", flush=True)
 
 
+def _counts(args: argparse.Namespace) -> int:
+    """The per-step operation counts against the budget; 1 when one is over."""
+    with tempfile.TemporaryDirectory(prefix="gradema-counts-") as root:
+        measured = {key: budget.count(case, Path(root)) for key, case in budget.CASES.items()}
+    if args.update_counts:
+        budget.save_budget(measured)
+        print(f"budget written: {budget.BUDGET_FILE}")
+    ceilings = budget.load_budget()
+    print(
+        f"operations per steady-state step of the monitor (mlp-100k, after {budget.WARMUP_STEPS} steps, mean of "
+        f"{budget.COUNTED_STEPS}; counted / budget in {budget.BUDGET_FILE.name}):"
+    )
+    print("\n".join(budget.lines(measured, ceilings)))
+    over = budget.check(measured, ceilings)
+    if over:
+        print("OVER BUDGET (the hot path grew; if deliberate, --update-counts):\n  " + "\n  ".join(over))
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _args(argv)
     _configure(args.threads)
+    if args.counts_only or args.update_counts:
+        return _counts(args)
     print(
         "# wandb_gradema overhead per training step (python -m benchmarks.overhead"
         f"{' ' + ' '.join(sys.argv[1:]) if argv is None and sys.argv[1:] else ''})"
@@ -331,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in args.models:
             _bench_model(MODELS[key], args, Path(root))
     print(clock.summary(time.monotonic() - started))
-    return 0
+    return _counts(args)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -76,34 +77,44 @@ CASES: dict[str, Case] = {
 
 @dataclass(frozen=True)
 class Counts:
-    """Operations per step (means over the counted steps)."""
+    """Operations per step (means over the counted steps); ``by_file``: the calls (Python and
+    built-in) made in each of the package's files, per step (not budgeted: for reading)."""
 
     package_calls: float
     package_c_calls: float
     torch_ops: float
+    by_file: Mapping[str, float] = field(default_factory=dict, compare=False, repr=False)
+
+    def budgeted(self) -> dict[str, float]:
+        """The budgeted counts by name."""
+        return {"package_calls": self.package_calls, "package_c_calls": self.package_c_calls, "torch_ops": self.torch_ops}
 
     def over(self, budget: Mapping[str, float]) -> list[str]:
         """The counts above ``budget``, as sentences (empty: within budget)."""
         return [
             f"{name} {value:.1f} > budget {budget[name]:g}"
-            for name, value in asdict(self).items()
+            for name, value in self.budgeted().items()
             if name in budget and value > budget[name]
         ]
 
 
 class _CallCounter:
-    """``sys.setprofile`` callback counting calls made in the package's files."""
+    """``sys.setprofile`` callback counting calls made in the package's files (and per file)."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.c_calls = 0
+        self.by_file: Counter[str] = Counter()
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
-        if event == "call":
-            if frame.f_code.co_filename.startswith(PACKAGE_DIR):
-                self.calls += 1
-        elif event == "c_call" and frame.f_code.co_filename.startswith(PACKAGE_DIR):
-            self.c_calls += 1
+        if event == "call" or event == "c_call":
+            filename = frame.f_code.co_filename
+            if filename.startswith(PACKAGE_DIR):
+                if event == "call":
+                    self.calls += 1
+                else:
+                    self.c_calls += 1
+                self.by_file[filename[len(PACKAGE_DIR) + 1 :]] += 1
 
 
 class _OpCounter(TorchDispatchMode):
@@ -125,8 +136,10 @@ class _Probe:
         self.enable, self.disable = on, off
 
 
-def count(case: Case, root: Path | None = None, steps: int = COUNTED_STEPS) -> Counts:
-    """Per-step counts of ``case`` on the ~100k-parameter MLP (CPU, one torch thread)."""
+def count(case: Case, root: Path | None = None, steps: int | None = None) -> Counts:
+    """Per-step counts of ``case`` on the ~100k-parameter MLP (CPU, one torch thread); ``root``:
+    where an offline run is written (cases that need one count without a run when None)."""
+    steps = steps or COUNTED_STEPS
     spec = MODELS["mlp-100k"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -156,28 +169,29 @@ def count(case: Case, root: Path | None = None, steps: int = COUNTED_STEPS) -> C
         if run is not None:
             run.finish()
         torch.set_num_threads(threads)
-    return Counts(calls.calls / steps, calls.c_calls / steps, ops.ops / steps)
+    by_file = {name: n / steps for name, n in sorted(calls.by_file.items())}
+    return Counts(calls.calls / steps, calls.c_calls / steps, ops.ops / steps, by_file)
 
 
-def load_budget(path: Path = BUDGET_FILE) -> dict[str, dict[str, float]]:
+def load_budget(path: Path | None = None) -> dict[str, dict[str, float]]:
     """The stored budget: case -> count name -> ceiling."""
-    return json.loads(path.read_text())["cases"]
+    return json.loads((path or BUDGET_FILE).read_text())["cases"]
 
 
-def save_budget(measured: Mapping[str, Counts], path: Path = BUDGET_FILE) -> None:
+def save_budget(measured: Mapping[str, Counts], path: Path | None = None) -> None:
     """Write ``measured`` plus ``HEADROOM`` as the new budget."""
     cases = {
-        key: {name: math.ceil(value * (1 + HEADROOM)) for name, value in asdict(c).items()}
+        key: {name: math.ceil(value * (1 + HEADROOM)) for name, value in c.budgeted().items()}
         for key, c in measured.items()
     }
     doc = {
         "about": "Per-step operation ceilings of the monitor's hot path (benchmarks/overhead/budget.py); "
-        "regenerate with python -m benchmarks.overhead --update-budget after a deliberate change.",
+        "regenerate with python -m benchmarks.overhead --update-counts after a deliberate change.",
         "torch": torch.__version__.split("+")[0],
         "python": ".".join(map(str, sys.version_info[:2])),
         "cases": cases,
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    (path or BUDGET_FILE).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def check(measured: Mapping[str, Counts], budget: Mapping[str, Mapping[str, float]]) -> list[str]:
@@ -190,7 +204,9 @@ def lines(measured: Mapping[str, Counts], budget: Mapping[str, Mapping[str, floa
     out = []
     for key, c in measured.items():
         b = budget.get(key, {})
-        parts = [f"{name} {value:.1f}" + (f" / {b[name]:g}" if name in b else "") for name, value in asdict(c).items()]
+        parts = [
+            f"{name} {value:.1f}" + (f" / {b[name]:g}" if name in b else "") for name, value in c.budgeted().items()
+        ]
         verdict = "over" if c.over(b) else "ok" if b else "no budget"
         out.append(f"  [{verdict}] {key} ({CASES[key].label}): " + ", ".join(parts))
     return out

@@ -14,7 +14,6 @@ from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from typing import Any
 
-
 __all__ = ["RollingWindow"]
 
 

@@ -1,0 +1,154 @@
+"""The hot path's budget (issue 20): counted operations per step, and speed work deciding nothing.
+
+Wall time is the benchmark's business (``python -m benchmarks.overhead``); here the monitor's
+per-step operation counts are held to ``benchmarks/overhead/budget.json`` (deterministic: a
+count that grows means the hot path grew), they do not grow with the number of parameter
+tensors, and the faster paths decide exactly what the straightforward ones do.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import wandb_gradema
+from benchmarks.overhead import budget
+from tests.helpers import train_loop
+from wandb_gradema.rules._common import median_sorted
+from wandb_gradema.rules._window import RollingWindow
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("case", ["hot", "deferred"])
+def test_per_step_operation_counts_stay_within_the_budget(case: str) -> None:
+    counts = budget.count(budget.CASES[case])
+    ceilings = budget.load_budget()[case]
+    assert not counts.over(ceilings), (counts, ceilings)
+    assert counts.package_calls > 10 and counts.torch_ops >= 2  # the counter sees the monitor's work
+
+
+#: The monitor's plumbing: what it does per step whatever the detector's rules find.
+PLUMBING = (
+    "monitor.py", "intake.py", "norms.py", "params.py", "readback.py", "decisions.py", "judge.py",
+    "guard.py", "wandb_sink.py", "cadence.py", "aggregate.py", "tracker.py",
+)  # fmt: skip
+
+
+def test_per_step_python_work_does_not_grow_with_the_number_of_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An MLP with 4x the tensors (more, narrower layers) costs the same calls in the monitor's
+    plumbing (the rules' branches follow the run's values, not its tensors) and the same torch
+    operations: no Python loop over parameters per step (the foreach kernels walk them)."""
+    from benchmarks.overhead import models
+
+    counts = {}
+    for depth in (3, 12):
+        dims = [64] + [96] * (depth - 1) + [64]
+        spec = models.MODELS["mlp-100k"]
+        monkeypatch.setitem(
+            models.MODELS, "mlp-100k", models.ModelSpec(**{**spec.__dict__, "build": lambda dims=dims: models.mlp(dims)})
+        )
+        counts[depth] = budget.count(budget.CASES["hot"], steps=32)
+    few, many = counts[3], counts[12]
+    plumbing = {depth: sum(c.by_file.get(name, 0.0) for name in PLUMBING) for depth, c in counts.items()}
+    assert plumbing[3] > 20 and plumbing[12] == plumbing[3], (few.by_file, many.by_file)
+    assert many.torch_ops == few.torch_ops, counts
+
+
+def _straight_mk(values: list[float]) -> int:
+    """Mann-Kendall S from its definition: O(n^2) pairs."""
+    return sum((b > a) - (b < a) for i, a in enumerate(values) for b in values[i + 1 :])
+
+
+@pytest.mark.parametrize("trend", [False, True])
+def test_rolling_window_matches_the_statistics_rebuilt_from_scratch(trend: bool) -> None:
+    """Random streams with ties, repeats and trends: median, quantiles and Mann-Kendall S kept
+    incrementally equal the ones recomputed over the window every step (bit for bit)."""
+    rng = random.Random(7)
+    for size in (1, 2, 5, 13, 32):
+        window = RollingWindow(size, trend=trend)
+        kept: list[float] = []
+        for t in range(6 * size + 20):
+            kind = rng.random()
+            x = float(rng.randint(0, 3)) if kind < 0.3 else (kept[-1] if kept and kind < 0.4 else rng.gauss(t * 0.01, 1))
+            window.push(x)
+            kept = (kept + [x])[-size:]
+            ordered = sorted(kept)
+            assert list(window.values) == kept and window.sorted == ordered
+            assert window.median() == median_sorted(ordered)
+            pos = 0.75 * (len(ordered) - 1)
+            lo = int(pos)
+            hi = min(lo + 1, len(ordered) - 1)
+            assert window.quantile(0.75) == ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+            if trend:
+                assert window.s == _straight_mk(kept)
+        restored = RollingWindow(size, trend=trend)
+        restored.load(window.state())
+        assert (restored.sorted, restored.s) == (window.sorted, window.s)
+    assert math.isnan(RollingWindow(3).median())
+
+
+def _training(sync_every: int, steps: int = 160) -> tuple[list[object], object, dict[str, object]]:
+    """A run that learns, then diverges (LR x200 at step 100): the events, the last judged
+    step and the detector's statistics."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(8, 4, generator=gen)
+    xs = [torch.randn(16, 8, generator=gen) for _ in range(16)]
+    batches = [(x, torch.tanh(x @ w) + 0.1 * torch.randn(16, 4, generator=gen)) for x in xs]
+    monitor = wandb_gradema.watch(opt, sync_every=sync_every, on_escalation="warn")
+
+    def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i == 100:
+            for g in opt.param_groups:
+                g["lr"] *= 200
+        return batches[i % len(batches)]
+
+    with pytest.warns(wandb_gradema.GrademaWarning):
+        train_loop(model, opt, batch, steps, monitor=monitor)
+    state = monitor.state_dict()
+    last = monitor.last
+    monitor.remove()
+    return list(monitor.events), last, state["detector"]
+
+
+def test_host_and_deferred_paths_decide_the_same() -> None:
+    """The CPU host path (values read at once, queued as host values) and the deferred path
+    (device tensors, one read-back per ``sync_every`` steps) feed the detector the same
+    observations: the same escalations at the same steps, the same statistics."""
+    host = _training(1)
+    deferred = _training(8)
+    assert host[0], "the diverging run escalates"
+    assert [(e.step, e.anomaly_types, e.confirmed) for e in host[0]] == [
+        (e.step, e.anomaly_types, e.confirmed) for e in deferred[0]
+    ]
+    assert repr(host[1]) == repr(deferred[1])  # repr: NaN compares unequal to itself; floats round-trip
+    assert repr(host[2]) == repr(deferred[2])
+
+
+def test_counts_cli_fails_over_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m benchmarks.overhead --counts-only`` exits 1 when a count is over its ceiling."""
+    from benchmarks.overhead import __main__ as cli
+
+    tight = tmp_path / "budget.json"
+    tight.write_text(
+        '{"cases": {"hot": {"package_calls": 1, "package_c_calls": 1, "torch_ops": 1}}}'
+    )
+    monkeypatch.setattr(budget, "BUDGET_FILE", tight)
+    monkeypatch.setattr(budget, "CASES", {"hot": budget.CASES["hot"]})
+    monkeypatch.setattr(budget, "COUNTED_STEPS", 8)
+    assert cli.main(["--counts-only"]) == 1
