@@ -115,6 +115,18 @@ class StepIntake:
             return stats, True
         return norms.measure(self.watched.params, local=self.sharded, host=self.read_at_once, uniform=self.one_group), False
 
+    def observe(
+        self, step: int, optimizer: torch.optim.Optimizer, found_inf: Any, grad_scale: Any
+    ) -> norms.GradStats | bool:
+        """Measure and queue step ``step`` (unsharded gradients): True once queued. Gradients
+        that turn out sharded (``add_param_group`` since the last step) are returned unqueued:
+        the caller combines them across ranks first, outside any guard."""
+        stats, combined = self.local_stats(optimizer)
+        if self.sharded and not combined:
+            return stats
+        self.enqueue(step, stats, optimizer, found_inf, grad_scale)
+        return True
+
     def combine(self, stats: norms.GradStats | None) -> None:
         """Combine a sharded step's stats across ranks: every rank calls this, even when its own
         measurement failed (a NaN row then), or the others would wait forever."""

@@ -338,15 +338,26 @@ class GradientMonitor:
         # (torch.amp.GradScaler sets both on the optimizer for the duration of the step).
         found_inf = getattr(optimizer, "found_inf", None)
         grad_scale = getattr(optimizer, "grad_scale", None)
-        stats, combined = self._guarded(self.intake.local_stats, optimizer) or (None, False)
-        if self.intake.sharded and not combined:
-            self.intake.combine(stats)  # a collective every rank runs: outside the guard
+        intake = self.intake
         step = self._step
         self._step += 1
-        if stats is None:
-            self.intake.take_loss()
+        if not intake.sharded:  # measure and queue in one guarded call (every step: kept lean)
+            out = self._guarded(intake.observe, step, optimizer, found_inf, grad_scale)
+            if out is True or not intake.sharded:
+                if out is not True:
+                    intake.take_loss()  # the measurement failed: its loss goes with it
+                self._tick()
+                return
+            # Sharded parameters arrived (add_param_group) while measuring: combine as every rank does.
+            stats, combined = out or None, False
         else:
-            self._guarded(self.intake.enqueue, step, stats, optimizer, found_inf, grad_scale)
+            stats, combined = self._guarded(intake.local_stats, optimizer) or (None, False)
+        if not combined:
+            intake.combine(stats)  # a collective every rank runs: outside the guard
+        if stats is None:
+            intake.take_loss()
+        else:
+            self._guarded(intake.enqueue, step, stats, optimizer, found_inf, grad_scale)
         self._tick()
 
     def _on_skipped(self) -> None:
