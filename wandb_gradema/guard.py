@@ -21,7 +21,7 @@ class InternalErrors:
 
     def __init__(self) -> None:
         self.count = 0
-        self._written = 0
+        self.written = 0  # the count as last written into the summary (``unwritten``)
 
     def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``, or None when it failed. Decisions (``RunPruned``, ``EscalationError``)
@@ -42,16 +42,11 @@ class InternalErrors:
 
     def unwritten(self) -> int | None:
         """The count, when it changed since the last call (to write into the summary), else None."""
-        if self.count == self._written:
+        if self.count == self.written:
             return None
-        self._written = self.count
+        self.written = self.count
         return self.count
-
-    @property
-    def written(self) -> int:
-        """The count as last written into the summary (``unwritten``)."""
-        return self._written
 
     def restore(self, count: int) -> None:
         """Continue from a checkpoint's count (already written to the run it came from)."""
-        self.count = self._written = count
+        self.count = self.written = count

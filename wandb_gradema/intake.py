@@ -76,7 +76,12 @@ class StepIntake:
                 raise ValueError(f"`loss` must be a scalar (one element), got shape {tuple(loss.shape)}.")
             # On CPU reading the value now is free; elsewhere keep it on device until read back
             # (a view: no kernel, no sync).
-            value: float | Tensor = loss.item() if self.read_at_once else loss.detach().reshape(())
+            if self.read_at_once:
+                value: float | Tensor = loss.item()
+            else:
+                value = loss.detach()
+                if value.dim():
+                    value = value.reshape(())
         elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
             value = float(loss)
         else:

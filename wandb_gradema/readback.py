@@ -88,9 +88,11 @@ def _read_pending(queue: Sequence[PendingStep]) -> list[StepValues]:
     if tensors:
         dev = tensors[0].device
         parts = [
-            t.reshape(-1) if t.device == dev and t.dtype == torch.float32 else t.reshape(-1).float().to(dev)
+            (t if t.dim() == 1 else t.reshape(-1))
+            if t.device == dev and t.dtype == torch.float32
+            else t.reshape(-1).float().to(dev)
             for t in tensors
-        ]
+        ]  # (the per-tensor norms are 1-d already: no view op for them)
         flat = torch.cat(parts).tolist()  # the one host-device sync
     at = 0
 
