@@ -10,12 +10,11 @@ loss). Each wrapper adds a fraction of a microsecond per call.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .variants import Trainer
+from .variants import CLOCK, Trainer
 
 __all__ = ["Breakdown", "measure_breakdown"]
 
@@ -51,11 +50,11 @@ def _timed(obj: Any, name: str, into: list[int], rows: list[int] | None = None) 
     original = getattr(obj, name)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter_ns()
+        t0 = CLOCK.now_ns()
         try:
             return original(*args, **kwargs)
         finally:
-            into[0] += time.perf_counter_ns() - t0
+            into[0] += CLOCK.now_ns() - t0
             if rows is not None:
                 rows[0] += 1
 
