@@ -13,7 +13,7 @@ exactly what follows.)
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -89,11 +89,11 @@ class Decisions:
             return
         names = self.intake.watched.names
         sink = self.sink
-        if sink.unattached:  # look a run up (attach, or warn once) until one is attached
-            sink.live()
+        # The run is looked up only when a row is due (W&B lookups cost more than judging), and
+        # once per queue until one is attached (attach, or warn once; no run: no rows).
+        logging: bool | Callable[[], bool] = sink.live() if sink.unattached else sink.live
         for values in read_back(queue):
-            # The run is looked up only when a row is due (W&B lookups cost more than judging).
-            event, row = self.judge.judge(values, names, logging=self.sink.live)
+            event, row = self.judge.judge(values, names, logging=logging)
             if event is not None:
                 self.undecided_events.append(event)
             if row is not None:
