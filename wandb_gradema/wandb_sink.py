@@ -36,6 +36,8 @@ _SUMMARY_AGGREGATES = {
     "health_min": "min",
 }
 
+#: The warnings that say there is no run to log to.
+_NO_RUN = frozenset({"no-wandb", "no-run"})
 #: Seconds between two alerts from one sink.
 ALERT_INTERVAL_S = 300.0
 
@@ -113,7 +115,12 @@ class WandbSink:
         return run
 
     def live(self) -> bool:
-        """A run takes rows now (``run`` is not None)."""
+        """A run takes rows now (``run`` is not None). Without a run, once that was said, only
+        ``wandb.run`` is looked at (this runs on every decision step until a run appears)."""
+        if self._explicit is None and self._history is None and not self._warned.isdisjoint(_NO_RUN):
+            wandb = sys.modules.get("wandb")
+            if wandb is None or getattr(wandb, "run", None) is None:
+                return False
         return self.run is not None
 
     @property
