@@ -29,7 +29,10 @@ FAMILIES = {
     "unstable_rise": "loss",
     "stalled": "gradient",  # its evidence of death is the gradients; the loss only gates it
     "lr_jump": "schedule",
+    "loss_spike": "excursion",  # escalates at once, never evidence for a prune by itself
 }
+#: Rules that escalate without waiting for ``patience`` (never prune-grade by themselves).
+IMMEDIATE = frozenset({"lr_jump", "loss_spike"})
 #: The families of independent evidence: the schedule is context for the other two.
 INDEPENDENT = frozenset({"gradient", "loss"})
 #: Both independent families on ``confirm_steps // AGREE_DIVISOR`` steps in a row confirm.
@@ -130,6 +133,11 @@ class AnomalyDetector:
       within ``jump_window`` steps (the loss gives back ``rise_threshold`` of the progress it
       held at the jump, or the gradients explode) makes it an anomaly. The jump is context,
       not evidence: it never confirms by itself (see the prune bar).
+    * excursions: ``loss_spike``: during the warm-up (where the level rules wait), the loss has
+      been ``rules.loss.SPIKE_FACTOR`` (5) x the level before it on ``SPIKE_STEPS`` (3) steps in
+      a row, beyond its own noise. It escalates at once and never confirms by itself; one seen
+      while the start is measured makes the level before it the start (an early blow-up never
+      becomes the reference: a network that died at chance after it has made no progress).
     * ``nonfinite``: a NaN/Inf gradient norm or loss. Critical and confirmed at once.
 
     **Prune bar**: a report is ``confirmed`` (prune-grade) when critical, when gradient or loss
@@ -336,7 +344,8 @@ class AnomalyDetector:
                 if losses.n == self.reference_steps - 1 and grads.n:  # ... and the reference's
                     later = list(grads.norms.values)[1:] if grads.n <= grads.norms.size else list(grads.norms.values)
                     norm_z = loss.rise_z(grads.first, later, loss.DEPART_STEPS)
-                losses.observe(x, norm_rise, norm_z)
+                losses.observe(x, norm_rise, norm_z, early=not (grads.warm or losses.n > self.warmup_steps))
+                loss.judge_spike(losses, found)
                 v = loss.view(losses, z=self.loss_z_threshold, learned_progress=self.learned_progress)
         if grads_ok:
             gradient.judge_gradients(
@@ -460,6 +469,6 @@ class AnomalyDetector:
             score=score,
             critical=critical,
             confirmed=confirmed,
-            immediate=immediate and "lr_jump" in details,
+            immediate=bool(details.keys() & IMMEDIATE) and (immediate or "loss_spike" in details),
         )
 
