@@ -344,7 +344,9 @@ class AnomalyDetector:
                 if losses.n == self.reference_steps - 1 and grads.n:  # ... and the reference's
                     later = list(grads.norms.values)[1:] if grads.n <= grads.norms.size else list(grads.norms.values)
                     norm_z = loss.rise_z(grads.first, later, loss.DEPART_STEPS)
-                losses.observe(x, norm_rise, norm_z, early=not (grads.warm or losses.n > self.warmup_steps))
+                early = not (grads.warm or losses.n > self.warmup_steps)
+                log_norm = grads.norms.values[-1] if grads_ok else math.nan
+                losses.observe(x, norm_rise, norm_z, early=early, log_norm=log_norm)
                 loss.judge_spike(losses, found)
                 v = loss.view(losses, z=self.loss_z_threshold, learned_progress=self.learned_progress)
         if grads_ok:

@@ -86,6 +86,9 @@ SPIKE_KEEP = 32
 #: ``SPIKE_Z`` times the log noise of the losses before, once it is known): a blow-up whose own
 #: swings are too wild for its noise to be measured (MSE 15 -> 7,000 -> 200 -> 900).
 SPIKE_CLEAR = 10.0
+#: A milder run (``SPIKE_FACTOR`` x) needs the median gradient norm over it this many times the
+#: median before it too.
+SPIKE_NORM = 4.0
 
 #: ``progress_lost`` alone counts towards the prune bar only once the relapse has held at the
 #: start for this many trend windows (see ``relapse_held``).
@@ -157,7 +160,7 @@ class LossStats:
     __slots__ = (
         "reference_steps", "above_factor", "trend_z", "n", "first", "ref", "start", "departed", "prev", "short", "long",
         "diffs", "log_diffs", "best", "best_upper", "slow_sigma", "above_run", "history", "norm_rise",
-        "level", "level_long", "sigma", "calm", "spike_run", "spike_base", "spike_z", "exploded", "exploded_at",
+        "level", "level_long", "sigma", "calm", "calm_norms", "spike_run", "run_norms", "spike_base", "spike_z", "exploded", "exploded_at",
     )  # fmt: skip
 
     def __init__(
@@ -189,22 +192,28 @@ class LossStats:
         # measured, the current run of losses SPIKE_FACTOR x above the level before them, that
         # level, the run's rise in its own noise, and the step an explosion was confirmed at.
         self.calm: list[float] = []
+        self.calm_norms: list[float] = []  # the log gradient norms of those steps (NaN: unknown)
         self.spike_run: list[float] = []
+        self.run_norms: list[float] = []
         self.spike_base = math.nan
         self.spike_z = 0.0
         self.exploded = False  # confirmed while the start was measured: the start is the level before
         self.exploded_at = -1
 
-    def observe(self, loss: float, norm_rise: float = 0.0, norm_z: float = 0.0, *, early: bool = True) -> None:
+    def observe(
+        self, loss: float, norm_rise: float = 0.0, norm_z: float = 0.0, *, early: bool = True, log_norm: float = math.nan
+    ) -> None:
         """Fold in one finite loss; ``norm_rise``: log of the median gradient norm of steps 1 to
         ``DEPART_STEPS`` over the first one (read once, at that step); ``norm_z``: the rise of
         the later log norms over the first one in their own noise (``rise_z``), read once, with
         the loss that completes the reference; ``early``: still in the warm-up, where early
-        explosions are followed (``loss_spike``)."""
+        explosions are followed (``loss_spike``), with ``log_norm``, this step's log gradient
+        norm (the second sign of a milder one)."""
         if early or self.ref is None:
-            self._track_spike(loss)
+            self._track_spike(loss, log_norm)
         elif self.spike_run:
             self.spike_run.clear()
+            self.run_norms.clear()
             self.spike_z = 0.0
         if self.ref is None:
             self.first.append(loss)
@@ -243,40 +252,52 @@ class LossStats:
             )
             self.above_run = self.above_run + 1 if above else 0
 
-    def _track_spike(self, loss: float) -> None:
+    def _track_spike(self, loss: float, log_norm: float) -> None:
         """Follow runs of losses ``SPIKE_FACTOR`` x the level before them (``loss_spike``)."""
         measuring = self.ref is None
         base = (median_sorted(sorted(self.calm)) if self.calm else math.nan) if measuring else self.start
-        run = self.spike_run
+        run, norms = self.spike_run, self.run_norms
         if base > 0 and loss >= SPIKE_FACTOR * base:
             if not run:
                 self.spike_base = base
             run.append(loss)
+            norms.append(log_norm)
             if len(run) > SPIKE_KEEP:
-                del run[0]
+                del run[0], norms[0]
             self.spike_z = self._spike_z() if len(run) >= SPIKE_STEPS else 0.0
             if self.spike_z >= SPIKE_Z and measuring and not self.exploded:
                 self.exploded, self.exploded_at = True, self.n - len(run) + 1
             return
         if measuring and run and not self.exploded:
             self.calm.extend(run)  # a few high batches that never stood out from their noise
+            self.calm_norms.extend(norms)
         run.clear()
+        norms.clear()
         self.spike_z = 0.0
         if measuring:
             self.calm.append(loss)
+            self.calm_norms.append(log_norm)
 
     def _spike_z(self) -> float:
-        """The current run's rise over the level before it, in noise units (``SPIKE_Z``: an
-        explosion; see ``SPIKE_CLEAR``)."""
+        """The current run's rise over the level before it, in noise units (``SPIKE_Z`` or more:
+        an explosion). Either every one of the last ``SPIKE_STEPS`` losses is ``SPIKE_CLEAR`` x
+        the level before (and beyond ``SPIKE_Z`` times the log noise of the losses before, once
+        known), or their median is ``SPIKE_Z`` times their own log noise above it *and* the
+        gradient norm rose ``SPIKE_NORM`` x with it (two signs: a lucky low first batch followed
+        by ordinary ones shows the loss rise alone)."""
         run, head = self.spike_run, math.log(self.spike_base)
-        z = rise_z(head, [math.log(x) for x in run])
-        if z >= SPIKE_Z:
-            return z
         calm = self.calm if self.ref is None else self.first
         logs = [math.log(x) for x in calm if x > 0]
         diffs = sorted(abs(b - a) for a, b in zip(logs, logs[1:]))
         bar = max(math.log(SPIKE_CLEAR), SPIKE_Z * _DIFF_TO_SD * median_sorted(diffs) if len(diffs) >= 2 else 0.0)
-        return SPIKE_Z if math.log(min(run[-SPIKE_STEPS:])) - head >= bar else z
+        if math.log(min(run[-SPIKE_STEPS:])) - head >= bar:
+            return SPIKE_Z
+        z = rise_z(head, [math.log(x) for x in run])
+        before = sorted(x for x in self.calm_norms if not math.isnan(x))
+        after = sorted(x for x in self.run_norms if not math.isnan(x))
+        if z >= SPIKE_Z and before and after and median_sorted(after) - median_sorted(before) >= math.log(SPIKE_NORM):
+            return z
+        return min(z, 0.99 * SPIKE_Z)
 
     @property
     def spiking(self) -> bool:
@@ -325,7 +346,9 @@ class LossStats:
             "above_run": self.above_run,
             "history": list(self.history),
             "calm": list(self.calm),
+            "calm_norms": list(self.calm_norms),
             "spike_run": list(self.spike_run),
+            "run_norms": list(self.run_norms),
             "spike_base": self.spike_base,
             "spike_z": self.spike_z,
             "exploded": self.exploded,
@@ -345,6 +368,8 @@ class LossStats:
         self.history = deque((float(x) for x in s["history"]), maxlen=self.history.maxlen)
         self.calm = [float(x) for x in s["calm"]]
         self.spike_run = [float(x) for x in s["spike_run"]]
+        self.calm_norms = [float(x) for x in s["calm_norms"]]
+        self.run_norms = [float(x) for x in s["run_norms"]]
         self.spike_base, self.spike_z = float(s["spike_base"]), float(s["spike_z"])
         self.exploded, self.exploded_at = bool(s["exploded"]), int(s["exploded_at"])
         self.short.load(s["short"])
