@@ -97,12 +97,24 @@ class Decisions:
         """Record decided escalations and write the rows decided with them."""
         self.events.extend(events)
         self.judge.aggregator.counters["escalations"] += len(events)
+        self._record_nonfinite(events)
         for event in events:
             self.actions.announce(event, self.events)
         self.write_rows()
         errors = self.guard.unwritten()
         if errors is not None:
             self.sink.write_counters({"internal_errors": errors})
+
+    def _record_nonfinite(self, events: list[EscalationEvent]) -> None:
+        """The summary of a non-finite incident: where it began, and when the weights followed."""
+        judge = self.judge
+        for event in events:
+            if "nonfinite" in event.anomaly_types and judge.nonfinite_since >= 0:
+                self.sink.write_counters(
+                    {"nonfinite_step": judge.nonfinite_since, "nonfinite_source": judge.nonfinite_source or "loss"}
+                )
+            elif "nonfinite_params" in event.anomaly_types:
+                self.sink.write_counters({"params_nonfinite_since": event.first_anomaly_step})
 
     def write_rows(self) -> None:
         """Write the rows judged so far (the logging cadence picked them)."""

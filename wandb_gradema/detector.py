@@ -378,6 +378,20 @@ class AnomalyDetector:
             self._judge_jump(v, found, obs.step)
         return self._report(obs.step, found, critical, immediate)
 
+    def nonfinite_loss(self, step: int, value: float) -> AnomalyReport:
+        """The verdict on a step with no gradients (the loop skipped backward) whose observed loss
+        is non-finite: critical, like any other; no statistic changes."""
+        why = f"Non-finite loss ({value}) at step {step}, on a step with no gradients (backward was skipped)."
+        return AnomalyReport(
+            step=step,
+            has_anomaly=True,
+            anomaly_types=("nonfinite",),
+            details={"nonfinite": why},
+            score=math.inf,
+            critical=True,
+            confirmed=True,
+        )
+
     def _judge_loss(self, v: loss.LossView, found: Findings) -> None:
         losses = self._losses
         self._swing = loss.judge_loss(
