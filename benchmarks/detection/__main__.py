@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("gradema (default)", "gradema (gradients only)"):
                 print(f"\n{split}, {name}, per family:\n")
                 print(format_families(traces, firings[name]))
-        if split.startswith("blowup-"):
+        if not args.no_families:
             print(f"\n{split}, gradema (default), blow-ups (issue 18):\n")
             print(format_blowups(traces, firings["gradema (default)"], nan_sources(traces)))
         if args.details:

@@ -215,6 +215,8 @@ def format_families(traces: Sequence[Trace], firings: Sequence[Firing]) -> str:
 BLOWUP_RUN = 3
 BLOWUP_FACTOR = 5.0
 BLOWUP_WITHIN = 5
+#: The detector's default warm-up (``AnomalyDetector(warmup_steps=20)``).
+WARMUP = 20
 
 
 def blowup_onset(trace: Trace) -> int | None:
@@ -229,40 +231,47 @@ def blowup_onset(trace: Trace) -> int | None:
 
 
 def format_blowups(traces: Sequence[Trace], firings: Sequence[Firing], source: dict[str, str] | None = None) -> str:
-    """Per family: blow-ups escalated within ``BLOWUP_WITHIN`` steps of their onset (and pruned
-    at all), runs ending at chance (collapsed, or diverged to a finite loss) escalated, and, with
-    ``source`` (trace name -> the parameter its NaN began in), the first non-finite escalation
-    of the live run naming it."""
+    """Per family: blow-ups (see ``blowup_onset``) escalated within ``BLOWUP_WITHIN`` steps of
+    their onset, and pruned at all, for those that begin in the warm-up (``WARMUP`` steps, where
+    ``loss_spike`` escalates them) and later (where the level rules wait out bursts of up to 6
+    corrupted batches); runs that ended failed at a finite loss (collapsed or diverged) escalated;
+    and, with ``source`` (trace name -> the parameter its NaN began in), the live run's first
+    non-finite escalation naming it."""
     families: dict[str, list[int]] = {}
     for i, t in enumerate(traces):
         families.setdefault(t.family, []).append(i)
+
+    def cells(blown: list[tuple[int, Firing]]) -> list[str]:
+        if not blown:
+            return ["–", "–"]
+        soon = sum(f.escalated is not None and f.escalated <= o + BLOWUP_WITHIN for o, f in blown)
+        pruned = sum(f.pruned is not None for _, f in blown)
+        return [f"{soon}/{len(blown)}", f"{pruned}/{len(blown)}"]
+
     rows = []
     for fam, idx in families.items():
         onsets = [(blowup_onset(traces[i]), firings[i]) for i in idx]
-        blown = [(o, f) for o, f in onsets if o is not None]
-        soon = sum(f.escalated is not None and f.escalated <= o + BLOWUP_WITHIN for o, f in blown)
-        pruned = sum(f.pruned is not None for _, f in blown)
-        dead = [i for i in idx if traces[i].label in ("collapsed", "diverged") and np.isfinite(traces[i].arrays["loss"][-1])]
+        early = [(o, f) for o, f in onsets if o is not None and o < WARMUP]
+        late = [(o, f) for o, f in onsets if o is not None and o >= WARMUP]
+        dead = [
+            i for i in idx if traces[i].label in ("collapsed", "diverged") and np.isfinite(traces[i].arrays["loss"][-1])
+        ]
         caught = sum(firings[i].escalated is not None for i in dead)
         named_cell = "–"
         if source:
             nan_runs = [traces[i] for i in idx if traces[i].name in source]
-            named = sum(t.live_nonfinite is not None and f"gradients of {source[t.name]} " in t.live_nonfinite for t in nan_runs)
+            named = sum(
+                t.live_nonfinite is not None and f"gradients of {source[t.name]} " in t.live_nonfinite for t in nan_runs
+            )
             named_cell = f"{named}/{len(nan_runs)}" if nan_runs else "–"
-        rows.append(
-            [
-                fam,
-                f"{soon}/{len(blown)}" if blown else "–",
-                f"{pruned}/{len(blown)}" if blown else "–",
-                f"{caught}/{len(dead)}" if dead else "–",
-                named_cell,
-            ]
-        )
+        rows.append([fam, *cells(early), *cells(late), f"{caught}/{len(dead)}" if dead else "–", named_cell])
     header = [
         "family",
-        f"blow-ups escalated within {BLOWUP_WITHIN}",
-        "blow-ups pruned",
-        "ended failed (finite), escalated",
+        f"warm-up blow-ups escalated within {BLOWUP_WITHIN}",
+        "pruned",
+        f"later blow-ups escalated within {BLOWUP_WITHIN}",
+        "pruned",
+        "ended failed (finite loss), escalated",
         "NaN source named",
     ]
     return _markdown(header, rows)
