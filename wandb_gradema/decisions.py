@@ -20,6 +20,7 @@ from typing import Any
 from . import _dist
 from .actions import EscalationActions
 from .checkpoint import event_from_state
+from .errors import warn
 from .escalation import EscalationEvent, EscalationPolicy
 from .guard import InternalErrors
 from .intake import StepIntake
@@ -56,6 +57,7 @@ class Decisions:
         self.undecided_events: list[EscalationEvent] = []
         self.undecided_rows: list[Row] = []
         self.last_logged = -1
+        self._params_told = False  # ``params_notice`` has been given
 
     def decide(self, stop_step: int) -> None:
         """A decision step: judge the queue, agree across ranks (one all-reduce), record, act.
@@ -73,6 +75,7 @@ class Decisions:
         self.guard(self.record, events)
         for event in events:
             self.actions.act(event, stop_step)
+        self.guard(self.params_notice)
 
     def read(self) -> None:
         """Outside a decision step: judge the queue and write the rows, decide nothing."""
@@ -106,15 +109,28 @@ class Decisions:
             self.sink.write_counters({"internal_errors": errors})
 
     def _record_nonfinite(self, events: list[EscalationEvent]) -> None:
-        """The summary of a non-finite incident: where it began, and when the weights followed."""
+        """The summary of a non-finite incident: where it began."""
         judge = self.judge
         for event in events:
             if "nonfinite" in event.anomaly_types and judge.nonfinite_since >= 0:
                 self.sink.write_counters(
                     {"nonfinite_step": judge.nonfinite_since, "nonfinite_source": judge.nonfinite_source or "loss"}
                 )
-            elif "nonfinite_params" in event.anomaly_types:
-                self.sink.write_counters({"params_nonfinite_since": event.first_anomaly_step})
+
+    def params_notice(self) -> None:
+        """Once the weights are non-finite (``StepJudge.params_nonfinite_since``): say so once, in
+        a warning and the summary, instead of a new escalation every ``cooldown_steps``."""
+        since = self.judge.params_nonfinite_since
+        if since < 0 or self._params_told:
+            return
+        self._params_told = True
+        self.sink.write_counters({"params_nonfinite_since": since})
+        warn(
+            f"wandb_gradema: parameters non-finite since step {since}: every step since has had a "
+            "non-finite loss or gradient and the weights themselves are now NaN/Inf, so training "
+            "cannot recover (restore a checkpoint from before it). Later non-finite steps are counted "
+            "(gradema/nonfinite_steps), not escalated again."
+        )
 
     def write_rows(self) -> None:
         """Write the rows judged so far (the logging cadence picked them)."""
@@ -136,6 +152,7 @@ class Decisions:
         self.guard(self.record, events)
         for event in events:
             self.guard(self.actions.found_at_removal, event)
+        self.guard(self.params_notice)
         self.guard(self.log_last)
 
     def log_last(self) -> None:

@@ -47,9 +47,10 @@ class StepJudge:
 
     Non-finite steps: the first of a run of them names the parameters whose gradient norms went
     non-finite (from the per-tensor norms, in the report, the event and the row's
-    ``nonfinite_source``); once the parameters themselves are non-finite, one event says so
-    ("parameters non-finite since step N"), and the steps after it are logged and counted but
-    escalate nothing new: it is one incident, not one every ``cooldown_steps``.
+    ``nonfinite_source``); once the parameters themselves are non-finite, one warning says so
+    ("parameters non-finite since step N"; ``params_nonfinite_since`` in the summary), and the
+    steps after it are logged and counted but escalate nothing new: it is one incident, not one
+    every ``cooldown_steps``.
     """
 
     def __init__(
@@ -133,20 +134,8 @@ class StepJudge:
             return None  # said once: the same incident, not a new one
         if self.params_finite is None or self.params_finite():
             return self.policy.update(report)  # a loop that skips bad batches: each one counts
-        self.params_nonfinite_since = since = self.nonfinite_since
-        why = (
-            f"Parameters non-finite since step {since}: every step since has had a non-finite loss or "
-            "gradient, and the weights themselves are now NaN/Inf; training cannot recover from this "
-            "(restore a checkpoint from before it). Later non-finite steps are counted, not escalated."
-        )
-        return EscalationEvent(
-            step=v.step,
-            reasons=(why,),
-            anomaly_types=("nonfinite_params",),
-            score=math.inf,
-            first_anomaly_step=since,
-            confirmed=True,
-        )
+        self.params_nonfinite_since = self.nonfinite_since  # said by the decisions, once
+        return None
 
     def skipped(self, step: int) -> EscalationEvent | None:
         """Count one step the GradScaler skipped; ``max_skipped_steps`` in a row escalate."""

@@ -159,7 +159,7 @@ class LossStats:
 
     __slots__ = (
         "reference_steps", "above_factor", "trend_z", "n", "first", "ref", "start", "departed", "prev", "short", "long",
-        "diffs", "log_diffs", "best", "best_upper", "slow_sigma", "above_run", "history", "norm_rise",
+        "diffs", "log_diffs", "best", "best_upper", "best_noise", "slow_sigma", "above_run", "history", "norm_rise",
         "level", "level_long", "sigma", "calm", "calm_norms", "spike_run", "run_norms", "spike_base", "spike_z", "exploded", "exploded_at",
     )  # fmt: skip
 
@@ -185,6 +185,7 @@ class LossStats:
         self.log_diffs = RollingWindow(trend_window)  # |log x_t - log x_{t-1}|, for ratios
         self.best = math.inf
         self.best_upper = math.inf  # the upper quartile of the window where the best level was
+        self.best_noise = math.inf  # the slow noise when the best level was reached
         self.slow_sigma = Ema(SLOW_NOISE_DECAY)  # the noise, slowly: what "no change" looks like
         # After the latest step: the level, the longer level, the noise (a standard deviation).
         self.level = self.level_long = self.sigma = math.nan
@@ -244,6 +245,7 @@ class LossStats:
         if self.ref is not None and len(self.short.values) == self.short.size:
             if median < self.best:
                 self.best, self.best_upper = median, self.short.quantile(0.75)
+                self.best_noise = self.slow_sigma.mean if self.n > 1 else math.inf
             # in log space (a ratio to the start; an exploding loss's noise explodes with it),
             # against the start's own uncertainty too: a median of ``reference_steps`` batches
             # (a departed start is one batch of a settled pretrained model: trusted as it is)
@@ -342,6 +344,7 @@ class LossStats:
             "log_diffs": self.log_diffs.state(),
             "best": self.best,
             "best_upper": self.best_upper,
+            "best_noise": self.best_noise,
             "slow_sigma": self.slow_sigma.state(),
             "above_run": self.above_run,
             "history": list(self.history),
@@ -361,6 +364,7 @@ class LossStats:
         self.ref = None if s["ref"] is None else float(s["ref"])
         self.start = float(s["start"])
         self.prev, self.best, self.best_upper = float(s["prev"]), float(s["best"]), float(s["best_upper"])
+        self.best_noise = float(s["best_noise"])
         self.slow_sigma.load(s["slow_sigma"])
         self.above_run = int(s["above_run"])
         self.departed = bool(s["departed"])
@@ -402,7 +406,10 @@ class LossView:
         self.long_band = z * MEDIAN_SE * math.sqrt(2 / n_long) * sigma
         self.trend = st.long.trend_z()
         self.progress = self.ref - self.best  # how far below its start the level has been
-        self.learned = self.best <= (1 - learned_progress) * self.ref and self.progress > self.best_band
+        # Learning is judged against the noise when the best level was reached: a loss whose
+        # swings grow as it diverges must not make the progress it had made look like noise.
+        learned_band = unit * min(st.slow_sigma.mean, st.best_noise)
+        self.learned = self.best <= (1 - learned_progress) * self.ref and self.progress > learned_band
 
     def lost(self, level: float, band: float, best: float | None = None) -> float:
         """Share of the progress given back by ``level`` since ``best`` (the best level by
