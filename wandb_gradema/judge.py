@@ -129,7 +129,19 @@ class StepJudge:
             self.nonfinite_since = v.step
             self.nonfinite_source, where = _nonfinite_source(v, names)
             details = {**report.details, "nonfinite": f"{report.details['nonfinite']} {where}".rstrip()}
-            return self.policy.update(dataclasses.replace(report, details=details))
+            report = dataclasses.replace(report, details=details)
+            event = self.policy.update(report)
+            if event is None:  # inside an earlier escalation's cooldown: a NaN is a new incident
+                event = EscalationEvent(
+                    step=v.step,
+                    reasons=tuple(details.values()),
+                    anomaly_types=tuple(details),
+                    score=report.score,
+                    first_anomaly_step=v.step,
+                    confirmed=True,
+                )
+                self.policy.adopt(v.step, confirmed=True)
+            return event
         if self.params_nonfinite_since >= 0:
             return None  # said once: the same incident, not a new one
         if self.params_finite is None or self.params_finite():
