@@ -57,7 +57,6 @@ class Decisions:
         self.undecided_events: list[EscalationEvent] = []
         self.undecided_rows: list[Row] = []
         self.last_logged = -1
-        self._params_told = False  # ``params_notice`` has been given
 
     def decide(self, stop_step: int) -> None:
         """A decision step: judge the queue, agree across ranks (one all-reduce), record, act.
@@ -119,12 +118,15 @@ class Decisions:
 
     def params_notice(self) -> None:
         """Once the weights are non-finite (``StepJudge.params_nonfinite_since``): say so once, in
-        a warning and the summary, instead of a new escalation every ``cooldown_steps``."""
+        the summary and (unless ``on_escalation`` is the user's callable) a warning, instead of a
+        new escalation every ``cooldown_steps``."""
         since = self.judge.params_nonfinite_since
-        if since < 0 or self._params_told:
+        if since < 0 or self.judge.params_told:
             return
-        self._params_told = True
+        self.judge.params_told = True
         self.sink.write_counters({"params_nonfinite_since": since})
+        if callable(self.actions.on_escalation):
+            return  # the user's handler decides what to say (it had the incident's event)
         warn(
             f"wandb_gradema: parameters non-finite since step {since}: every step since has had a "
             "non-finite loss or gradient and the weights themselves are now NaN/Inf, so training "

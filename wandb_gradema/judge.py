@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import norms
+from ._validate import check_state_keys
 from .aggregate import LogAggregator
 from .cadence import LogCadence
 from .detector import AnomalyDetector, AnomalyReport, Observation
@@ -76,6 +77,7 @@ class StepJudge:
         self.nonfinite_since = -1  # first step of the current run of non-finite steps (-1: none)
         self.nonfinite_source = ""  # the parameters it began in (a sentence's list)
         self.params_nonfinite_since = -1  # the parameters are non-finite, since this step (-1: not)
+        self.params_told = False  # ... and the user has been told (``Decisions.params_notice``)
 
     def judge(self, v: StepValues, names: Sequence[str], *, logging: bool) -> tuple[EscalationEvent | None, Row | None]:
         """Judge one step; its escalation (this rank's) and its row when one is due."""
@@ -204,6 +206,12 @@ class StepJudge:
             "detector": self.detector.state_dict(),
             "policy": self.policy.state_dict(),
             "aggregator": self.aggregator.state_dict(),
+            "nonfinite": {
+                "since": self.nonfinite_since,
+                "source": self.nonfinite_source,
+                "params_since": self.params_nonfinite_since,
+                "params_told": self.params_told,
+            },
         }
 
     def load_state_dict(self, state: Mapping[str, Any], *, detector: bool = True) -> None:
@@ -215,6 +223,11 @@ class StepJudge:
         self.aggregator.load_state_dict(state["aggregator"])
         self.cadence.load_state_dict(state["cadence"])
         self.skip_streak = int(state["skip_streak"])
+        nonfinite = state["nonfinite"]
+        check_state_keys("StepJudge['nonfinite']", nonfinite, ("since", "source", "params_since", "params_told"))
+        self.nonfinite_since, self.nonfinite_source = int(nonfinite["since"]), str(nonfinite["source"])
+        self.params_nonfinite_since = int(nonfinite["params_since"])
+        self.params_told = bool(nonfinite["params_told"])
 
 
 def _nonfinite_source(v: StepValues, names: Sequence[str]) -> tuple[str, str]:

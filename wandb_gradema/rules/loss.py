@@ -193,7 +193,7 @@ class LossStats:
         # measured, the current run of losses SPIKE_FACTOR x above the level before them, that
         # level, the run's rise in its own noise, and the step an explosion was confirmed at.
         self.calm: list[float] = []
-        self.calm_norms: list[float] = []  # the log gradient norms of those steps (NaN: unknown)
+        self.calm_norms: list[float] = []  # the finite log gradient norms of those steps
         self.spike_run: list[float] = []
         self.run_norms: list[float] = []
         self.spike_base = math.nan
@@ -263,9 +263,12 @@ class LossStats:
             if not run:
                 self.spike_base = base
             run.append(loss)
-            norms.append(log_norm)
+            if not math.isnan(log_norm):
+                norms.append(log_norm)
             if len(run) > SPIKE_KEEP:
-                del run[0], norms[0]
+                del run[0]
+            if len(norms) > SPIKE_KEEP:
+                del norms[0]
             self.spike_z = self._spike_z() if len(run) >= SPIKE_STEPS else 0.0
             if self.spike_z >= SPIKE_Z and measuring and not self.exploded:
                 self.exploded, self.exploded_at = True, self.n - len(run) + 1
@@ -278,7 +281,8 @@ class LossStats:
         self.spike_z = 0.0
         if measuring:
             self.calm.append(loss)
-            self.calm_norms.append(log_norm)
+            if not math.isnan(log_norm):
+                self.calm_norms.append(log_norm)
 
     def _spike_z(self) -> float:
         """The current run's rise over the level before it, in noise units (``SPIKE_Z`` or more:
@@ -295,8 +299,7 @@ class LossStats:
         if math.log(min(run[-SPIKE_STEPS:])) - head >= bar:
             return SPIKE_Z
         z = rise_z(head, [math.log(x) for x in run])
-        before = sorted(x for x in self.calm_norms if not math.isnan(x))
-        after = sorted(x for x in self.run_norms if not math.isnan(x))
+        before, after = sorted(self.calm_norms), sorted(self.run_norms)
         if z >= SPIKE_Z and before and after and median_sorted(after) - median_sorted(before) >= math.log(SPIKE_NORM):
             return z
         return min(z, 0.99 * SPIKE_Z)
