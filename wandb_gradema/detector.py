@@ -31,8 +31,6 @@ FAMILIES = {
     "lr_jump": "schedule",
     "loss_spike": "excursion",  # escalates at once, never evidence for a prune by itself
 }
-#: Rules that escalate without waiting for ``patience`` (never prune-grade by themselves).
-IMMEDIATE = frozenset({"lr_jump", "loss_spike"})
 #: The families of independent evidence: the schedule is context for the other two.
 INDEPENDENT = frozenset({"gradient", "loss"})
 #: Both independent families on ``confirm_steps // AGREE_DIVISOR`` steps in a row confirm.
@@ -89,7 +87,8 @@ class AnomalyReport:
             or loss rules have fired ``confirm_steps`` steps in a row, or both families together
             on a quarter of that).
         immediate: escalate without waiting for ``patience`` but, unless also confirmed, do
-            not prune (an LR jump in an existing param group: a likely schedule bug).
+            not prune (an LR jump in an existing param group: a likely schedule bug; a blow-up
+            in the warm-up, ``loss_spike``).
     """
 
     step: int
@@ -485,6 +484,6 @@ class AnomalyDetector:
             score=score,
             critical=critical,
             confirmed=confirmed,
-            immediate=bool(details.keys() & IMMEDIATE) and (immediate or "loss_spike" in details),
+            immediate=(immediate and "lr_jump" in details) or "loss_spike" in details,
         )
 
