@@ -91,7 +91,7 @@ def upgrade(state: Mapping[str, Any], *, owner: str = "GradientMonitor") -> tupl
         state["format_version"] = version = 3
         restart_detector = True
     if version == 3:  # the loss statistics changed with format 4, and non-finite runs are followed
-        state["nonfinite"] = {"since": -1, "source": "", "params_since": -1, "params_told": False}
+        state["nonfinite"] = {"since": -1, "source": "", "params_since": -1, "params_told": False, "unrecorded": []}
         state["format_version"] = FORMAT_VERSION
         restart_detector = True
     check_state_keys(owner, state, STATE_KEYS)

@@ -108,13 +108,13 @@ class Decisions:
             self.sink.write_counters({"internal_errors": errors})
 
     def _record_nonfinite(self, events: list[EscalationEvent]) -> None:
-        """The summary of a non-finite incident: where it began."""
-        judge = self.judge
+        """The summary of a non-finite incident: where it began (``nonfinite_step``,
+        ``nonfinite_source``; the latest incident's)."""
+        unrecorded = self.judge.unrecorded
         for event in events:
-            if "nonfinite" in event.anomaly_types and judge.nonfinite_since >= 0:
-                self.sink.write_counters(
-                    {"nonfinite_step": judge.nonfinite_since, "nonfinite_source": judge.nonfinite_source or "loss"}
-                )
+            source = unrecorded.pop(event.step, None)
+            if source is not None:  # the first step of a non-finite incident (the latest wins)
+                self.sink.write_counters({"nonfinite_step": event.step, "nonfinite_source": source})
 
     def params_notice(self) -> None:
         """Once the weights are non-finite (``StepJudge.params_nonfinite_since``): say so once, in

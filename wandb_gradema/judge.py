@@ -78,6 +78,7 @@ class StepJudge:
         self.nonfinite_source = ""  # the parameters it began in (a sentence's list)
         self.params_nonfinite_since = -1  # the parameters are non-finite, since this step (-1: not)
         self.params_told = False  # ... and the user has been told (``Decisions.params_notice``)
+        self.unrecorded: dict[int, str] = {}  # incidents' first steps -> source, for the summary
 
     def judge(self, v: StepValues, names: Sequence[str], *, logging: bool) -> tuple[EscalationEvent | None, Row | None]:
         """Judge one step; its escalation (this rank's) and its row when one is due."""
@@ -130,6 +131,7 @@ class StepJudge:
         if self.nonfinite_since < 0:  # the first non-finite step: where did it begin?
             self.nonfinite_since = v.step
             self.nonfinite_source, where = _nonfinite_source(v, names)
+            self.unrecorded[v.step] = self.nonfinite_source or "loss"
             details = {**report.details, "nonfinite": f"{report.details['nonfinite']} {where}".rstrip()}
             report = dataclasses.replace(report, details=details)
             event = self.policy.update(report)
@@ -211,6 +213,7 @@ class StepJudge:
                 "source": self.nonfinite_source,
                 "params_since": self.params_nonfinite_since,
                 "params_told": self.params_told,
+                "unrecorded": [[step, source] for step, source in self.unrecorded.items()],
             },
         }
 
@@ -224,7 +227,10 @@ class StepJudge:
         self.cadence.load_state_dict(state["cadence"])
         self.skip_streak = int(state["skip_streak"])
         nonfinite = state["nonfinite"]
-        check_state_keys("StepJudge['nonfinite']", nonfinite, ("since", "source", "params_since", "params_told"))
+        check_state_keys(
+            "StepJudge['nonfinite']", nonfinite, ("since", "source", "params_since", "params_told", "unrecorded")
+        )
+        self.unrecorded = {int(step): str(source) for step, source in nonfinite["unrecorded"]}
         self.nonfinite_since, self.nonfinite_source = int(nonfinite["since"]), str(nonfinite["source"])
         self.params_nonfinite_since = int(nonfinite["params_since"])
         self.params_told = bool(nonfinite["params_told"])
