@@ -510,7 +510,9 @@ def judge_loss(
     m_long = v.m_long
     window = st.long.size
     stays = len(st.history) > window and not recovering(m_long, start, st.history[-window - 1], window, st.n)
-    if stays and st.above_run >= st.long.size:
+    # ... and the recent level is up there too: the longer median lags a run that is back
+    # below its start (a blow-up of tens of steps that training has come out of)
+    if stays and st.above_run >= st.long.size and m >= start:
         found["above_start"] = (
             math.log(m_long / start) / log_above,
             lambda: f"Loss is back above where it started and not recovering: {m_long:.4g} (median of the last "
