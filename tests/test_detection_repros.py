@@ -492,3 +492,28 @@ def test_a_non_finite_loss_on_a_step_the_loop_skipped_still_counts() -> None:
             opt.zero_grad(set_to_none=True)
     assert [(e.step, e.anomaly_types, e.confirmed) for e in monitor.events] == [(30, ("nonfinite",), True)]
     assert "no gradients" in monitor.events[0].reason
+
+
+def test_a_divergence_whose_noise_grows_with_it_still_loses_its_progress() -> None:
+    """The Optuna study's trial: a digits MLP, SGD at 0.35 with momentum 0.9. It learns (0.2),
+    then its loss swings wider and wider and ends far above its start; its noise grew to more
+    than the progress it had made, which used to make that progress look like noise."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)  # sweeps/train.py's data: standardised, its 1,400 training images
+    xt = torch.tensor(x, dtype=torch.float32)
+    xt = (xt - xt.mean(0)) / (xt.std(0) + 1e-3)
+    train_idx = torch.randperm(len(xt), generator=torch.Generator().manual_seed(2))[:1400]
+    xt, yt = xt[train_idx], torch.tensor(y)[train_idx]
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.35, momentum=0.9, weight_decay=1e-4)
+
+    def batch(_: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(0, len(xt), (64,), generator=gen)
+        return xt[idx], yt[idx]
+
+    events, losses = train(model, opt, batch, 300, seed=3, loss_fn=nn.functional.cross_entropy)
+    assert min(level(losses, s, s + 20) for s in range(0, 200, 20)) < 0.4  # it had learned
+    assert level(losses, -30) > losses[0]  # and ended above its start
+    assert events and "progress_lost" in events[0].anomaly_types
