@@ -3,7 +3,8 @@
 Prints, per split, the class counts and one table: the product's default detector (escalations,
 then prunes: its first *confirmed* escalation), gradients only, and every reference rule, scored
 with the shared README's metrics; then one row per scenario family, escalations and prunes side
-by side. Traces are trained on first use (at most two processes) and cached under
+by side, and the blow-up table (``evaluate.format_blowups``: blow-ups escalated within 5 steps,
+runs that ended failed escalated, NaN sources named). Traces are trained on first use (at most two processes) and cached under
 ``benchmarks/detection/out/``.
 """
 

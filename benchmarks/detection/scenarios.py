@@ -249,7 +249,8 @@ def _seed(split: str, variant: int) -> int:
 def scenarios(split: str) -> list[tuple[str, Spec]]:
     """The named specs of ``split``: ``dev``, ``test``, ``holdout``, ``holdout2``, ``holdout3``,
     ``holdout4`` or ``quick`` (dev variants, for CI); ``ext-dev``, ``ext-test``, ``ext-holdout``,
-    ``ext-holdout2``, ``ext-holdout3``, ``ext-holdout4`` for the extended suite."""
+    ``ext-holdout2``, ``ext-holdout3``, ``ext-holdout4`` for the extended suite; ``blowup-dev``,
+    ``blowup-holdout`` for the blow-up suite."""
     if split.startswith(EXTENDED_PREFIX):
         return _extended(split)
     if split.startswith(BLOWUP_PREFIX):
