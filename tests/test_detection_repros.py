@@ -475,8 +475,9 @@ def test_the_nan_source_reaches_the_summary_and_the_telemetry_row(wandb_offline)
     assert "began in the gradients of 2.bias" in logged.summary["gradema/first_escalation_reason"]
 
 
-def test_a_non_finite_loss_on_a_step_the_loop_skipped_still_counts() -> None:
-    """The loop sees the NaN loss and skips backward; it still calls step() (a no-op update)."""
+def test_a_non_finite_loss_on_a_step_the_loop_skipped_still_counts(sync_every: int) -> None:
+    """The loop sees the NaN loss and skips backward; it still calls step() (a no-op update).
+    Both decision paths (the ``sync_every`` fixture)."""
     torch.manual_seed(0)
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
