@@ -153,8 +153,11 @@ def test_an_explosion_that_persists_through_the_warm_up_is_judged_by_what_follow
     obs = _run(
         200, norm=lambda t: 1.0 if t == 0 else 1000.0, loss=lambda t: 2.3 if t == 0 else 50.0, lr=lambda t: 0.1
     )
-    (event, *_) = _events(obs)
-    assert event[0] < 60 and "above_start" in event[1]
+    events = _events(obs)
+    # the blow-up escalates at once (loss_spike, not prune-grade); what follows confirms it
+    assert events[0] == (3, ("loss_spike",), False)
+    confirmed = next(e for e in events if e[2])
+    assert confirmed[0] < 60 and {"above_start", "loss_explosion"} & set(confirmed[1])
 
 
 # ---------------------------------------------------------------------------- loss rules
@@ -210,9 +213,12 @@ def test_a_fine_tune_that_forgets_escalates_and_one_kicked_by_a_fresh_optimizer_
     def kicked(t):  # jumps 10x, then recovers to below its start within 100 steps
         return 0.03 if t == 0 else 0.02 + 0.3 * math.exp(-t / 25)
 
-    (event, *_) = _events(_run(300, loss=forgets, norm=norm, lr=lambda t: 1e-2))
-    assert event[1] == ("above_start",) and event[0] < 80
-    assert _escalations(_run(300, loss=kicked, norm=norm, lr=lambda t: 1e-2)) == []
+    # Both blow up 10x at once (loss_spike: an escalation, telemetry, never a prune by itself);
+    # only the one that stays there is prune-grade.
+    spike, *rest = _events(_run(300, loss=forgets, norm=norm, lr=lambda t: 1e-2))
+    assert spike == (3, ("loss_spike",), False)
+    assert rest[0][1] == ("above_start",) and rest[0][0] < 80 and rest[0][2]
+    assert _events(_run(300, loss=kicked, norm=norm, lr=lambda t: 1e-2)) == [(3, ("loss_spike",), False)]
 
 
 def test_a_fine_tune_that_forgets_without_doubling_escalates_and_is_confirmed() -> None:

@@ -223,8 +223,15 @@ def test_a_newer_state_format_is_named_and_an_older_one_loads(tiny) -> None:
     monitor = wandb_gradema.watch(opt)
     train_loop(model, opt, batch, 3, monitor=monitor, nan_at={1})
     state = monitor.state_dict()
-    with pytest.raises(ValueError, match="format_version 4, written by a newer wandb_gradema.*Upgrade"):
-        monitor.load_state_dict({**state, "format_version": 4, "new_key": 1})
+    with pytest.raises(ValueError, match="format_version 5, written by a newer wandb_gradema.*Upgrade"):
+        monitor.load_state_dict({**state, "format_version": 5, "new_key": 1})
+    v3 = {k: v for k, v in state.items() if k != "nonfinite"} | {"format_version": 3, "detector": {"older": 1}}
+    resumed = wandb_gradema.watch(torch.optim.SGD(model.parameters(), lr=0.01))
+    with pytest.warns(GrademaWarning, match="older format: the detector's statistics restart"):
+        resumed.load_state_dict(v3)  # before the loss statistics followed early blow-ups
+    assert resumed.step == 3 and [e.step for e in resumed.events] == [1]
+    assert resumed.state_dict()["nonfinite"]["since"] == -1
+    resumed.remove()
     v2 = {**state, "format_version": 2, "detector": {"families": [], "older": "statistics"}}
     restored = wandb_gradema.watch(torch.optim.SGD(model.parameters(), lr=0.01))
     with pytest.warns(GrademaWarning, match="older format: the detector's statistics restart"):

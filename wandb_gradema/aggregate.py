@@ -87,7 +87,7 @@ class LogAggregator:
         *,
         escalated: bool,
         event: bool,
-        extra: dict[str, float] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The metrics of one logged row (unprefixed names); starts a new window."""
         counters = self.counters

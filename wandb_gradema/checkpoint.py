@@ -31,8 +31,10 @@ __all__ = [
 #: The format ``state_dict()`` writes. 2: the decision schedule (``ticks``), steps processed but
 #: not yet decided, internal-error count, the ``confirmed`` flag of events and the policy's
 #: cooldown after a confirmed one, and the detector's statistics by rule family. 3: the
-#: detector's statistics of its second version (rule families agreeing on the same steps).
-FORMAT_VERSION = 3
+#: detector's statistics of its second version (rule families agreeing on the same steps). 4:
+#: the loss statistics follow early blow-ups (the level before one is the start), and a run of
+#: non-finite steps is one incident (``nonfinite``: where it began, when the weights followed).
+FORMAT_VERSION = 4
 #: The key under which the monitor state rides inside ``optimizer.state_dict()``.
 STATE_KEY = "gradema"
 STATE_KEYS = (
@@ -45,6 +47,7 @@ STATE_KEYS = (
     "detector",
     "policy",
     "aggregator",
+    "nonfinite",
     "events",
     "undecided_events",
     "undecided_rows",
@@ -85,6 +88,10 @@ def upgrade(state: Mapping[str, Any], *, owner: str = "GradientMonitor") -> tupl
         state.update(undecided_events=[], undecided_rows=[], internal_errors=0, format_version=2)
         version = 2
     if version == 2:  # the detector's statistics changed with format 3; nothing else did
+        state["format_version"] = version = 3
+        restart_detector = True
+    if version == 3:  # the loss statistics changed with format 4, and non-finite runs are followed
+        state["nonfinite"] = {"since": -1, "source": "", "params_since": -1, "params_told": False, "unrecorded": []}
         state["format_version"] = FORMAT_VERSION
         restart_detector = True
     check_state_keys(owner, state, STATE_KEYS)

@@ -20,6 +20,7 @@ from typing import Any
 from . import _dist
 from .actions import EscalationActions
 from .checkpoint import event_from_state
+from .errors import warn
 from .escalation import EscalationEvent, EscalationPolicy
 from .guard import InternalErrors
 from .intake import StepIntake
@@ -76,6 +77,7 @@ class Decisions:
             self.guard(self.record, events)  # (a step with nothing to record costs nothing here)
         for event in events:
             self.actions.act(event, stop_step)
+        self.guard(self.params_notice)
 
     def read(self) -> None:
         """Outside a decision step: judge the queue and write the rows, decide nothing."""
@@ -103,12 +105,40 @@ class Decisions:
         """Record decided escalations and write the rows decided with them."""
         self.events.extend(events)
         self.judge.aggregator.counters["escalations"] += len(events)
+        self._record_nonfinite(events)
         for event in events:
             self.actions.announce(event, self.events)
         self.write_rows()
         errors = self.guard.unwritten()
         if errors is not None:
             self.sink.write_counters({"internal_errors": errors})
+
+    def _record_nonfinite(self, events: list[EscalationEvent]) -> None:
+        """The summary of a non-finite incident: where it began (``nonfinite_step``,
+        ``nonfinite_source``; the latest incident's)."""
+        unrecorded = self.judge.unrecorded
+        for event in events:
+            source = unrecorded.pop(event.step, None)
+            if source is not None:  # the first step of a non-finite incident (the latest wins)
+                self.sink.write_counters({"nonfinite_step": event.step, "nonfinite_source": source})
+
+    def params_notice(self) -> None:
+        """Once the weights are non-finite (``StepJudge.params_nonfinite_since``): say so once, in
+        the summary and (unless ``on_escalation`` is the user's callable) a warning, instead of a
+        new escalation every ``cooldown_steps``."""
+        since = self.judge.params_nonfinite_since
+        if since < 0 or self.judge.params_told:
+            return
+        self.judge.params_told = True
+        self.sink.write_counters({"params_nonfinite_since": since})
+        if callable(self.actions.on_escalation):
+            return  # the user's handler decides what to say (it had the incident's event)
+        warn(
+            f"wandb_gradema: parameters non-finite since step {since}: every step since has had a "
+            "non-finite loss or gradient and the weights themselves are now NaN/Inf, so training "
+            "cannot recover (restore a checkpoint from before it). Later non-finite steps are counted "
+            "(gradema/nonfinite_steps), not escalated again."
+        )
 
     def write_rows(self) -> None:
         """Write the rows judged so far (the logging cadence picked them)."""
@@ -130,6 +160,7 @@ class Decisions:
         self.guard(self.record, events)
         for event in events:
             self.guard(self.actions.found_at_removal, event)
+        self.guard(self.params_notice)
         self.guard(self.log_last)
 
     def log_last(self) -> None:

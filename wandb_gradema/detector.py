@@ -29,6 +29,7 @@ FAMILIES = {
     "unstable_rise": "loss",
     "stalled": "gradient",  # its evidence of death is the gradients; the loss only gates it
     "lr_jump": "schedule",
+    "loss_spike": "excursion",  # escalates at once, never evidence for a prune by itself
 }
 #: The families of independent evidence: the schedule is context for the other two.
 INDEPENDENT = frozenset({"gradient", "loss"})
@@ -86,7 +87,8 @@ class AnomalyReport:
             or loss rules have fired ``confirm_steps`` steps in a row, or both families together
             on a quarter of that).
         immediate: escalate without waiting for ``patience`` but, unless also confirmed, do
-            not prune (an LR jump in an existing param group: a likely schedule bug).
+            not prune (an LR jump in an existing param group: a likely schedule bug; a blow-up
+            in the warm-up, ``loss_spike``).
     """
 
     step: int
@@ -130,6 +132,11 @@ class AnomalyDetector:
       within ``jump_window`` steps (the loss gives back ``rise_threshold`` of the progress it
       held at the jump, or the gradients explode) makes it an anomaly. The jump is context,
       not evidence: it never confirms by itself (see the prune bar).
+    * excursions: ``loss_spike``: during the warm-up (where the level rules wait), the loss has
+      been ``rules.loss.SPIKE_FACTOR`` (5) x the level before it on ``SPIKE_STEPS`` (3) steps in
+      a row, beyond its own noise. It escalates at once and never confirms by itself; one seen
+      while the start is measured makes the level before it the start (an early blow-up never
+      becomes the reference: a network that died at chance after it has made no progress).
     * ``nonfinite``: a NaN/Inf gradient norm or loss. Critical and confirmed at once.
 
     **Prune bar**: a report is ``confirmed`` (prune-grade) when critical, when gradient or loss
@@ -336,7 +343,10 @@ class AnomalyDetector:
                 if losses.n == self.reference_steps - 1 and grads.n:  # ... and the reference's
                     later = list(grads.norms.values)[1:] if grads.n <= grads.norms.size else list(grads.norms.values)
                     norm_z = loss.rise_z(grads.first, later, loss.DEPART_STEPS)
-                losses.observe(x, norm_rise, norm_z)
+                early = not (grads.warm or losses.n > self.warmup_steps)
+                log_norm = grads.norms.values[-1] if grads_ok else math.nan
+                losses.observe(x, norm_rise, norm_z, early=early, log_norm=log_norm)
+                loss.judge_spike(losses, found)
                 v = loss.view(losses, z=self.loss_z_threshold, learned_progress=self.learned_progress)
         if grads_ok:
             gradient.judge_gradients(
@@ -366,6 +376,20 @@ class AnomalyDetector:
         elif lr.armed(self.jump_window):
             self._judge_jump(v, found, obs.step)
         return self._report(obs.step, found, critical, immediate)
+
+    def nonfinite_loss(self, step: int, value: float) -> AnomalyReport:
+        """The verdict on a step with no gradients (the loop skipped backward) whose observed loss
+        is non-finite: critical, like any other; no statistic changes."""
+        why = f"Non-finite loss ({value}) at step {step}, on a step with no gradients (backward was skipped)."
+        return AnomalyReport(
+            step=step,
+            has_anomaly=True,
+            anomaly_types=("nonfinite",),
+            details={"nonfinite": why},
+            score=math.inf,
+            critical=True,
+            confirmed=True,
+        )
 
     def _judge_loss(self, v: loss.LossView, found: Findings) -> None:
         losses = self._losses
@@ -460,6 +484,6 @@ class AnomalyDetector:
             score=score,
             critical=critical,
             confirmed=confirmed,
-            immediate=immediate and "lr_jump" in details,
+            immediate=(immediate and "lr_jump" in details) or "loss_spike" in details,
         )
 

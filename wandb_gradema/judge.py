@@ -9,11 +9,13 @@ It holds no tensors and decides nothing across ranks: the monitor does that.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import norms
+from ._validate import check_state_keys
 from .aggregate import LogAggregator
 from .cadence import LogCadence
 from .detector import AnomalyDetector, AnomalyReport, Observation
@@ -28,6 +30,8 @@ __all__ = ["MAX_TELEMETRY_LAYERS", "StepJudge"]
 MAX_TELEMETRY_LAYERS = 128
 #: Steps in a row with the same gradient norm that mean the gradients were clipped before step().
 CLIPPED_RUN = 25
+#: Parameters named in the sentence on where a non-finite gradient began.
+MAX_NAMED = 4
 
 Row = tuple[int, dict[str, Any]]
 
@@ -39,6 +43,15 @@ class StepJudge:
         tracker, detector, policy: the three judges, fed in this order.
         cadence: picks the steps whose rows are logged.
         max_skipped_steps: GradScaler-skipped steps in a row that escalate (critical).
+        params_finite: says whether the watched parameters are all finite (asked only on a
+            non-finite step that follows another); None: never asked.
+
+    Non-finite steps: the first of a run of them names the parameters whose gradient norms went
+    non-finite (from the per-tensor norms, in the report, the event and the row's
+    ``nonfinite_source``); once the parameters themselves are non-finite, one warning says so
+    ("parameters non-finite since step N"; ``params_nonfinite_since`` in the summary), and the
+    steps after it are logged and counted but escalate nothing new: it is one incident, not one
+    every ``cooldown_steps``.
     """
 
     def __init__(
@@ -48,6 +61,7 @@ class StepJudge:
         policy: EscalationPolicy,
         cadence: LogCadence,
         max_skipped_steps: int,
+        params_finite: Callable[[], bool] | None = None,
     ) -> None:
         self.tracker = tracker
         self.detector = detector
@@ -59,6 +73,12 @@ class StepJudge:
         self.last: tuple[Observation, DriftUpdate, AnomalyReport] | None = None
         self._same_norm = 0  # steps in a row with exactly the previous norm (clipping before step())
         self._hinted = False
+        self.params_finite = params_finite
+        self.nonfinite_since = -1  # first step of the current run of non-finite steps (-1: none)
+        self.nonfinite_source = ""  # the parameters it began in (a sentence's list)
+        self.params_nonfinite_since = -1  # the parameters are non-finite, since this step (-1: not)
+        self.params_told = False  # ... and the user has been told (``Decisions.params_notice``)
+        self.unrecorded: dict[int, str] = {}  # incidents' first steps -> source, for the summary
 
     def judge(
         self, v: StepValues, names: Sequence[str], *, logging: bool | Callable[[], bool]
@@ -74,7 +94,9 @@ class StepJudge:
         self.skip_streak = 0
         n_tensors = len(v.layer_index)
         if n_tensors == 0:  # no parameter had a gradient (step() without backward()): a no-op
-            self.aggregator.counters["steps"] += 1  # update, counted but not judged
+            self.aggregator.counters["steps"] += 1  # update, counted but not judged ...
+            if v.loss is not None and not math.isfinite(v.loss):  # ... but a non-finite loss counts
+                return self._nonfinite(self.detector.nonfinite_loss(v.step, v.loss), v, names), None
             return None, None
         grad_norm = row.grad_norm
         health, active, _ = norms.health_score(n_tensors, row.n_active, grad_norm, row.max_tensor_norm)
@@ -94,7 +116,10 @@ class StepJudge:
             self._check_clipped(grad_norm)
         drift = self.tracker.update(grad_norm, health)
         report = self.detector.check(obs)
-        event = self.policy.update(report)
+        if report.critical or self.nonfinite_since >= 0:
+            event = self._nonfinite(report, v, names)
+        else:
+            event = self.policy.update(report)
         self.aggregator.add(obs, drift, report)
         self.last = (obs, drift, report)
         telemetry = self.policy.telemetry_active(step)
@@ -102,10 +127,43 @@ class StepJudge:
             return event, None
         if not (logging() if callable(logging) else logging):
             return event, None
-        extra = _layer_metrics(v, names) if telemetry or event is not None else None
+        extra: dict[str, Any] | None = _layer_metrics(v, names) if telemetry or event is not None else None
+        if self.nonfinite_since == obs.step and self.nonfinite_source:
+            extra = {**(extra or {}), "nonfinite_source": self.nonfinite_source}
         metrics = self.aggregator.row(obs, drift, report, escalated=telemetry, event=event is not None, extra=extra)
         self.cadence.logged(obs.step)
         return event, (obs.step, metrics)
+
+    def _nonfinite(self, report: AnomalyReport, v: StepValues, names: Sequence[str]) -> EscalationEvent | None:
+        """Follow a run of non-finite steps (see the class docstring); the step's escalation."""
+        if "nonfinite" not in report.details:  # finite again: the run is over
+            self.nonfinite_since = self.params_nonfinite_since = -1
+            self.nonfinite_source = ""
+            return self.policy.update(report)
+        if self.nonfinite_since < 0:  # the first non-finite step: where did it begin?
+            self.nonfinite_since = v.step
+            self.nonfinite_source, where = _nonfinite_source(v, names)
+            self.unrecorded[v.step] = self.nonfinite_source or "loss"
+            details = {**report.details, "nonfinite": f"{report.details['nonfinite']} {where}".rstrip()}
+            report = dataclasses.replace(report, details=details)
+            event = self.policy.update(report)
+            if event is None:  # inside an earlier escalation's cooldown: a NaN is a new incident
+                event = EscalationEvent(
+                    step=v.step,
+                    reasons=tuple(details.values()),
+                    anomaly_types=tuple(details),
+                    score=report.score,
+                    first_anomaly_step=v.step,
+                    confirmed=True,
+                )
+                self.policy.adopt(v.step, confirmed=True)
+            return event
+        if self.params_nonfinite_since >= 0:
+            return None  # said once: the same incident, not a new one
+        if self.params_finite is None or self.params_finite():
+            return self.policy.update(report)  # a loop that skips bad batches: each one counts
+        self.params_nonfinite_since = self.nonfinite_since  # said by the decisions, once
+        return None
 
     def skipped(self, step: int) -> EscalationEvent | None:
         """Count one step the GradScaler skipped; ``max_skipped_steps`` in a row escalate."""
@@ -162,6 +220,13 @@ class StepJudge:
             "detector": self.detector.state_dict(),
             "policy": self.policy.state_dict(),
             "aggregator": self.aggregator.state_dict(),
+            "nonfinite": {
+                "since": self.nonfinite_since,
+                "source": self.nonfinite_source,
+                "params_since": self.params_nonfinite_since,
+                "params_told": self.params_told,
+                "unrecorded": [[step, source] for step, source in self.unrecorded.items()],
+            },
         }
 
     def load_state_dict(self, state: Mapping[str, Any], *, detector: bool = True) -> None:
@@ -173,6 +238,34 @@ class StepJudge:
         self.aggregator.load_state_dict(state["aggregator"])
         self.cadence.load_state_dict(state["cadence"])
         self.skip_streak = int(state["skip_streak"])
+        nonfinite = state["nonfinite"]
+        check_state_keys(
+            "StepJudge['nonfinite']", nonfinite, ("since", "source", "params_since", "params_told", "unrecorded")
+        )
+        self.unrecorded = {int(step): str(source) for step, source in nonfinite["unrecorded"]}
+        self.nonfinite_since, self.nonfinite_source = int(nonfinite["since"]), str(nonfinite["source"])
+        self.params_nonfinite_since = int(nonfinite["params_since"])
+        self.params_told = bool(nonfinite["params_told"])
+
+
+def _nonfinite_source(v: StepValues, names: Sequence[str]) -> tuple[str, str]:
+    """The parameters whose gradient norms are non-finite on step ``v`` (the source of a NaN), as a
+    list for the row and a sentence for the report; empty without per-tensor norms."""
+    if v.layer_norms is None or not names:
+        return "", ""
+    bad = [names[i] for i, value in zip(v.layer_index, v.layer_norms) if not math.isfinite(value) and i < len(names)]
+    if not bad:  # the gradients are finite: the loss alone was not
+        return "", "The gradients are finite: it began in the loss."
+    shown = ", ".join(bad[:MAX_NAMED]) + (f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else "")
+    total = len(v.layer_norms)
+    if len(bad) == total:
+        where = (
+            f"Every parameter's gradient is non-finite ({total} of {total}; nearest the output: {bad[-1]}): "
+            "it came in through the forward pass or the loss."
+        )
+    else:
+        where = f"It began in the gradients of {shown} ({len(bad)} of {total}; nearest the output: {bad[-1]})."
+    return ", ".join(bad), where
 
 
 def _layer_metrics(v: StepValues, names: Sequence[str]) -> dict[str, float]:

@@ -15,7 +15,7 @@ from typing import Any, NoReturn, SupportsIndex
 import torch
 from torch import Tensor
 
-from . import _dist
+from . import _dist, norms
 from ._patch import weak_method
 from .actions import EscalationActions
 from .cadence import LogCadence
@@ -83,10 +83,14 @@ class GradientMonitor:
         self.tracker = GradientEMATracker(decay=opts.ema_decay, eps=opts.eps)
         self.policy = EscalationPolicy(opts.patience, opts.cooldown_steps, opts.telemetry_steps)
         self.cadence = LogCadence(opts.log_every)
-        self.judge = StepJudge(self.tracker, self.detector, self.policy, self.cadence, opts.max_skipped_steps)
         self.intake = StepIntake(
             optimizer, opts.model, sync_every=opts.sync_every, sharded=opts.sharded, max_norm=opts.max_norm
         )
+        watched = self.intake.watched
+        self.judge = StepJudge(
+            self.tracker, self.detector, self.policy, self.cadence, opts.max_skipped_steps,
+            params_finite=lambda: norms.all_finite(watched.params),
+        )  # fmt: skip
         self.sink = WandbSink(
             run, prefix=PREFIX if opts.name is None else f"{PREFIX}/{opts.name}",
             before_finish=weak_method(self._before_run_finish),

@@ -24,6 +24,7 @@ __all__ = [
     "GradStats",
     "STATS_FIELDS",
     "StatsRow",
+    "all_finite",
     "clip_grads_",
     "collect_grads",
     "health_score",
@@ -311,3 +312,12 @@ def health_score(
     conc = min(1.0, (max_tensor_norm / grad_norm) ** 2)
     spread = 1.0 if n_tensors == 1 else max(0.0, (1.0 - conc) / (1.0 - 1.0 / n_tensors))
     return active * spread, active, conc
+
+
+def all_finite(params: Sequence[Tensor]) -> bool:
+    """Every value of every tensor is finite (one host read; only asked after non-finite steps)."""
+    if not params:
+        return True
+    with torch.no_grad():
+        flags = [torch.isfinite(p.detach()).all() for p in params if p.numel()]
+        return bool(torch.stack([f.to(flags[0].device) for f in flags]).all().item()) if flags else True

@@ -208,3 +208,70 @@ def format_families(traces: Sequence[Trace], firings: Sequence[Firing]) -> str:
             f"{frac([f.escalated is not None for f in c])} / {frac([f.pruned is not None for f in c])}" if c else "–",
         ])  # fmt: skip
     return _markdown(list(FAMILY_COLUMNS), rows)
+
+
+#: A blow-up (issue 18): this many losses in a row at least ``BLOWUP_FACTOR`` x the first loss;
+#: it must escalate within ``BLOWUP_WITHIN`` steps of the first of them.
+BLOWUP_RUN = 3
+BLOWUP_FACTOR = 5.0
+BLOWUP_WITHIN = 5
+#: The detector's default warm-up (``AnomalyDetector(warmup_steps=20)``).
+WARMUP = 20
+
+
+def blowup_onset(trace: Trace) -> int | None:
+    """The first step of ``BLOWUP_RUN`` losses in a row ``BLOWUP_FACTOR`` x the first loss, or the
+    first non-finite loss or gradient norm, whichever comes first (None: neither)."""
+    loss = np.asarray(trace.arrays["loss"], dtype=np.float64)
+    bad = ~np.isfinite(loss) | ~np.isfinite(trace.arrays["grad_norm"])
+    high = np.where(np.isfinite(loss), loss, np.inf) > BLOWUP_FACTOR * loss[0] if loss[0] > 0 else bad
+    runs = [t for t in range(len(loss) - BLOWUP_RUN + 1) if high[t : t + BLOWUP_RUN].all()]
+    onsets = [t for t in (runs[0] if runs else None, int(np.flatnonzero(bad)[0]) if bad.any() else None) if t is not None]
+    return min(onsets) if onsets else None
+
+
+def format_blowups(traces: Sequence[Trace], firings: Sequence[Firing], source: dict[str, str] | None = None) -> str:
+    """Per family: blow-ups (see ``blowup_onset``) escalated within ``BLOWUP_WITHIN`` steps of
+    their onset, and pruned at all, for those that begin in the warm-up (``WARMUP`` steps, where
+    ``loss_spike`` escalates them) and later (where the level rules wait out bursts of up to 6
+    corrupted batches); runs that ended failed at a finite loss (collapsed or diverged) escalated;
+    and, with ``source`` (trace name -> the parameter its NaN began in), the live run's first
+    non-finite escalation naming it."""
+    families: dict[str, list[int]] = {}
+    for i, t in enumerate(traces):
+        families.setdefault(t.family, []).append(i)
+
+    def cells(blown: list[tuple[int, Firing]]) -> list[str]:
+        if not blown:
+            return ["–", "–"]
+        soon = sum(f.escalated is not None and f.escalated <= o + BLOWUP_WITHIN for o, f in blown)
+        pruned = sum(f.pruned is not None for _, f in blown)
+        return [f"{soon}/{len(blown)}", f"{pruned}/{len(blown)}"]
+
+    rows = []
+    for fam, idx in families.items():
+        onsets = [(blowup_onset(traces[i]), firings[i]) for i in idx]
+        early = [(o, f) for o, f in onsets if o is not None and o < WARMUP]
+        late = [(o, f) for o, f in onsets if o is not None and o >= WARMUP]
+        dead = [
+            i for i in idx if traces[i].label in ("collapsed", "diverged") and np.isfinite(traces[i].arrays["loss"][-1])
+        ]
+        caught = sum(firings[i].escalated is not None for i in dead)
+        named_cell = "–"
+        if source:
+            nan_runs = [traces[i] for i in idx if traces[i].name in source]
+            named = sum(
+                t.live_nonfinite is not None and f"gradients of {source[t.name]} " in t.live_nonfinite for t in nan_runs
+            )
+            named_cell = f"{named}/{len(nan_runs)}" if nan_runs else "–"
+        rows.append([fam, *cells(early), *cells(late), f"{caught}/{len(dead)}" if dead else "–", named_cell])
+    header = [
+        "family",
+        f"warm-up blow-ups escalated within {BLOWUP_WITHIN}",
+        "pruned",
+        f"later blow-ups escalated within {BLOWUP_WITHIN}",
+        "pruned",
+        "ended failed (finite loss), escalated",
+        "NaN source named",
+    ]
+    return _markdown(header, rows)

@@ -33,6 +33,10 @@ EXTENDED_HOLDOUT_SEED_OFFSET = 2000
 EXTENDED_HOLDOUT2_SEED_OFFSET = 4000
 EXTENDED_HOLDOUT3_SEED_OFFSET = 6000
 EXTENDED_HOLDOUT4_SEED_OFFSET = 8000
+#: The blow-up suite (``BLOWUP``, issue 18): a dev split to tune on and a holdout never tuned on.
+BLOWUP_PREFIX = "blowup-"
+BLOWUP_SPLITS = ("blowup-dev", "blowup-holdout")
+BLOWUP_SEEDS = {"blowup-dev": 9000, "blowup-holdout": 9500}
 #: Every holdout: every variant, with seeds no other split uses.
 HOLDOUT_SEEDS = {
     "holdout": HOLDOUT_SEED_OFFSET,
@@ -245,9 +249,14 @@ def _seed(split: str, variant: int) -> int:
 def scenarios(split: str) -> list[tuple[str, Spec]]:
     """The named specs of ``split``: ``dev``, ``test``, ``holdout``, ``holdout2``, ``holdout3``,
     ``holdout4`` or ``quick`` (dev variants, for CI); ``ext-dev``, ``ext-test``, ``ext-holdout``,
-    ``ext-holdout2``, ``ext-holdout3``, ``ext-holdout4`` for the extended suite."""
+    ``ext-holdout2``, ``ext-holdout3``, ``ext-holdout4`` for the extended suite; ``blowup-dev``,
+    ``blowup-holdout`` for the blow-up suite."""
     if split.startswith(EXTENDED_PREFIX):
         return _extended(split)
+    if split.startswith(BLOWUP_PREFIX):
+        if split not in BLOWUP_SEEDS:
+            raise ValueError(f"unknown split {split!r}; expected one of {BLOWUP_SPLITS}")
+        return _holdout(BLOWUP, BLOWUP_SEEDS[split])
     if split == "quick":
         return [(f"{fam}-{i}", make_spec(**FAMILIES[fam][i], seed=_seed("dev", i))) for fam, i in QUICK]
     if split in HOLDOUT_SEEDS:
@@ -397,3 +406,71 @@ def _extended(split: str) -> list[tuple[str, Spec]]:
         for i, cfg in enumerate(variants)
         if i % 2 == parity
     ]
+
+
+# ==================================================================== the blow-up suite (issue 18)
+# What a newcomer's first runs do at a far too high LR: the loss blows up in the first steps and
+# the network then sits dead at chance (the blow-up must never become the start), networks dead
+# from the start, big spikes that training recovers from (an escalation, never a prune) and NaNs
+# that begin in different layers. ``blowup-dev`` and ``blowup-holdout`` hold every variant, on
+# seeds of their own; the holdout is never tuned on.
+TEACHER: dict[str, Any] = {"task": "teacher32", "width": 128, "steps": 600}
+DIGITS_LOOP: dict[str, Any] = {"width": 64, "steps": 400}
+
+
+def _nan_at(step: int, param: int) -> dict[str, Any]:
+    """A NaN in the gradient of parameter number ``param`` at ``step`` (``gradnan``)."""
+    return {"faults": [[step, "gradnan", param]]}
+
+
+BLOWUP: dict[str, list[dict[str, Any]]] = {
+    "d_lr_100x": [  # the Quick start at 100x its LR: AdamW 0.3, cosine, clipped in the loop or not
+        {**TEACHER, "optimizer": "adamw", "lr": 0.3, **_cos(0)},
+        {**TEACHER, "optimizer": "adamw", "lr": 0.3, **_cos(0), "clip": 1.0},
+        {**TEACHER, "optimizer": "adamw", "lr": 0.3, **_cos(0), "clip": 1.0, "clip_via": "watch"},
+        {**TEACHER, "optimizer": "adamw", "lr": 0.3, **_cos(0), "weight_decay": 0.01},
+    ],
+    "h_twin": [  # the healthy twins: the Quick start at its good LR, the same tasks trained well
+        {**TEACHER, "optimizer": "adamw", "lr": 3e-3, **_cos(0)},
+        {**TEACHER, "optimizer": "adamw", "lr": 3e-3, **_cos(0), "clip": 1.0},
+        {**DIGITS_LOOP, "lr": 1e-3},
+        {**DIGITS_LOOP, **SGD, "momentum": 0.0, "lr": 0.05},
+        {**CANCER, "lr": 1e-3, "steps": 400},
+        {**REG, "lr": 1e-3, "steps": 400},
+    ],
+    "d_explode_dead": [  # explode in the first steps, then dead at chance: optimizers and tasks
+        {**DIGITS_LOOP, "lr": 0.3},
+        {**DIGITS_LOOP, **SGD, "momentum": 0.0, "lr": 3.0},
+        {**DIGITS_LOOP, **SGD, "lr": 1.0},
+        {**DIGITS_LOOP, "optimizer": "adamw", "lr": 0.5, "weight_decay": 0.01},
+        {**CANCER, "lr": 0.5, "steps": 400},
+        {**CNN, "lr": 0.3, "steps": 400},
+        {**TEACHER, "lr": 0.5, "steps": 400},
+        {**TEACHER, **SGD, "momentum": 0.0, "lr": 5.0, "steps": 400},
+    ],
+    "c_dead_start": [  # dead from the first step (dead ReLUs), no blow-up to hide it
+        {**DIGITS_LOOP, "bias_init": -5.0},
+        {**CANCER, **SGD, "lr": 0.05, "bias_init": -5.0, "steps": 400},
+        {**TEACHER, "bias_init": -5.0, "steps": 400},
+        {**REG, "bias_init": -5.0, "steps": 400},
+    ],
+    "h_spike": [  # a big spike that training recovers from: escalated, never pruned
+        {**SUM16, "lr": 0.3, "steps": 400},  # Adam's first steps at 0.3: 15 -> thousands, then learns
+        {**REG, "lr": 0.1, "steps": 400},
+        {**DIGITS_LOOP, **_burst("xscale", 4, 4, 30.0)},  # corrupted batches during the warm-up
+        {**TEACHER, "lr": 1e-3, "steps": 400, **_burst("xscale", 6, 3, 50.0)},
+        {**SUM16, **SGD, "momentum": 0.0, "lr": 0.01, "steps": 400, **_burst("xscale", 5, 4, 10.0)},
+        {**REG, "lr": 0.3, "steps": 400},
+        {**SUM16, "lr": 0.1, "steps": 400},
+        {**SINE16, "lr": 0.3, "steps": 400},
+        {**DIGITS_LOOP, "lr": 1e-3, **_burst("xscale", 3, 5, 300.0)},
+    ],
+    "d_nan": [  # a NaN that begins in one layer's gradient; the update spreads it
+        {**DIGITS_LOOP, "lr": 1e-3, **_nan_at(120, 0)},
+        {**DIGITS_LOOP, "lr": 1e-3, **_nan_at(150, 3)},
+        {**DIGITS_LOOP, "lr": 1e-3, **_nan_at(200, 5)},
+        {**REG, "lr": 1e-3, "steps": 400, **_nan_at(250, 2)},
+        {**CNN, "lr": 1e-3, "steps": 300, **_nan_at(100, 1)},
+        {**TEACHER, "optimizer": "adamw", "lr": 3e-3, "steps": 400, **_nan_at(180, 4)},
+    ],
+}

@@ -10,7 +10,9 @@
 - ``sine16``: a smooth non-linear target of 16 Gaussian inputs plus observation noise (MSE;
   the noise floor is ~1/6 of the chance level; batches of 2-8 are very noisy);
 - ``sign16``: the sign of ``sine16``'s noiseless target, 10% of the labels flipped (BCE);
-- ``parity``: sparse parity of 3 of 10 +-1 bits (BCE): MLPs sit at chance for a while, then learn.
+- ``parity``: sparse parity of 3 of 10 +-1 bits (BCE): MLPs sit at chance for a while, then learn;
+- ``teacher32``: the README's Quick start task: 32 Gaussian inputs labelled into 10 classes by a
+  fixed random tanh teacher (cross-entropy).
 
 The chance loss C is the loss of the best input-independent predictor: class-prior entropy,
 target variance, unigram entropy.
@@ -35,6 +37,7 @@ SYNTH_SAMPLES = 4000
 SYNTH_INPUTS = 16
 PARITY_BITS = 10
 PARITY_K = 3
+TEACHER_INPUTS = 32
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,13 @@ def load_task(name: str, unscaled: bool = False) -> Task:
         y = (x[:, :PARITY_K].prod(axis=1) > 0).astype(np.float64)
         xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
         return Task(name, xt, yt, PARITY_BITS, 1, _entropy(np.bincount(y.astype(np.int64))), "bce")
+    if name == "teacher32":
+        rng = np.random.default_rng(56789)
+        x = rng.standard_normal((SYNTH_SAMPLES, TEACHER_INPUTS))
+        w1 = rng.standard_normal((TEACHER_INPUTS, 64)) / np.sqrt(TEACHER_INPUTS)
+        y = (np.tanh(x @ w1) @ rng.standard_normal((64, 10)) / 8.0).argmax(axis=1)
+        xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
+        return Task(name, xt, yt, TEACHER_INPUTS, 10, _entropy(np.bincount(y, minlength=10)), "ce")
     if name == "charlm":
         text = CORPUS.read_text()
         vocab = sorted(set(text))

@@ -45,6 +45,8 @@ class Trace:
         live_fire: the step the live monitor first escalated on, or None (None for replayed-only
             traces such as the shared dev set, whose ``live_fire`` is unknown).
         verdict: the ground-truth label, set once the whole suite is known.
+        live_nonfinite: the reason of the live monitor's first non-finite escalation (where the
+            NaN began), or None.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Trace:
     live_fire: int | None = None
     median_ratio: float = 1.0
     verdict: Verdict | None = None
+    live_nonfinite: str | None = None
 
     @property
     def steps(self) -> int:
@@ -96,6 +99,7 @@ class Trace:
             "n_params": self.n_params,
             "live_fire": self.live_fire,
             "median_ratio": self.median_ratio,
+            "live_nonfinite": self.live_nonfinite,
         }
 
     def save_arrays(self, path: Path) -> None:

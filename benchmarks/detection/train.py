@@ -73,6 +73,7 @@ def train(spec: Spec, name: str = "", split: str = "") -> Trace:
             loss = task.loss(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            _poison(model, faults.get(t))
             if clip is not None and via == "monitor":
                 monitor.clip_grad_norm_(clip)
             monitor.observe_loss(loss)
@@ -96,6 +97,7 @@ def train(spec: Spec, name: str = "", split: str = "") -> Trace:
         arrays=to_arrays(rows),
         live_fire=events[0].step if events else None,
         median_ratio=median_ratio,
+        live_nonfinite=next((e.reason for e in events if "nonfinite" in e.anomaly_types), None),
     )
 
 
@@ -148,12 +150,23 @@ def _optimizer(spec: Spec, params: Iterable[Tensor]) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {kind!r}")
 
 
+def _poison(model: torch.nn.Module, fault: tuple[str, float] | None) -> None:
+    """``gradnan``: a NaN in the gradient of parameter number ``arg`` (``model.parameters()``
+    order) only, after backward: a NaN that begins in that layer; the update spreads it."""
+    if fault is None or fault[0] != "gradnan":
+        return
+    grad = list(model.parameters())[int(fault[1])].grad
+    if grad is not None:
+        grad.view(-1)[0] = float("nan")
+
+
 def _inject(
     task: Task, fault: tuple[str, float] | None, x: Tensor, y: Tensor, *, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
     """A corrupted batch: ``yshuffle`` rolls targets across the batch, ``xscale`` scales inputs,
-    ``ynoise`` adds noise of standard deviation ``arg`` to regression targets."""
-    if fault is None:
+    ``ynoise`` adds noise of standard deviation ``arg`` to regression targets (``gradnan``: see
+    ``_poison``)."""
+    if fault is None or fault[0] == "gradnan":
         return x, y
     kind, arg = fault
     if kind == "yshuffle":

@@ -12,8 +12,10 @@ Statistics of the finite observed losses:
 - the **start** ``ref``: the median of the first ``reference_steps`` losses or, when they
   trend significantly, the Theil-Sen line through their logs read at step 0 (the median of
   pairwise slopes: one lucky or corrupted batch cannot set it, a loss already falling or
-  exploding fast is traced back to where it began). A fine-tune's start is its pretrained
-  level;
+  exploding fast is traced back to where it began), and, from scratch, never above the highest
+  of the first ``DEPART_STEPS + 1`` losses (a loss starts at its highest: a start above them is
+  a blow-up that followed, and a network that died at chance after it made no progress). A
+  fine-tune's start is its pretrained level;
 - the **best** level so far: the lowest level (a median of ``window`` losses; the rules
   compare the longer median of the last ``trend_window`` losses with it, beyond the slow
   noise's band), and the Mann-Kendall trend of the last ``trend_window`` losses
@@ -27,7 +29,13 @@ Statistics of the finite observed losses:
   never), or milder rises (``DEPART_*_MILD``; the norm's may also stand ``DEPART_NORM_Z`` times
   the noise of the later log norms above the first) with every later loss of the reference
   window above the first and their median ``DEPART_Z`` times their own noise above it, the
-  first loss is the start the explosion rules compare with.
+  first loss is the start the explosion rules compare with;
+- an **early explosion**: losses ``SPIKE_FACTOR`` x the level before them (the median of the
+  calm losses so far; the start once known) on ``SPIKE_STEPS`` steps in a row, their median
+  ``SPIKE_Z`` times their own log noise above it (one noisy batch, or the heavy-tailed batches
+  of MSE over a handful of examples, is no explosion). One confirmed while the start is being
+  measured makes the level *before* it the start (``ref`` and ``start``): the blow-up never
+  becomes the reference, so a network that died at chance after it has made no progress.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from ._common import MEDIAN_SE, Findings, median_sorted
 from ._window import RollingWindow
 from .gradient import Ema
 
-__all__ = ["LossStats", "judge_loss", "rise_z", "theil_sen_start"]
+__all__ = ["LossStats", "judge_loss", "judge_spike", "rise_z", "theil_sen_start"]
 
 #: Losses in the fast median, read only in the window after an LR jump.
 FAST_WINDOW = 5
@@ -66,6 +74,21 @@ DEPART_LOSS_MILD = 2.0
 DEPART_NORM_MILD = 4.0
 DEPART_NORM_Z = 3.0
 DEPART_Z = 4.0
+
+#: An early explosion (``loss_spike``; see the module docstring): losses this many times the level
+#: before them, on this many steps in a row, their median this many times their own log noise
+#: above it. Capped: the run of high losses kept for the noise test.
+SPIKE_FACTOR = 5.0
+SPIKE_STEPS = 3
+SPIKE_Z = 3.0
+SPIKE_KEEP = 32
+#: ... or each of the last ``SPIKE_STEPS`` losses this many times the level before (and beyond
+#: ``SPIKE_Z`` times the log noise of the losses before, once it is known): a blow-up whose own
+#: swings are too wild for its noise to be measured (MSE 15 -> 7,000 -> 200 -> 900).
+SPIKE_CLEAR = 10.0
+#: A milder run (``SPIKE_FACTOR`` x) needs the median gradient norm over it this many times the
+#: median before it too.
+SPIKE_NORM = 4.0
 
 #: ``progress_lost`` alone counts towards the prune bar only once the relapse has held at the
 #: start for this many trend windows (see ``relapse_held``).
@@ -136,8 +159,8 @@ class LossStats:
 
     __slots__ = (
         "reference_steps", "above_factor", "trend_z", "n", "first", "ref", "start", "departed", "prev", "short", "long",
-        "diffs", "log_diffs", "best", "best_upper", "slow_sigma", "above_run", "history", "norm_rise",
-        "level", "level_long", "sigma",
+        "diffs", "log_diffs", "best", "best_upper", "best_noise", "slow_sigma", "above_run", "history", "norm_rise",
+        "level", "level_long", "sigma", "calm", "calm_norms", "spike_run", "run_norms", "spike_base", "spike_z", "exploded", "exploded_at",
     )  # fmt: skip
 
     def __init__(
@@ -162,15 +185,37 @@ class LossStats:
         self.log_diffs = RollingWindow(trend_window)  # |log x_t - log x_{t-1}|, for ratios
         self.best = math.inf
         self.best_upper = math.inf  # the upper quartile of the window where the best level was
+        self.best_noise = math.inf  # the slow noise when the best level was reached
         self.slow_sigma = Ema(SLOW_NOISE_DECAY)  # the noise, slowly: what "no change" looks like
         # After the latest step: the level, the longer level, the noise (a standard deviation).
         self.level = self.level_long = self.sigma = math.nan
+        # Early explosions (``loss_spike``): the losses before any excursion while the start is
+        # measured, the current run of losses SPIKE_FACTOR x above the level before them, that
+        # level, the run's rise in its own noise, and the step an explosion was confirmed at.
+        self.calm: list[float] = []
+        self.calm_norms: list[float] = []  # the finite log gradient norms of those steps
+        self.spike_run: list[float] = []
+        self.run_norms: list[float] = []
+        self.spike_base = math.nan
+        self.spike_z = 0.0
+        self.exploded = False  # confirmed while the start was measured: the start is the level before
+        self.exploded_at = -1
 
-    def observe(self, loss: float, norm_rise: float = 0.0, norm_z: float = 0.0) -> None:
+    def observe(
+        self, loss: float, norm_rise: float = 0.0, norm_z: float = 0.0, *, early: bool = True, log_norm: float = math.nan
+    ) -> None:
         """Fold in one finite loss; ``norm_rise``: log of the median gradient norm of steps 1 to
         ``DEPART_STEPS`` over the first one (read once, at that step); ``norm_z``: the rise of
         the later log norms over the first one in their own noise (``rise_z``), read once, with
-        the loss that completes the reference."""
+        the loss that completes the reference; ``early``: still in the warm-up, where early
+        explosions are followed (``loss_spike``), with ``log_norm``, this step's log gradient
+        norm (the second sign of a milder one)."""
+        if early or self.ref is None:
+            self._track_spike(loss, log_norm)
+        elif self.spike_run:
+            self.spike_run.clear()
+            self.run_norms.clear()
+            self.spike_z = 0.0
         if self.ref is None:
             self.first.append(loss)
             if len(self.first) == DEPART_STEPS + 1:
@@ -178,7 +223,12 @@ class LossStats:
             if len(self.first) >= self.reference_steps:
                 self.ref = theil_sen_start(self.first, self.trend_z)
                 self.departed = _departed(self.first, self.norm_rise, norm_z)
+                if not self.departed:  # from scratch, a loss starts at its highest: a start above
+                    # every one of the first losses is a blow-up that followed them
+                    self.ref = min(self.ref, max(self.first[: DEPART_STEPS + 1]))
                 self.start = self.first[0] if self.departed else self.ref
+                if self.exploded:  # the level before the blow-up, never the blow-up itself
+                    self.ref = self.start = self.spike_base
         if self.n:
             self.diffs.push(abs(loss - self.prev))
             if loss > 0 and self.prev > 0:
@@ -195,6 +245,7 @@ class LossStats:
         if self.ref is not None and len(self.short.values) == self.short.size:
             if median < self.best:
                 self.best, self.best_upper = median, self.short.quantile(0.75)
+                self.best_noise = self.slow_sigma.mean if self.n > 1 else math.inf
             # in log space (a ratio to the start; an exploding loss's noise explodes with it),
             # against the start's own uncertainty too: a median of ``reference_steps`` batches
             # (a departed start is one batch of a settled pretrained model: trusted as it is)
@@ -202,6 +253,62 @@ class LossStats:
                 ABOVE_Z, len(self.long), 10**9 if self.departed else self.reference_steps
             )
             self.above_run = self.above_run + 1 if above else 0
+
+    def _track_spike(self, loss: float, log_norm: float) -> None:
+        """Follow runs of losses ``SPIKE_FACTOR`` x the level before them (``loss_spike``)."""
+        measuring = self.ref is None
+        base = (median_sorted(sorted(self.calm)) if self.calm else math.nan) if measuring else self.start
+        run, norms = self.spike_run, self.run_norms
+        if base > 0 and loss >= SPIKE_FACTOR * base:
+            if not run:
+                self.spike_base = base
+            run.append(loss)
+            if not math.isnan(log_norm):
+                norms.append(log_norm)
+            if len(run) > SPIKE_KEEP:
+                del run[0]
+            if len(norms) > SPIKE_KEEP:
+                del norms[0]
+            self.spike_z = self._spike_z() if len(run) >= SPIKE_STEPS else 0.0
+            if self.spike_z >= SPIKE_Z and measuring and not self.exploded:
+                self.exploded, self.exploded_at = True, self.n - len(run) + 1
+            return
+        if measuring and run and not self.exploded:
+            self.calm.extend(run)  # a few high batches that never stood out from their noise
+            self.calm_norms.extend(norms)
+        run.clear()
+        norms.clear()
+        self.spike_z = 0.0
+        if measuring:
+            self.calm.append(loss)
+            if not math.isnan(log_norm):
+                self.calm_norms.append(log_norm)
+
+    def _spike_z(self) -> float:
+        """The current run's rise over the level before it, in noise units (``SPIKE_Z`` or more:
+        an explosion). Either every one of the last ``SPIKE_STEPS`` losses is ``SPIKE_CLEAR`` x
+        the level before (and beyond ``SPIKE_Z`` times the log noise of the losses before, once
+        known), or their median is ``SPIKE_Z`` times their own log noise above it *and* the
+        gradient norm rose ``SPIKE_NORM`` x with it (two signs: a lucky low first batch followed
+        by ordinary ones shows the loss rise alone)."""
+        run, head = self.spike_run, math.log(self.spike_base)
+        calm = self.calm if self.ref is None else self.first
+        logs = [math.log(x) for x in calm if x > 0]
+        diffs = sorted(abs(b - a) for a, b in zip(logs, logs[1:]))
+        bar = max(math.log(SPIKE_CLEAR), SPIKE_Z * _DIFF_TO_SD * median_sorted(diffs) if len(diffs) >= 2 else 0.0)
+        if math.log(min(run[-SPIKE_STEPS:])) - head >= bar:
+            return SPIKE_Z
+        z = rise_z(head, [math.log(x) for x in run])
+        before, after = sorted(self.calm_norms), sorted(self.run_norms)
+        if z >= SPIKE_Z and before and after and median_sorted(after) - median_sorted(before) >= math.log(SPIKE_NORM):
+            return z
+        return min(z, 0.99 * SPIKE_Z)
+
+    @property
+    def spiking(self) -> bool:
+        """The latest losses are an explosion: ``SPIKE_STEPS`` or more in a row ``SPIKE_FACTOR`` x
+        the level before them, beyond their own noise."""
+        return self.spike_z >= SPIKE_Z
 
     def fast_level(self) -> float:
         """The median of the last ``FAST_WINDOW`` losses (read only after an LR jump)."""
@@ -240,9 +347,18 @@ class LossStats:
             "log_diffs": self.log_diffs.state(),
             "best": self.best,
             "best_upper": self.best_upper,
+            "best_noise": self.best_noise,
             "slow_sigma": self.slow_sigma.state(),
             "above_run": self.above_run,
             "history": list(self.history),
+            "calm": list(self.calm),
+            "calm_norms": list(self.calm_norms),
+            "spike_run": list(self.spike_run),
+            "run_norms": list(self.run_norms),
+            "spike_base": self.spike_base,
+            "spike_z": self.spike_z,
+            "exploded": self.exploded,
+            "exploded_at": self.exploded_at,
         }
 
     def load(self, s: dict[str, Any]) -> None:
@@ -251,11 +367,18 @@ class LossStats:
         self.ref = None if s["ref"] is None else float(s["ref"])
         self.start = float(s["start"])
         self.prev, self.best, self.best_upper = float(s["prev"]), float(s["best"]), float(s["best_upper"])
+        self.best_noise = float(s["best_noise"])
         self.slow_sigma.load(s["slow_sigma"])
         self.above_run = int(s["above_run"])
         self.departed = bool(s["departed"])
         self.norm_rise = float(s["norm_rise"])
         self.history = deque((float(x) for x in s["history"]), maxlen=self.history.maxlen)
+        self.calm = [float(x) for x in s["calm"]]
+        self.spike_run = [float(x) for x in s["spike_run"]]
+        self.calm_norms = [float(x) for x in s["calm_norms"]]
+        self.run_norms = [float(x) for x in s["run_norms"]]
+        self.spike_base, self.spike_z = float(s["spike_base"]), float(s["spike_z"])
+        self.exploded, self.exploded_at = bool(s["exploded"]), int(s["exploded_at"])
         self.short.load(s["short"])
         self.long.load(s["long"])
         self.diffs.load(s["diffs"])
@@ -286,7 +409,10 @@ class LossView:
         self.long_band = z * MEDIAN_SE * math.sqrt(2 / n_long) * sigma
         self.trend = st.long.trend_z()
         self.progress = self.ref - self.best  # how far below its start the level has been
-        self.learned = self.best <= (1 - learned_progress) * self.ref and self.progress > self.best_band
+        # Learning is judged against the noise when the best level was reached: a loss whose
+        # swings grow as it diverges must not make the progress it had made look like noise.
+        learned_band = unit * min(st.slow_sigma.mean, st.best_noise)
+        self.learned = self.best <= (1 - learned_progress) * self.ref and self.progress > learned_band
 
     def lost(self, level: float, band: float, best: float | None = None) -> float:
         """Share of the progress given back by ``level`` since ``best`` (the best level by
@@ -310,6 +436,22 @@ def recovering(level: float, start: float, earlier: float, window: int, elapsed:
     if not (level > 0 and start > 0 and earlier > level):
         return False
     return math.log(level / start) / math.log(earlier / level) * window < RECOVERY_HORIZON * elapsed
+
+
+def judge_spike(st: LossStats, found: Findings) -> None:
+    """``loss_spike``: the latest losses are an explosion (``LossStats.spiking``): during the
+    warm-up, where the level-based rules wait, a blow-up escalates on its own (telemetry is how
+    users find the cause of a transient); it is never evidence for a prune by itself."""
+    if not st.spiking:
+        return
+    run, base = st.spike_run, st.spike_base
+    top = max(run)
+    n = len(run)
+    found["loss_spike"] = (
+        max(1.0, math.log(median_sorted(sorted(run)) / base) / math.log(SPIKE_FACTOR)),
+        lambda: f"Loss blew up: {n} steps in a row at least {SPIKE_FACTOR:g}x the level before ({base:.4g}), "
+        f"up to {top:.4g}.",
+    )
 
 
 def holds_progress(v: LossView | None) -> bool:
@@ -368,7 +510,9 @@ def judge_loss(
     m_long = v.m_long
     window = st.long.size
     stays = len(st.history) > window and not recovering(m_long, start, st.history[-window - 1], window, st.n)
-    if stays and st.above_run >= st.long.size:
+    # ... and the recent level is up there too: the longer median lags a run that is back
+    # below its start (a blow-up of tens of steps that training has come out of)
+    if stays and st.above_run >= st.long.size and m >= start:
         found["above_start"] = (
             math.log(m_long / start) / log_above,
             lambda: f"Loss is back above where it started and not recovering: {m_long:.4g} (median of the last "
