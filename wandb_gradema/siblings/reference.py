@@ -1,0 +1,111 @@
+"""Reference: the healthy siblings of a sweep, aligned on the optimizer step.
+
+Built once from the stores' records (off the per-step path); ``at(step)`` interpolates every
+healthy sibling that reached ``step`` (cadences may differ: their thinned points are
+interpolated linearly, the norm in log space) and returns plain arrays. No I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .record import LEVEL_OF, SiblingRecord
+
+__all__ = ["LEVEL_NOISE", "Reference", "SiblingsAt", "level_noise"]
+
+#: Noise of a median of ``LEVEL_OF`` losses per unit of per-step noise (sqrt(pi/2) / sqrt(n)).
+LEVEL_NOISE = math.sqrt(math.pi / 2) / math.sqrt(LEVEL_OF)
+
+
+def level_noise(noise: float) -> float:
+    """The noise of a loss level given the per-step loss noise (0 when unknown)."""
+    return noise * LEVEL_NOISE if math.isfinite(noise) else 0.0
+
+
+@dataclass(frozen=True)
+class SiblingsAt:
+    """Healthy siblings at one step, aligned (one entry per sibling that reached it)."""
+
+    step: int
+    run_ids: tuple[str, ...]
+    start: np.ndarray  # each sibling's first loss level
+    loss: np.ndarray  # loss level at ``step``
+    noise: np.ndarray  # level noise at ``step``
+    norm: np.ndarray  # norm level at ``step``
+    active: np.ndarray  # active share at ``step``
+    end_progress: np.ndarray  # start minus final loss level
+    end_noise: np.ndarray  # level noise at the end
+
+    @property
+    def progress(self) -> np.ndarray:
+        return self.start - self.loss
+
+    def clear(self) -> np.ndarray:
+        """Which siblings had made clear progress by this step (beyond 4 level noises and 5%)."""
+        return self.progress > np.maximum(4 * self.noise, 0.05 * np.abs(self.start))
+
+    def learned(self) -> np.ndarray:
+        """Which siblings made clear progress by their end."""
+        return self.end_progress > np.maximum(4 * self.end_noise, 0.05 * np.abs(self.start))
+
+
+class _Sibling:
+    """One healthy record as arrays."""
+
+    def __init__(self, record: SiblingRecord) -> None:
+        pts = [p for p in record.points if math.isfinite(p.loss)]
+        self.run_id = record.run_id
+        self.steps = np.array([p.step for p in pts], dtype=float)
+        self.loss = np.array([p.loss for p in pts])
+        self.noise = np.array([level_noise(p.noise) for p in pts])
+        self.lognorm = np.log(np.array([max(p.norm, 1e-30) if math.isfinite(p.norm) else np.nan for p in pts]))
+        self.active = np.array([p.active for p in pts])
+        self.start = float(self.loss[0]) if len(pts) else math.nan
+        self.end_progress = self.start - float(self.loss[-1]) if len(pts) else math.nan
+        self.end_noise = float(self.noise[-1]) if len(pts) else math.nan
+
+    def covers(self, step: int) -> bool:
+        return len(self.steps) >= 2 and self.steps[0] <= step <= self.steps[-1]
+
+
+class Reference:
+    """The healthy siblings of a run (finished, not pruned, finite end), ready to query.
+
+    Args:
+        records: the sweep's records (any state; only healthy ones are kept).
+        exclude: the run's own id (never its own sibling).
+    """
+
+    def __init__(self, records: Iterable[SiblingRecord], exclude: str | None = None) -> None:
+        kept = [r for r in records if r.healthy and r.run_id != exclude]
+        self._siblings = [s for s in (_Sibling(r) for r in kept) if len(s.steps) >= 2]
+
+    def __len__(self) -> int:
+        return len(self._siblings)
+
+    @property
+    def run_ids(self) -> tuple[str, ...]:
+        return tuple(s.run_id for s in self._siblings)
+
+    def at(self, step: int) -> SiblingsAt:
+        """The siblings that reached ``step``, interpolated there."""
+        sibs = [s for s in self._siblings if s.covers(step)]
+
+        def interp(values: list[np.ndarray]) -> np.ndarray:
+            return np.array([np.interp(step, s.steps, v) for s, v in zip(sibs, values, strict=True)])
+
+        return SiblingsAt(
+            step=step,
+            run_ids=tuple(s.run_id for s in sibs),
+            start=np.array([s.start for s in sibs]),
+            loss=interp([s.loss for s in sibs]),
+            noise=interp([s.noise for s in sibs]),
+            norm=np.exp(interp([s.lognorm for s in sibs])),
+            active=interp([s.active for s in sibs]),
+            end_progress=np.array([s.end_progress for s in sibs]),
+            end_noise=np.array([s.end_noise for s in sibs]),
+        )
