@@ -107,12 +107,11 @@ class SiblingJudge:
             self.streak_from = None
             return verdict
         learners = at.progress[clear]
+        top = clear & at.good  # learning clearly now, and ended well
         stuck = progress < max(3 * noise, 0.1 * float(np.median(learners)))
-        behind = loss > float(at.loss[clear].max()) + 3 * noise
+        behind = bool(top.any()) and loss > float(at.loss[top].max()) + 3 * noise
         recovered = [
-            rid
-            for rid, p, learned in zip(at.run_ids, at.progress, at.learned(), strict=True)
-            if learned and p <= progress + 3 * noise
+            rid for rid, p, good in zip(at.run_ids, at.progress, at.good, strict=True) if good and p <= progress + 3 * noise
         ]
         if not (stuck and behind) or recovered:
             self.streak_from = None
@@ -126,6 +125,7 @@ class SiblingJudge:
         window = max(self.min_window, int(0.1 * point.step))
         needed = window if corroborated else 2 * window
         cause = self._cause(point, loss, silent)
+        clear = top
         names = [rid for rid, c in zip(at.run_ids, clear, strict=True) if c]
         shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
         grads = (

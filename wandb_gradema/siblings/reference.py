@@ -15,8 +15,11 @@ import numpy as np
 
 from .record import LEVEL_OF, SiblingRecord
 
-__all__ = ["LEVEL_NOISE", "Reference", "SiblingsAt", "level_noise"]
+__all__ = ["GOOD_SHARE", "LEVEL_NOISE", "Reference", "SiblingsAt", "level_noise"]
 
+#: A sibling *ended well* when its final level is within ``1 - GOOD_SHARE`` of the range from
+#: the siblings' median start to the best final level, from the best.
+GOOD_SHARE = 0.75
 #: Noise of a median of ``LEVEL_OF`` losses per unit of per-step noise (sqrt(pi/2) / sqrt(n)).
 LEVEL_NOISE = math.sqrt(math.pi / 2) / math.sqrt(LEVEL_OF)
 
@@ -39,6 +42,7 @@ class SiblingsAt:
     active: np.ndarray  # active share at ``step``
     end_progress: np.ndarray  # start minus final loss level
     end_noise: np.ndarray  # level noise at the end
+    good: np.ndarray  # ended within a quarter of the best sibling's progress (``GOOD_SHARE``)
 
     @property
     def progress(self) -> np.ndarray:
@@ -67,6 +71,8 @@ class _Sibling:
         self.start = float(self.loss[0]) if len(pts) else math.nan
         self.end_progress = self.start - float(self.loss[-1]) if len(pts) else math.nan
         self.end_noise = float(self.noise[-1]) if len(pts) else math.nan
+        self.end = float(self.loss[-1]) if len(pts) else math.nan
+        self.good = False
 
     def covers(self, step: int) -> bool:
         return len(self.steps) >= 2 and self.steps[0] <= step <= self.steps[-1]
@@ -83,6 +89,13 @@ class Reference:
     def __init__(self, records: Iterable[SiblingRecord], exclude: str | None = None) -> None:
         kept = [r for r in records if r.healthy and r.run_id != exclude]
         self._siblings = [s for s in (_Sibling(r) for r in kept) if len(s.steps) >= 2]
+        # Ended well: a final level within a quarter of the range from the siblings' usual start
+        # (their median first level: robust to a run whose first steps blew up) to the best end.
+        ends = [s.end for s in self._siblings if math.isfinite(s.end)]
+        if ends:
+            best, start = min(ends), float(np.median([s.start for s in self._siblings]))
+            for s in self._siblings:
+                s.good = start > best and s.end <= best + (1 - GOOD_SHARE) * (start - best)
 
     def __len__(self) -> int:
         return len(self._siblings)
@@ -108,4 +121,5 @@ class Reference:
             active=interp([s.active for s in sibs]),
             end_progress=np.array([s.end_progress for s in sibs]),
             end_noise=np.array([s.end_noise for s in sibs]),
+            good=np.array([s.good for s in sibs], dtype=bool),
         )
