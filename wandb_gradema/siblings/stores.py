@@ -57,7 +57,7 @@ class DirectoryStore:
         return f"DirectoryStore({str(self.path)!r})"
 
     def load(self) -> list[SiblingRecord]:
-        records = []
+        records: list[SiblingRecord] = []
         if not self.path.is_dir():
             return records
         for file in sorted(self.path.glob("*.json")):
