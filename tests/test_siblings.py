@@ -166,26 +166,46 @@ def test_a_failing_store_never_stops_training(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- Optuna
-def test_optuna_study_storage_carries_the_siblings() -> None:
+def test_optuna_watch_trial_judges_against_the_studys_trials() -> None:
     optuna = pytest.importorskip("optuna")
+    from wandb_gradema.integrations.optuna import watch_trial
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.create_study(storage="sqlite:///:memory:")
-    outcomes = []
-    for lr in (3e-3, 1e-2, 5e-3, 1e-6):
-        trial = study.ask()
-        trial.set_user_attr("lr", lr)
+
+    def objective(trial: Any) -> float:
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+        opt = torch.optim.Adam(model.parameters(), lr=trial.suggest_float("lr", 1e-6, 1e-2, log=True))
+        gen = torch.Generator().manual_seed(2)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _, peers, pruned = _train(lr, store=OptunaStore(study, trial), run_id=str(trial.number))
-        if pruned is None:
-            study.tell(trial, peers.builder.record.points[-1].loss)
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        outcomes.append(pruned)
-    assert outcomes[:3] == [None, None, None] and outcomes[3] is not None
+            with watch_trial(trial, opt, model=model) as monitor:
+                for _ in range(STEPS):
+                    y = torch.randint(0, 10, (32,), generator=gen)
+                    loss = torch.nn.functional.cross_entropy(model(CENTERS[y] + torch.randn(32, 20, generator=gen)), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    monitor.observe_loss(loss)
+                    opt.step()
+        return float(loss)
+
+    study = optuna.create_study(storage="sqlite:///:memory:")
+    for lr in (3e-3, 1e-2, 5e-3, 1e-6):
+        study.enqueue_trial({"lr": lr})
+    study.optimize(objective, n_trials=4)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 3 + [optuna.trial.TrialState.PRUNED]
+    assert "healthy siblings were at" in study.trials[3].user_attrs["gradema_pruned"]["reason"]
     records = {r.run_id: r for r in OptunaStore(study).load()}
     assert [records[str(i)].state for i in range(4)] == ["finished"] * 3 + ["pruned"]
-    assert records["0"].final_metric == study.trials[0].value
+    assert records["0"].final_metric == study.trials[0].value and records["3"].config == {"lr": 1e-6}
+    # siblings=False: the trial is judged alone
+    trial = study.ask()
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert watch_trial(trial, opt, siblings=False).decisions.peers is None
+        assert watch_trial(trial, torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)).decisions.peers is not None
 
 
 # ---------------------------------------------------------------------------- W&B, inside a sweep
@@ -221,3 +241,54 @@ def test_inside_a_sweep_the_directory_store_prunes_and_the_run_says_why(
     assert ranks and ranks[-1] == 1.0
     record = {r.run_id: r for r in DirectoryStore(siblings).load()}[run.id]
     assert record.state == "pruned" and record.config["batch_size"] == 32
+
+
+# ---------------------------------------------------------------------------- W&B public API
+class _RecordedRun:
+    """A ``wandb.apis.public.Run`` as the API returned it: the three attributes the store reads."""
+
+    def __init__(self, run_id: str, state: str, summary: dict[str, Any]) -> None:
+        self.id, self.state, self.summary = run_id, state, summary
+
+
+def test_the_wandb_store_reads_the_sweeps_finished_runs_through_the_public_api() -> None:
+    from wandb.apis import public
+
+    from wandb_gradema.siblings.stores import SUMMARY_KEY, WandbStore
+
+    assert all(hasattr(public.Run, name) for name in ("id", "state", "summary"))
+    assert "runs" in public.Sweep.__init__.__code__.co_names  # Sweep.runs, filled by load()
+    if not _HEALTHY:
+        _healthy_siblings(_Memory())
+    written: dict[str, Any] = {}
+
+    class Run:
+        summary = written
+
+    store = WandbStore("ent/proj/sw1", run=Run())
+    running = SiblingRecord.from_json(_HEALTHY[0].to_json())
+    running.state = "running"
+    store.save(running)
+    assert written == {}  # only an end is written
+    for record in _HEALTHY:
+        store.save(record)
+    body = written[SUMMARY_KEY]
+    pruned = SiblingRecord.from_json(_HEALTHY[1].to_json())
+    pruned.state = "pruned"
+    runs = [
+        _RecordedRun("good0", "finished", {SUMMARY_KEY: body}),
+        _RecordedRun("p", "failed", {SUMMARY_KEY: json.dumps(pruned.to_json())}),
+        _RecordedRun("r", "running", {SUMMARY_KEY: body}),
+        _RecordedRun("old", "finished", {"loss": 1.0}),
+        _RecordedRun("bad", "finished", {SUMMARY_KEY: "{not json"}),
+    ]
+
+    class Api:
+        def sweep(self, path: str) -> Any:
+            assert path == "ent/proj/sw1"
+            return type("Sweep", (), {"runs": runs})()
+
+    records = WandbStore("ent/proj/sw1", api=Api()).load()
+    assert [(r.run_id, r.state) for r in records] == [("good2", "finished"), ("good1", "pruned")]
+    with pytest.raises(ValueError, match="ENTITY/PROJECT/SWEEP_ID"):
+        WandbStore("sw1")

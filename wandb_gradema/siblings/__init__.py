@@ -11,7 +11,7 @@ from .judge import MIN_SIBLINGS, SiblingJudge, SiblingVerdict
 from .peers import SIBLINGS_DIR_ENV, SweepPeers, attach_siblings
 from .record import RecordBuilder, SiblingPoint, SiblingRecord
 from .reference import Reference
-from .stores import DirectoryStore, OptunaStore, SiblingStore
+from .stores import DirectoryStore, OptunaStore, SiblingStore, WandbStore
 
 __all__ = [
     "MIN_SIBLINGS",
@@ -26,5 +26,6 @@ __all__ = [
     "SiblingStore",
     "SiblingVerdict",
     "SweepPeers",
+    "WandbStore",
     "attach_siblings",
 ]

@@ -22,12 +22,14 @@ from ..escalation import EscalationEvent
 from .judge import MIN_SIBLINGS, SiblingJudge, SiblingVerdict
 from .record import RecordBuilder
 from .reference import Reference
-from .stores import DirectoryStore, SiblingStore
+from .stores import DirectoryStore, SiblingStore, WandbStore
 
-__all__ = ["SIBLINGS_DIR_ENV", "SweepPeers", "attach_siblings", "auto_peers", "key_config"]
+__all__ = ["SIBLINGS_DIR_ENV", "SIBLINGS_ENV", "SweepPeers", "attach_siblings", "auto_peers", "key_config"]
 
 #: Environment variable naming the directory store of the sweep (the offline runner sets it).
 SIBLINGS_DIR_ENV = "GRADEMA_SIBLINGS_DIR"
+#: ``off`` turns the sweep-aware judgement off.
+SIBLINGS_ENV = "GRADEMA_SIBLINGS"
 _KEY_CONFIG = 24
 
 
@@ -200,10 +202,11 @@ def attach_siblings(monitor: Any, store: SiblingStore, run_id: str | None = None
 
 
 def auto_peers(sink: Any) -> SweepPeers | None:
-    """The default: inside a sweep with ``GRADEMA_SIBLINGS_DIR`` set, a directory store there."""
-    path = os.environ.get(SIBLINGS_DIR_ENV)
-    if not path:
+    """The default inside a sweep: a directory store when ``GRADEMA_SIBLINGS_DIR`` is set, else
+    W&B itself when the run is online (``GRADEMA_SIBLINGS=off`` turns both off)."""
+    if os.environ.get(SIBLINGS_ENV, "").lower() in ("off", "0", "false"):
         return None
+    path = os.environ.get(SIBLINGS_DIR_ENV)
     run = sink.run
     in_sweep = bool(getattr(run, "sweep_id", None)) if run is not None else bool(os.environ.get("WANDB_SWEEP_ID"))
     run_id = getattr(run, "id", None) if run is not None else None
@@ -211,4 +214,9 @@ def auto_peers(sink: Any) -> SweepPeers | None:
     if not in_sweep or not run_id:
         return None
     config = key_config(getattr(run, "config", None)) if run is not None else {}
-    return SweepPeers(DirectoryStore(path), run_id, config)
+    if path:
+        return SweepPeers(DirectoryStore(path), run_id, config)
+    if run is None or getattr(run, "offline", True):
+        return None
+    store = WandbStore(f"{run.entity}/{run.project}/{run.sweep_id}", run=run)
+    return SweepPeers(store, run_id, config, refresh_s=120.0)

@@ -1,5 +1,7 @@
 """Where a sweep's sibling records live: one small interface, stores where sweeps already are.
 
+``WandbStore``: each run's final record in its W&B summary, the sweep's runs read through
+the public API (a sweep spread over machines and agents, nothing to set up).
 ``DirectoryStore``: one JSON file per run in a shared directory (the offline runner's default;
 any agents that share a filesystem). Writes go to a temporary file in the same directory, then
 ``os.replace``: a reader sees the old record or the new one, never half of one, and concurrent
@@ -21,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .record import SiblingRecord
 
-__all__ = ["TRIAL_ATTR", "DirectoryStore", "OptunaStore", "SiblingStore"]
+__all__ = ["SUMMARY_KEY", "TRIAL_ATTR", "DirectoryStore", "OptunaStore", "SiblingStore", "WandbStore"]
 
 #: The Optuna trial user attribute holding a trial's sibling record.
 TRIAL_ATTR = "gradema_sibling"
@@ -129,3 +131,62 @@ class OptunaStore:
         if self.trial is None:
             raise RuntimeError("OptunaStore without a trial only reads.")
         self.trial.set_user_attr(TRIAL_ATTR, record.to_json())
+
+
+#: The summary key a run's final sibling record is written under (as JSON text).
+SUMMARY_KEY = "gradema/sibling_record"
+#: W&B run states and the record state they give a record (gradema's own prune wins).
+_WANDB_STATES = {"finished": "finished", "failed": "failed", "crashed": "failed", "killed": "failed"}
+
+
+class WandbStore:
+    """Records from W&B itself: each run writes its final record into its summary
+    (``SUMMARY_KEY``), and ``load`` reads the sweep's runs through the public API.
+
+    Only the sweep's run list and summaries are fetched (``wandb.Api(timeout=...).sweep(path)``,
+    then ``.runs``, each run's ``.id``, ``.state`` and ``.summary``): one request, no history
+    scan. ``SweepPeers`` calls ``load`` from its background thread only, and caches the result
+    between refreshes. A W&B *failed* run whose record says *pruned* stays pruned.
+
+    Args:
+        sweep_path: ``ENTITY/PROJECT/SWEEP_ID``.
+        run: this process's run (``save`` writes into its summary); None to only read.
+        api: a ``wandb.Api`` (default: one made on first use with ``timeout``).
+        timeout: seconds for the API's requests.
+    """
+
+    def __init__(self, sweep_path: str, run: Any = None, api: Any = None, timeout: int = 20) -> None:
+        if not isinstance(sweep_path, str) or sweep_path.count("/") != 2 or not all(sweep_path.split("/")):
+            raise ValueError(f"`sweep_path` must be ENTITY/PROJECT/SWEEP_ID, got {sweep_path!r}.")
+        self.sweep_path = sweep_path
+        self.run = run
+        self.api = api
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"WandbStore({self.sweep_path!r})"
+
+    def load(self) -> list[SiblingRecord]:
+        if self.api is None:
+            import wandb
+
+            self.api = wandb.Api(timeout=self.timeout)
+        records = []
+        for run in self.api.sweep(self.sweep_path).runs:
+            try:
+                body = run.summary.get(SUMMARY_KEY)
+                record = SiblingRecord.from_json(json.loads(body) if isinstance(body, str) else body)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                continue
+            state = _WANDB_STATES.get(str(run.state))
+            if state is None:
+                continue  # running, pending...: not an end yet
+            if record.state != "pruned":
+                record.state = state
+            records.append(record)
+        return records
+
+    def save(self, record: SiblingRecord) -> None:
+        if self.run is None or record.state == "running":
+            return  # only the end goes into the summary: the judgement needs ended runs only
+        self.run.summary[SUMMARY_KEY] = json.dumps(record.to_json(), separators=(",", ":"))
