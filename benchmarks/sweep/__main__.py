@@ -1,6 +1,7 @@
 """``python -m benchmarks.sweep``: whole sweeps replayed through each pruner, side by side.
 
-Per split (``dev``: the sweeps looked at while developing; ``holdout``: never tuned on), every
+Per split (``dev``: the sweeps looked at while developing; ``holdout``, ``holdout2``: not tuned
+on, see ``space.SPLITS``), every
 sweep is replayed in ``--orders`` random orders, one run at a time, through every method. A run
 is *good* when its final loss is within a quarter of the best-to-chance range of the sweep's
 best; it *ends at chance* when its final loss is within a tenth of that range of chance, or not
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from benchmarks.detection.trace import Trace
 
 from .replay import METHODS, Stops
-from .space import DEV_SEEDS, HOLDOUT_SEEDS, final_level, load_sweep
+from .space import SPLITS, final_level, load_sweep
 
 
 @dataclass
@@ -94,13 +95,12 @@ def table(title: str, scores: dict[str, Score]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=("dev", "holdout", "all"), default="all")
+    parser.add_argument("--split", choices=(*SPLITS, "all"), default="all")
     parser.add_argument("--orders", type=int, default=3, help="random orders per sweep (default 3)")
     parser.add_argument("--quiet", action="store_true", help="no training progress lines")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    splits = {"dev": DEV_SEEDS, "holdout": HOLDOUT_SEEDS}
-    for split, seeds in splits.items():
+    for split, seeds in SPLITS.items():
         if args.split in (split, "all"):
             scores = run_split(seeds, args.orders, not args.quiet)
             print(table(f"{split} sweeps (seeds {', '.join(map(str, seeds))}; {args.orders} orders each)", scores))

@@ -10,7 +10,9 @@ noise ``n``, its first level ``L0``) against the healthy siblings that reached `
   above every one of them by ``3 n``;
 - **nobody recovered from here**: no healthy sibling was as far behind at ``s`` and then
   learned (a deep net's plateau, Adam's early jump: what siblings showed and left is not
-  prune-grade).
+  prune-grade);
+- **it is not leaving its plateau now**: its level did not fall by more than ``3 n`` over the
+  last ``window`` steps (a late learner is spared from the moment it starts to move).
 
 A streak of such points prunes once it spans ``window`` steps (``max(MIN_WINDOW, 10% of s)``)
 when the gradients corroborate (silent tensors: an active share below every clearly learning
@@ -22,6 +24,7 @@ silent gradients: ``dead``; otherwise ``behind``.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,11 +86,13 @@ class SiblingJudge:
         self.min_window = min_window
         self.start: float | None = None
         self.streak_from: int | None = None
+        self._levels: deque[tuple[int, float]] = deque(maxlen=64)  # the run's recent (step, level)
 
     def check(self, point: SiblingPoint, reference: Reference | None) -> SiblingVerdict | None:
         """Judge one point; None when there is nothing to compare with."""
         if self.start is None and math.isfinite(point.loss) and not point.nonfinite:
             self.start = point.loss
+        self._levels.append((point.step, point.loss if math.isfinite(point.loss) and not point.nonfinite else math.inf))
         if reference is None or len(reference) < self.min_siblings or self.start is None:
             self.streak_from = None
             return None
@@ -102,7 +107,9 @@ class SiblingJudge:
         z = (loss - float(np.median(at.loss))) / max(spread, noise, 1e-12) if math.isfinite(loss) else math.inf
         verdict = SiblingVerdict(point.step, at.run_ids, rank, z)
         clear = at.clear()
-        progress = self.start - loss
+        # From the run's own start, or from where untrained siblings start when the run's first
+        # steps already blew up (a loss still above that is no progress at all).
+        progress = min(self.start, float(np.median(at.start))) - loss
         if int(clear.sum()) < self.min_siblings:
             self.streak_from = None
             return verdict
@@ -113,7 +120,9 @@ class SiblingJudge:
         recovered = [
             rid for rid, p, good in zip(at.run_ids, at.progress, at.good, strict=True) if good and p <= progress + 3 * noise
         ]
-        if not (stuck and behind) or recovered:
+        window = max(self.min_window, int(0.1 * point.step))
+        moving = self._dropped(point.step - window) > 3 * noise  # leaving its plateau now
+        if not (stuck and behind) or recovered or moving:
             self.streak_from = None
             return verdict
         if self.streak_from is None:
@@ -122,7 +131,6 @@ class SiblingJudge:
         lo, hi = float(at.norm[clear].min()) / NORM_BAND, float(at.norm[clear].max()) * NORM_BAND
         off_band = not (math.isfinite(point.norm) and lo <= point.norm <= hi)
         corroborated = silent or off_band
-        window = max(self.min_window, int(0.1 * point.step))
         needed = window if corroborated else 2 * window
         cause = self._cause(point, loss, silent)
         clear = top
@@ -138,6 +146,13 @@ class SiblingJudge:
         )
         prune = point.step - self.streak_from >= needed
         return SiblingVerdict(point.step, at.run_ids, rank, z, True, prune, cause, reason, corroborated)
+
+    def _dropped(self, since: int) -> float:
+        """How far the run's level fell since step ``since`` (0 when unknown or risen)."""
+        past = [level for step, level in self._levels if step <= since]
+        if not past or not math.isfinite(past[-1]) or not math.isfinite(self._levels[-1][1]):
+            return 0.0
+        return past[-1] - self._levels[-1][1]
 
     def _cause(self, point: SiblingPoint, loss: float, silent: bool) -> str:
         assert self.start is not None
