@@ -292,3 +292,21 @@ def test_the_wandb_store_reads_the_sweeps_finished_runs_through_the_public_api()
     assert [(r.run_id, r.state) for r in records] == [("good2", "finished"), ("good1", "pruned")]
     with pytest.raises(ValueError, match="ENTITY/PROJECT/SWEEP_ID"):
         WandbStore("sw1")
+
+
+def test_what_healthy_siblings_showed_at_the_same_step_is_not_prune_grade(tmp_path: Path) -> None:
+    from wandb_gradema import EscalationEvent
+
+    store = DirectoryStore(tmp_path)
+    _healthy_siblings(store)
+    _, peers, pruned = _train(1e-6, store=store, run_id="tiny", monitor_kw={"on_escalation": "warn"})
+    assert pruned is None and peers.fired is not None  # warn mode: the sibling escalation only warns
+
+    def event(step: int, kind: str) -> EscalationEvent:
+        return EscalationEvent(step, (f"{kind} at step {step}.",), (kind,), 9.0, step, confirmed=True)
+
+    early = peers.review(event(3, "stalled"))  # at step 3 no sibling had moved yet either
+    assert not early.confirmed and "showed the same at step 3 and recovered (good0, good1, good2)" in early.reason
+    assert peers.review(event(100, "stalled")).confirmed  # by step 100 all three had learned
+    assert peers.review(event(7, "nonfinite")).confirmed  # never excused
+    assert peers.review(event(7, "siblings_behind")).confirmed

@@ -67,6 +67,8 @@ class Decisions:
         """
         self.guard(self.judge_queue)
         local, self.undecided_events = self.undecided_events, []
+        if self.peers is not None:  # what healthy siblings showed and recovered from is not prune-grade
+            local = [self.guard(self.peers.review, e) or e for e in local]
         if self.distributed:  # outside the guard: a failing collective raises (swallowed, it would hang the others)
             events = _dist.agree_events(local)
             for event in events:  # the same cooldown and telemetry windows on every rank

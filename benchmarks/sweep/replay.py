@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from benchmarks.detection.detectors import fire, product
 from benchmarks.detection.trace import Trace
+from wandb_gradema import AnomalyDetector, EscalationPolicy
 from wandb_gradema.siblings import SiblingRecord, SweepPeers
 
 __all__ = ["EVERY", "METHODS", "hyperband", "optuna_pruner", "per_run", "sweep_aware"]
@@ -60,19 +61,21 @@ def per_run(traces: Sequence[Trace]) -> Stops:
 
 
 def sweep_aware(traces: Sequence[Trace], min_siblings: int | None = None) -> Stops:
-    """Per-run rules plus the sibling judgement against the runs that ended before."""
+    """Per-run rules plus the sibling judgement against the runs that ended before, in the
+    monitor's order: per step the detector, the policy, the sibling judgement; a per-run
+    escalation goes through ``SweepPeers.review`` (what healthy siblings showed and recovered
+    from is not prune-grade) before it may prune."""
     store = ListStore()
     stops: Stops = []
     for trace in traces:
-        own = _per_run_stop(trace)
         kwargs = {} if min_siblings is None else {"min_siblings": min_siblings}
         peers = SweepPeers(store, trace.name, {"batch_size": trace.spec["batch_size"]}, background=False, **kwargs)
+        detector, policy = AnomalyDetector(), EscalationPolicy()
         stop = None
         for obs in trace.observations():
-            if own is not None and obs.step >= own:
-                stop = own
-                break
-            if peers.observe(obs.step, obs.loss, obs.grad_norm, obs.active_share, obs.lr) is not None:
+            events = [policy.update(detector.check(obs))]
+            events.append(peers.observe(obs.step, obs.loss, obs.grad_norm, obs.active_share, obs.lr))
+            if any(e is not None and peers.review(e).confirmed for e in events):
                 stop = obs.step
                 break
         peers.finish("finished" if stop is None else "pruned")

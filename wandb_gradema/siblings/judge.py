@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -146,6 +148,38 @@ class SiblingJudge:
         )
         prune = point.step - self.streak_from >= needed
         return SiblingVerdict(point.step, at.run_ids, rank, z, True, prune, cause, reason, corroborated)
+
+    def seen_and_recovered(self, event: Any, points: Sequence[SiblingPoint], reference: Reference) -> list[str]:
+        """Healthy siblings that ended well and showed what ``event`` reports at its step.
+
+        Gradient-norm rises (``grad_explosion``, ``norm_rise``: Adam's early jump): a sibling
+        whose norm at the step had risen from its first level as much (within ``NORM_BAND``).
+        Plateaus (``stalled``, ``grad_vanish``, ``dead_units``: a deep net before it learns): a
+        sibling as far from progress at the step. Non-finite values are never excused, and with
+        fewer than ``min_siblings`` such siblings at the step the event stands.
+        """
+        types = set(event.anomaly_types)
+        if "nonfinite" in types or not points or len(reference) < self.min_siblings:
+            return []
+        at = reference.at(event.step)
+        if len(at.run_ids) < self.min_siblings or not at.good.any():
+            return []
+        now = min(points, key=lambda p: abs(p.step - event.step))
+        first = points[0]
+        seen: list[str] = []
+        if types & {"grad_explosion", "norm_rise"} and math.isfinite(now.norm) and first.norm > 0:
+            rise = now.norm / first.norm
+            firsts = reference.first_norms(at.run_ids)
+            seen = [
+                rid
+                for rid, good, norm, start in zip(at.run_ids, at.good, at.norm, firsts, strict=True)
+                if good and start > 0 and norm / start * NORM_BAND >= rise
+            ]
+        elif types & {"stalled", "grad_vanish", "dead_units"} and self.start is not None:
+            progress = self.start - now.loss  # its own progress: were they as far from theirs?
+            noise = level_noise(now.noise)
+            seen = [rid for rid, p, good in zip(at.run_ids, at.progress, at.good, strict=True) if good and p <= progress + 3 * noise]
+        return seen
 
     def _dropped(self, since: int) -> float:
         """How far the run's level fell since step ``since`` (0 when unknown or risen)."""

@@ -15,6 +15,7 @@ import math
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from ..errors import warn
@@ -147,6 +148,18 @@ class SweepPeers:
             confirmed=True,
         )
 
+    def review(self, event: EscalationEvent) -> EscalationEvent:
+        """The reverse check: a per-run escalation that healthy siblings showed at the same step
+        and recovered from is not prune-grade (confirmed -> unconfirmed, with the reason why)."""
+        if not event.confirmed or self.reference is None or event.anomaly_types[:1] == ("siblings_behind",):
+            return event
+        seen = self.judge.seen_and_recovered(event, self.builder.record.points, self.reference)
+        if not seen:
+            return event
+        names = ", ".join(seen[:6]) + (f" and {len(seen) - 6} more" if len(seen) > 6 else "")
+        note = f"Not prune-grade: healthy siblings showed the same at step {event.step} and recovered ({names})."
+        return replace(event, confirmed=False, reasons=(*event.reasons, note))
+
     def chart(self) -> dict[str, float]:
         """The run against its siblings for a logged row: rank (0 best) and z, when judged."""
         v = self.latest
@@ -206,6 +219,10 @@ def auto_peers(sink: Any) -> SweepPeers | None:
     W&B itself when the run is online (``GRADEMA_SIBLINGS=off`` turns both off)."""
     if os.environ.get(SIBLINGS_ENV, "").lower() in ("off", "0", "false"):
         return None
+    from .. import _dist
+
+    if _dist.is_distributed() and not _dist.is_main_process():
+        return None  # rank 0 judges; its sibling escalations are agreed on by every rank
     path = os.environ.get(SIBLINGS_DIR_ENV)
     run = sink.run
     in_sweep = bool(getattr(run, "sweep_id", None)) if run is not None else bool(os.environ.get("WANDB_SWEEP_ID"))

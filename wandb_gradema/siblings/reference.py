@@ -104,6 +104,11 @@ class Reference:
     def run_ids(self) -> tuple[str, ...]:
         return tuple(s.run_id for s in self._siblings)
 
+    def first_norms(self, run_ids: tuple[str, ...]) -> list[float]:
+        """Each named sibling's first norm level (its norm before training moved it)."""
+        by_id = {s.run_id: s for s in self._siblings}
+        return [float(np.exp(by_id[r].lognorm[0])) if r in by_id else math.nan for r in run_ids]
+
     def at(self, step: int) -> SiblingsAt:
         """The siblings that reached ``step``, interpolated there."""
         sibs = [s for s in self._siblings if s.covers(step)]
