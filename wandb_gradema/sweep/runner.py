@@ -236,6 +236,8 @@ class SweepRunner:
         )
         if self.options.siblings:  # sweep-aware judgement: the runs share their records here
             env[SIBLINGS_DIR_ENV] = str(self.sweep_dir / "siblings")
+        else:
+            env.pop(SIBLINGS_DIR_ENV, None)
         env.update(
             WANDB_PROJECT=str(self.project or env.get("WANDB_PROJECT") or "gradema-sweeps"),
         )
