@@ -15,7 +15,7 @@ import numpy as np
 
 from .record import LEVEL_OF, SiblingRecord
 
-__all__ = ["GOOD_SHARE", "LEVEL_NOISE", "Reference", "SiblingsAt", "level_noise"]
+__all__ = ["GOOD_SHARE", "LEVEL_NOISE", "MAX_GRID", "Reference", "SiblingsAt", "level_noise"]
 
 #: A sibling *ended well* when its final level is within ``1 - GOOD_SHARE`` of the range from
 #: the siblings' median start to the best final level, from the best.
@@ -78,8 +78,16 @@ class _Sibling:
         return len(self.steps) >= 2 and self.steps[0] <= step <= self.steps[-1]
 
 
+#: Most grid nodes the reference keeps (the union of the siblings' steps, else an even grid).
+MAX_GRID = 4096
+
+
 class Reference:
     """The healthy siblings of a run (finished, not pruned, finite end), ready to query.
+
+    Built off the per-step path: every sibling is interpolated once onto one grid (the union of
+    their points' steps, on which each sibling's piecewise-linear curve is exact), so ``at``
+    is a bisection and a handful of vector operations, whatever the number of siblings.
 
     Args:
         records: the sweep's records (any state; only healthy ones are kept).
@@ -96,35 +104,63 @@ class Reference:
             best, start = min(ends), float(np.median([s.start for s in self._siblings]))
             for s in self._siblings:
                 s.good = start > best and s.end <= best + (1 - GOOD_SHARE) * (start - best)
+        sibs = self._siblings
+        steps = np.unique(np.concatenate([s.steps for s in sibs])) if sibs else np.zeros(1)
+        if len(steps) > MAX_GRID:
+            steps = np.linspace(steps[0], steps[-1], MAX_GRID)
+        self._grid = steps
+        self._ids = tuple(s.run_id for s in sibs)
+        self._first = np.array([s.steps[0] for s in sibs])
+        self._last = np.array([s.steps[-1] for s in sibs])
+        self._start = np.array([s.start for s in sibs])
+        self._end_progress = np.array([s.end_progress for s in sibs])
+        self._end_noise = np.array([s.end_noise for s in sibs])
+        self._good = np.array([s.good for s in sibs], dtype=bool)
+        self._first_norm = np.array([np.exp(s.lognorm[0]) for s in sibs])
+
+        def on_grid(field: str) -> np.ndarray:  # (grid nodes, siblings)
+            cols = [np.interp(steps, s.steps, getattr(s, field)) for s in sibs]
+            return np.stack(cols, axis=1) if cols else np.zeros((len(steps), 0))
+
+        self._loss, self._noise = on_grid("loss"), on_grid("noise")
+        self._lognorm, self._active = on_grid("lognorm"), on_grid("active")
 
     def __len__(self) -> int:
         return len(self._siblings)
 
     @property
     def run_ids(self) -> tuple[str, ...]:
-        return tuple(s.run_id for s in self._siblings)
+        return self._ids
 
     def first_norms(self, run_ids: tuple[str, ...]) -> list[float]:
         """Each named sibling's first norm level (its norm before training moved it)."""
-        by_id = {s.run_id: s for s in self._siblings}
-        return [float(np.exp(by_id[r].lognorm[0])) if r in by_id else math.nan for r in run_ids]
+        by_id = dict(zip(self._ids, self._first_norm.tolist(), strict=True))
+        return [by_id.get(r, math.nan) for r in run_ids]
 
     def at(self, step: int) -> SiblingsAt:
         """The siblings that reached ``step``, interpolated there."""
-        sibs = [s for s in self._siblings if s.covers(step)]
+        grid = self._grid
+        i = int(np.searchsorted(grid, step, side="right")) - 1
+        i = min(max(i, 0), len(grid) - 2) if len(grid) > 1 else 0
+        if len(grid) > 1:
+            w = float(np.clip((step - grid[i]) / (grid[i + 1] - grid[i]), 0.0, 1.0))
+        else:
+            w = 0.0
+        j = min(i + 1, len(grid) - 1)
+        mask = (self._first <= step) & (step <= self._last)
 
-        def interp(values: list[np.ndarray]) -> np.ndarray:
-            return np.array([np.interp(step, s.steps, v) for s, v in zip(sibs, values, strict=True)])
+        def row(values: np.ndarray) -> np.ndarray:
+            return ((1 - w) * values[i] + w * values[j])[mask]
 
         return SiblingsAt(
             step=step,
-            run_ids=tuple(s.run_id for s in sibs),
-            start=np.array([s.start for s in sibs]),
-            loss=interp([s.loss for s in sibs]),
-            noise=interp([s.noise for s in sibs]),
-            norm=np.exp(interp([s.lognorm for s in sibs])),
-            active=interp([s.active for s in sibs]),
-            end_progress=np.array([s.end_progress for s in sibs]),
-            end_noise=np.array([s.end_noise for s in sibs]),
-            good=np.array([s.good for s in sibs], dtype=bool),
+            run_ids=tuple(rid for rid, m in zip(self._ids, mask.tolist(), strict=True) if m),
+            start=self._start[mask],
+            loss=row(self._loss),
+            noise=row(self._noise),
+            norm=np.exp(row(self._lognorm)),
+            active=row(self._active),
+            end_progress=self._end_progress[mask],
+            end_noise=self._end_noise[mask],
+            good=self._good[mask],
         )
