@@ -45,6 +45,8 @@ MIN_WINDOW = 20
 NORM_BAND = 3.0
 #: Active share below the least of the learning siblings' by this much: silent tensors.
 ACTIVE_GAP = 0.1
+#: Per-run signals the reverse check may excuse when healthy siblings showed them too.
+_EXCUSABLE = frozenset({"grad_explosion", "norm_rise", "grad_vanish", "dead_units", "stalled"})
 
 
 @dataclass(frozen=True)
@@ -150,36 +152,42 @@ class SiblingJudge:
         return SiblingVerdict(point.step, at.run_ids, rank, z, True, prune, cause, reason, corroborated)
 
     def seen_and_recovered(self, event: Any, points: Sequence[SiblingPoint], reference: Reference) -> list[str]:
-        """Healthy siblings that ended well and showed what ``event`` reports at its step.
+        """Healthy siblings that ended well and showed, at the event's step, every signal the
+        event reports (empty: the event stands).
 
-        Gradient-norm rises (``grad_explosion``, ``norm_rise``: Adam's early jump): a sibling
-        whose norm at the step had risen from its first level as much (within ``NORM_BAND``).
-        Plateaus (``stalled``, ``grad_vanish``, ``dead_units``: a deep net before it learns): a
-        sibling as far from progress at the step. Non-finite values are never excused, and with
-        fewer than ``min_siblings`` such siblings at the step the event stands.
+        - ``grad_explosion``, ``norm_rise`` (Adam's first-step jump): their norm had risen from
+          its first level at least a ``NORM_BAND``-th as much as the run's;
+        - ``grad_vanish``: their norm had fallen from its first level at least as far, within
+          ``NORM_BAND``;
+        - ``dead_units``: their active share was as low (within ``ACTIVE_GAP``);
+        - ``stalled`` (a deep net before it learns): they were as far from progress.
+
+        Any other signal (non-finite values above all) is never excused, and fewer than
+        ``min_siblings`` siblings at the step excuse nothing.
         """
         types = set(event.anomaly_types)
-        if "nonfinite" in types or not points or len(reference) < self.min_siblings:
+        if not types or not types <= _EXCUSABLE or not points or len(reference) < self.min_siblings:
             return []
         at = reference.at(event.step)
         if len(at.run_ids) < self.min_siblings or not at.good.any():
             return []
         now = min(points, key=lambda p: abs(p.step - event.step))
         first = points[0]
-        seen: list[str] = []
-        if types & {"grad_explosion", "norm_rise"} and math.isfinite(now.norm) and first.norm > 0:
-            rise = now.norm / first.norm
-            firsts = reference.first_norms(at.run_ids)
-            seen = [
-                rid
-                for rid, good, norm, start in zip(at.run_ids, at.good, at.norm, firsts, strict=True)
-                if good and start > 0 and norm / start * NORM_BAND >= rise
-            ]
-        elif types & {"stalled", "grad_vanish", "dead_units"} and self.start is not None:
-            progress = self.start - now.loss  # its own progress: were they as far from theirs?
-            noise = level_noise(now.noise)
-            seen = [rid for rid, p, good in zip(at.run_ids, at.progress, at.good, strict=True) if good and p <= progress + 3 * noise]
-        return seen
+        rise = now.norm / first.norm if first.norm > 0 and math.isfinite(now.norm) else math.nan
+        firsts = np.array(reference.first_norms(at.run_ids))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = at.norm / firsts
+        showed = at.good.copy()
+        for kind in types:
+            if kind in ("grad_explosion", "norm_rise"):
+                showed &= ratio * NORM_BAND >= rise
+            elif kind == "grad_vanish":
+                showed &= ratio <= rise * NORM_BAND
+            elif kind == "dead_units":
+                showed &= at.active <= now.active + ACTIVE_GAP
+            elif kind == "stalled" and self.start is not None:
+                showed &= at.progress <= self.start - now.loss + 3 * level_noise(now.noise)
+        return [rid for rid, s in zip(at.run_ids, showed.tolist(), strict=True) if s]
 
     def _dropped(self, since: int) -> float:
         """How far the run's level fell since step ``since`` (0 when unknown or risen)."""
