@@ -224,6 +224,8 @@ def auto_peers(sink: Any) -> SweepPeers | None:
     if _dist.is_distributed() and not _dist.is_main_process():
         return None  # rank 0 judges; its sibling escalations are agreed on by every rank
     path = os.environ.get(SIBLINGS_DIR_ENV)
+    if not path and not os.environ.get("WANDB_SWEEP_ID"):
+        return None  # not under a sweep agent: nothing to compare with (and no run lookup)
     run = sink.run
     in_sweep = bool(getattr(run, "sweep_id", None)) if run is not None else bool(os.environ.get("WANDB_SWEEP_ID"))
     run_id = getattr(run, "id", None) if run is not None else None
