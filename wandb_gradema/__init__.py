@@ -20,7 +20,7 @@ from .escalation import EscalationEvent, EscalationPolicy
 from .monitor import GradientMonitor
 from .norms import health_score, total_grad_norm
 from .options import DETECTOR_OPTIONS, WATCH_OPTIONS, options_from_config
-from .siblings import DirectoryStore, OptunaStore, SiblingStore, attach_siblings
+from .siblings import DirectoryStore, OptunaStore, SiblingStore, WandbStore, attach_siblings
 from .tracker import DriftUpdate, GradientEMATracker
 from .wandb_sink import current_run
 from .wrappers import inner_scaler, unwrap_optimizer
@@ -31,6 +31,7 @@ __all__ = [
     "DirectoryStore",
     "OptunaStore",
     "SiblingStore",
+    "WandbStore",
     "attach_siblings",
     "AnomalyDetector",
     "AnomalyReport",
