@@ -145,7 +145,7 @@ class SiblingJudge:
         )
         reason = (
             f"loss {_fmt(loss)} at step {point.step} (started at {_fmt(self.start)}); {len(names)} healthy "
-            f"siblings were at {_fmt(float(at.loss[clear].min()))}-{_fmt(float(at.loss[clear].max()))} ({shown}); "
+            f"{'sibling was' if len(names) == 1 else 'siblings were'} at {_fmt(float(at.loss[clear].min()))}-{_fmt(float(at.loss[clear].max()))} ({shown}); "
             f"behind since step {self.streak_from}, {grads}."
         )
         prune = point.step - self.streak_from >= needed
