@@ -136,6 +136,14 @@ def test_summary_table_and_results_file(lr_sweep) -> None:
     assert f"pruning saved {saved:,} steps" in table
     # a progress line per start and per end
     assert output.count(" start ") == 7 and output.count(" pruned  ") >= 5
+    # every run left its sibling record in the sweep's directory (the default store); with fewer
+    # than 3 healthy siblings no run was judged against them: the same prunes as without
+    from wandb_gradema.siblings import DirectoryStore
+
+    records = {r.run_id: r for r in DirectoryStore(runner.sweep_dir / "siblings").load()}
+    assert sorted(r.state for r in records.values()) == ["finished"] * 2 + ["pruned"] * 5
+    assert all(r.config.get("lr") in DIVERGING + HEALTHY for r in records.values())
+    assert "sweep-aware pruning:" in output and "stopped against healthy siblings               0 of 7" in output
 
 
 @pytest.mark.slow
@@ -277,6 +285,15 @@ def test_bad_configs_get_the_engines_violations_as_a_clear_error(
     err = capsys.readouterr().err
     assert err.startswith("wandb-gradema sweep: ")
     assert re.search(match, err, flags=re.S), err
+
+
+def test_no_siblings_leaves_the_runs_to_judge_alone(tmp_path, standin) -> None:
+    config = write_yaml(tmp_path / "s.yaml", {"program": str(standin), "method": "random", "parameters": {"x": {"values": [1]}}})
+    on = SweepRunner(config, SweepOptions(count=1, wandb_dir=tmp_path), out=io.StringIO())
+    off = SweepRunner(config, SweepOptions(count=1, wandb_dir=tmp_path, siblings=False), out=io.StringIO())
+    trial = Trial(number=1, run_id="r1", params={})
+    assert on._run_env(trial, tmp_path / "p.yaml")["GRADEMA_SIBLINGS_DIR"] == str(on.sweep_dir / "siblings")
+    assert "GRADEMA_SIBLINGS_DIR" not in off._run_env(trial, tmp_path / "p.yaml")
 
 
 def test_count_and_parallel_are_checked(tmp_path, standin) -> None:

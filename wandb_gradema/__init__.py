@@ -20,6 +20,7 @@ from .escalation import EscalationEvent, EscalationPolicy
 from .monitor import GradientMonitor
 from .norms import health_score, total_grad_norm
 from .options import DETECTOR_OPTIONS, WATCH_OPTIONS, options_from_config
+from .siblings import DirectoryStore, OptunaStore, SiblingStore, WandbStore, attach_siblings
 from .tracker import DriftUpdate, GradientEMATracker
 from .wandb_sink import current_run
 from .wrappers import inner_scaler, unwrap_optimizer
@@ -27,6 +28,11 @@ from .wrappers import inner_scaler, unwrap_optimizer
 __version__ = "0.2.0"
 
 __all__ = [
+    "DirectoryStore",
+    "OptunaStore",
+    "SiblingStore",
+    "WandbStore",
+    "attach_siblings",
     "AnomalyDetector",
     "AnomalyReport",
     "DriftUpdate",

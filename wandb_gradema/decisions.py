@@ -20,7 +20,7 @@ from typing import Any
 from . import _dist
 from .actions import EscalationActions
 from .checkpoint import event_from_state
-from .errors import warn
+from .errors import RunPruned, warn
 from .escalation import EscalationEvent, EscalationPolicy
 from .guard import InternalErrors
 from .intake import StepIntake
@@ -57,6 +57,8 @@ class Decisions:
         self.undecided_events: list[EscalationEvent] = []
         self.undecided_rows: list[Row] = []
         self.last_logged = -1
+        #: The sweep-aware judgement (``wandb_gradema.siblings.SweepPeers``), or None.
+        self.peers: Any = None
 
     def decide(self, stop_step: int) -> None:
         """A decision step: judge the queue, agree across ranks (one all-reduce), record, act.
@@ -67,6 +69,8 @@ class Decisions:
         local = self.undecided_events
         if local:
             self.undecided_events = []
+            if self.peers is not None:  # what healthy siblings showed and recovered from is not prune-grade
+                local = [self.guard(self.peers.review, e) or e for e in local]
         if self.distributed:  # outside the guard: a failing collective raises (swallowed, it would hang the others)
             events = _dist.agree_events(local)
             for event in events:  # the same cooldown and telemetry windows on every rank
@@ -76,7 +80,12 @@ class Decisions:
         if events or self.undecided_rows or self.guard.count != self.guard.written:
             self.guard(self.record, events)  # (a step with nothing to record costs nothing here)
         for event in events:
-            self.actions.act(event, stop_step)
+            try:
+                self.actions.act(event, stop_step)
+            except RunPruned:
+                if self.peers is not None:  # the sweep's record of this run: pruned, and why
+                    self.guard(self.peers.finish, "pruned", None, event.anomaly_types[0] if event.anomaly_types else "")
+                raise
         self.guard(self.params_notice)
 
     def read(self) -> None:
@@ -98,8 +107,22 @@ class Decisions:
             event, row = self.judge.judge(values, names, logging=logging)
             if event is not None:
                 self.undecided_events.append(event)
+            if self.peers is not None and values.row is not None and self.judge.last is not None:
+                event = self._against_siblings(values.step, row)
+                if event is not None:
+                    self.undecided_events.append(event)
             if row is not None:
                 self.undecided_rows.append(row)
+
+    def _against_siblings(self, step: int, row: Row | None) -> EscalationEvent | None:
+        """Feed the judged step to the sibling judgement (no I/O); its chart values join the row."""
+        obs = self.judge.last[0] if self.judge.last is not None else None
+        if obs is None or obs.step != step:
+            return None
+        event: EscalationEvent | None = self.peers.observe(obs.step, obs.loss, obs.grad_norm, obs.active_share, obs.lr)
+        if row is not None:
+            row[1].update(self.peers.chart())
+        return event
 
     def record(self, events: list[EscalationEvent]) -> None:
         """Record decided escalations and write the rows decided with them."""

@@ -104,6 +104,7 @@ class GradientMonitor:
         self.decisions = Decisions(
             self.intake, self.judge, self.policy, self.sink, self.actions, self._guarded, distributed=distributed
         )
+        self.decisions.peers = self._guarded(_sibling_peers, self.sink)  # sweep-aware judgement, if set up
         # While hooked, optimizer and monitor hold each other (the hook must keep alive a monitor
         # nobody else holds); remove() takes the hooks off, which breaks the cycle.
         self.optimizer = optimizer
@@ -233,6 +234,7 @@ class GradientMonitor:
         """
         try:
             self.decisions.at_removal()
+            self._guarded(self._finish_peers)
             self._guarded(self._write_summary)
         finally:
             for h in self._handles:
@@ -382,7 +384,20 @@ class GradientMonitor:
         """The script finishes the run while this monitor watches: the queued steps' rows and the
         summary go in first (escalations among them wait for the next decision step)."""
         self.decisions.read()
+        self._guarded(self._finish_peers)
         self._guarded(self._write_summary)
+
+    def _finish_peers(self) -> None:
+        """The run ends unpruned: its sibling record says *finished*, with the sweep metric."""
+        peers = self.decisions.peers
+        if peers is None or self.pruned is not None:
+            return
+        metric = None
+        penalty, run = self.actions.penalty, self.sink.run
+        if penalty is not None and run is not None:
+            value = run.summary.get(penalty.metric)
+            metric = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        peers.finish("finished", metric)
 
     def _write_summary(self) -> None:
         counters = self.judge.aggregator.counters
@@ -393,8 +408,16 @@ class GradientMonitor:
                 "nonfinite_steps": counters["nonfinite_steps"],
                 "skipped_steps": counters["skipped_steps"],
                 "internal_errors": self._guarded.count,
+                **(self.decisions.peers.summary() if self.decisions.peers is not None else {}),
             }
         )
+
+
+def _sibling_peers(sink: WandbSink) -> Any:
+    """The sweep-aware judgement when the sweep set it up (``GRADEMA_SIBLINGS_DIR``), else None."""
+    from .siblings.peers import auto_peers
+
+    return auto_peers(sink)
 
 
 def _norm_tensor(total: Tensor | float) -> Tensor:

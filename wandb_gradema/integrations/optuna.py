@@ -45,6 +45,7 @@ def watch_trial(
     *,
     raise_pruned: bool = True,
     fail_run: bool = True,
+    siblings: bool = True,
     **options: Any,
 ) -> GradientMonitor:
     """``wandb_gradema.watch()`` for one Optuna trial: an escalation prunes the trial.
@@ -68,6 +69,9 @@ def watch_trial(
         raise_pruned: raise ``optuna.TrialPruned`` at once (default), or only record.
         fail_run: make the W&B run end failed. Set False when one run is shared by the whole
             study (``WeightsAndBiasesCallback(as_multirun=False)``).
+        siblings: judge the trial against the study's healthy finished trials too
+            (``wandb_gradema.siblings``): its compact record rides in the trial's user attribute
+            ``gradema_sibling`` (the study's own storage); the siblings are read once, here.
         **options: any ``watch()`` option (``run``, ``model``, ``sensitivity``...) except
             ``on_escalation``.
 
@@ -81,12 +85,19 @@ def watch_trial(
     _imports.check("watch_trial()")
     if not callable(getattr(trial, "set_user_attr", None)):
         raise TypeError(f"`trial` must be an optuna.Trial, got {type(trial).__name__}.")
-    for name, value in (("raise_pruned", raise_pruned), ("fail_run", fail_run)):
+    for name, value in (("raise_pruned", raise_pruned), ("fail_run", fail_run), ("siblings", siblings)):
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be a bool, got {type(value).__name__}.")
     check_options("watch_trial()", options, {"on_escalation": "an escalation prunes the trial"})
     pruning = _PruneTrial(trial, raise_pruned=raise_pruned, fail_run=fail_run)
     pruning.monitor = watch(optimizer, on_escalation=pruning, **options)
+    study = getattr(trial, "study", None)
+    if siblings and study is not None:
+        from ..siblings import OptunaStore, SweepPeers
+
+        params = {k: v for k, v in trial.params.items() if isinstance(v, (int, float, str, bool))}
+        peers = SweepPeers(OptunaStore(study, trial), str(trial.number), params, background=False)
+        pruning.monitor.decisions.peers = peers
     return pruning.monitor
 
 
@@ -144,6 +155,9 @@ class _PruneTrial:
                 TRIAL_ATTR, {"step": step, "reason": event.reason, "types": list(event.anomaly_types)}
             )
             self._mark_run(monitor, step, event)
+            peers = monitor.decisions.peers
+            if peers is not None:  # the trial's sibling record: pruned, while it can still be written
+                peers.finish("pruned", None, event.anomaly_types[0] if event.anomaly_types else "")
         if self.raise_pruned:
             raise optuna.TrialPruned(f"Trial pruned at step {step}: {event.reason}")
 

@@ -48,6 +48,8 @@ from .config import (
 from .report import progress_line, result_rows, summary_table
 from .trial import Trial
 
+SIBLINGS_DIR_ENV = "GRADEMA_SIBLINGS_DIR"  # wandb_gradema.siblings.SIBLINGS_DIR_ENV
+
 __all__ = ["SweepRunner", "add_arguments", "run"]
 
 #: Seconds between checks of the running processes.
@@ -78,6 +80,8 @@ class SweepOptions:
         prune: False adds ``gradema.on_escalation=warn`` to every run's parameters.
         budget_key: the run config key holding the step budget, for "steps run vs budget".
         stop_interval: seconds between ``early_terminate`` checks (each reads running logs).
+        siblings: runs share sibling records in ``DIR/wandb/sweep-<id>/siblings/`` and are
+            judged against their healthy siblings (``--no-siblings``: per-run rules only).
         sweep_id: ``ID``, ``PROJECT/ID`` or ``ENTITY/PROJECT/ID`` of a sweep created on a W&B
             server (``wandb sweep``), so that ``wandb sync`` can later upload the runs into it;
             None makes up a local id (the server rejects runs of a sweep it does not know).
@@ -91,6 +95,7 @@ class SweepOptions:
     budget_key: str = "steps"
     stop_interval: float = 10.0
     sweep_id: str | None = None
+    siblings: bool = True
 
 
 class SweepRunner:
@@ -155,6 +160,10 @@ class SweepRunner:
                 self._interrupt()
         self._clear_status()
         self._print(summary_table(self.trials, self.columns, self.metric, self.goal, self.options.budget_key))
+        if self.options.siblings:
+            from ..siblings.report import sibling_lines
+
+            self._print("\n".join(sibling_lines(self.trials, self.options.budget_key, self.metric, self.goal)))
         self._write_results()
         self._print(f"runs: {self.wandb_dir / 'wandb'}/offline-run-*  {self._sync_hint()}")
         return 1 if status == 0 and self._engine_failed else status
@@ -224,6 +233,12 @@ class SweepRunner:
             WANDB_RUN_ID=trial.run_id,
             WANDB_MODE="offline",
             WANDB_DIR=str(self.wandb_dir),
+        )
+        if self.options.siblings:  # sweep-aware judgement: the runs share their records here
+            env[SIBLINGS_DIR_ENV] = str(self.sweep_dir / "siblings")
+        else:
+            env.pop(SIBLINGS_DIR_ENV, None)
+        env.update(
             WANDB_PROJECT=str(self.project or env.get("WANDB_PROJECT") or "gradema-sweeps"),
         )
         if self.entity:
@@ -396,6 +411,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run with pruning off (adds gradema.on_escalation=warn to every run) to compare",
     )
     parser.add_argument(
+        "--no-siblings",
+        dest="siblings",
+        action="store_false",
+        help="judge each run alone (no sibling records shared in DIR/wandb/sweep-<id>/siblings/)",
+    )
+    parser.add_argument(
         "--budget-key", default="steps", help="run config key of the step budget (default steps)"
     )
     parser.add_argument(
@@ -424,6 +445,7 @@ def run(args: argparse.Namespace) -> int:
         budget_key=args.budget_key,
         stop_interval=args.stop_interval,
         sweep_id=args.sweep_id,
+        siblings=args.siblings,
     )
     try:
         runner = SweepRunner(args.config, options)

@@ -1,0 +1,113 @@
+"""``python -m benchmarks.sweep``: whole sweeps replayed through each pruner, side by side.
+
+Per split (``dev``: the sweeps looked at while developing; ``holdout``, ``holdout2``: not tuned
+on, see ``space.SPLITS``), every
+sweep is replayed in ``--orders`` random orders, one run at a time, through every method. A run
+is *good* when its final loss is within a quarter of the best-to-chance range of the sweep's
+best; it *ends at chance* when its final loss is within a tenth of that range of chance, or not
+finite. Steps saved are measured against the sweep's budget; the ideal stops every run that ends
+at chance at its fifth percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from benchmarks.detection.trace import Trace
+
+from .replay import METHODS, Stops
+from .space import SPLITS, final_level, load_sweep
+
+
+@dataclass
+class Score:
+    """Totals of one method over a split's replays."""
+
+    good: int = 0
+    good_stopped: int = 0
+    best_kept: int = 0
+    replays: int = 0
+    chance: int = 0
+    chance_by_half: int = 0
+    budget: int = 0
+    saved: int = 0
+    ideal: int = 0
+    stopped_steps: list[int] = field(default_factory=list)
+
+    def add(self, traces: Sequence[Trace], stops: Stops) -> None:
+        finals = [final_level(t) for t in traces]
+        finite = [f for f in finals if math.isfinite(f)]
+        best = min(finite)
+        chance = traces[0].chance_loss
+        span = chance - best
+        best_i = finals.index(best)
+        self.replays += 1
+        self.best_kept += stops[best_i] is None
+        for trace, final, stop in zip(traces, finals, stops, strict=True):
+            n = trace.steps
+            self.budget += n
+            if stop is not None:
+                self.saved += n - stop - 1
+            good = final <= best + 0.25 * span
+            at_chance = not math.isfinite(final) or final >= chance - 0.1 * span
+            self.good += good
+            self.good_stopped += good and stop is not None
+            if at_chance:
+                self.chance += 1
+                self.chance_by_half += stop is not None and stop < n // 2
+                self.ideal += n - n // 20
+
+
+def run_split(seeds: Sequence[int], orders: int, progress: bool) -> dict[str, Score]:
+    scores = {name: Score() for name in METHODS}
+    for seed in seeds:
+        traces = load_sweep(seed, progress=print if progress else None)
+        rng = random.Random(seed)
+        for k in range(orders):
+            order = list(traces) if k == 0 else rng.sample(traces, len(traces))
+            for name, method in METHODS.items():
+                scores[name].add(order, method(order))
+    return scores
+
+
+def table(title: str, scores: dict[str, Score]) -> str:
+    hb = next((s for n, s in scores.items() if "hyperband" in n), None)
+    lines = [
+        f"### {title}",
+        "",
+        "| method | good runs stopped | best kept | runs ending at chance stopped by half budget | steps saved | of the ideal | vs hyperband |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in scores.items():
+        vs = f"{s.saved / hb.saved:.1f}x" if hb is not None and hb.saved else "-"
+        lines.append(
+            f"| {name} | {s.good_stopped} / {s.good} | {s.best_kept} / {s.replays} | "
+            f"{s.chance_by_half} / {s.chance} ({s.chance_by_half / max(s.chance, 1):.0%}) | "
+            f"{s.saved / s.budget:.0%} | {s.saved / max(s.ideal, 1):.0%} | {vs} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=(*SPLITS, "all"), default="all")
+    parser.add_argument("--orders", type=int, default=3, help="random orders per sweep (default 3)")
+    parser.add_argument("--quiet", action="store_true", help="no training progress lines")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    for split, seeds in SPLITS.items():
+        if args.split in (split, "all"):
+            scores = run_split(seeds, args.orders, not args.quiet)
+            print(table(f"{split} sweeps (seeds {', '.join(map(str, seeds))}; {args.orders} orders each)", scores))
+            print()
+    print(f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""Replay one sweep (its traces in one order, one run at a time) through each pruner.
+
+Every method returns, per run, the step it was stopped at (None: ran to the end). The metric
+the metric-only pruners see is a ``val`` proxy logged every ``EVERY`` steps: the mean training
+loss over those steps (NaN once a loss is non-finite), as a script would log a running loss.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+from benchmarks.detection.detectors import fire, product
+from benchmarks.detection.trace import Trace
+from wandb_gradema import AnomalyDetector, EscalationPolicy
+from wandb_gradema.siblings import SiblingRecord, SweepPeers
+
+__all__ = ["EVERY", "METHODS", "hyperband", "optuna_pruner", "per_run", "sweep_aware"]
+
+EVERY = 10
+Stops = list[int | None]
+
+
+class ListStore:
+    """An in-memory ``SiblingStore`` (the replay's sweep)."""
+
+    def __init__(self) -> None:
+        self.records: list[SiblingRecord] = []
+
+    def load(self) -> list[SiblingRecord]:
+        return list(self.records)
+
+    def save(self, record: SiblingRecord) -> None:
+        self.records = [r for r in self.records if r.run_id != record.run_id] + [record]
+
+
+def val_series(trace: Trace) -> list[tuple[int, float]]:
+    """``(step, value)`` every ``EVERY`` steps: the mean loss of those steps (NaN if any is not finite)."""
+    losses = [float(v) for v in trace.arrays["loss"]]
+    out = []
+    for end in range(EVERY, len(losses) + 1, EVERY):
+        chunk = losses[end - EVERY : end]
+        out.append((end - 1, sum(chunk) / EVERY if all(math.isfinite(v) for v in chunk) else math.nan))
+    return out
+
+
+_PER_RUN: dict[str, int | None] = {}
+
+
+def _per_run_stop(trace: Trace) -> int | None:
+    key = f"{trace.split}/{trace.name}"
+    if key not in _PER_RUN:
+        _PER_RUN[key] = fire(product(), trace).pruned
+    return _PER_RUN[key]
+
+
+def per_run(traces: Sequence[Trace]) -> Stops:
+    """The library's per-run rules alone (the first confirmed escalation)."""
+    return [_per_run_stop(t) for t in traces]
+
+
+def sweep_aware(traces: Sequence[Trace], min_siblings: int | None = None) -> Stops:
+    """Per-run rules plus the sibling judgement against the runs that ended before, in the
+    monitor's order: per step the detector, the policy, the sibling judgement; a per-run
+    escalation goes through ``SweepPeers.review`` (what healthy siblings showed and recovered
+    from is not prune-grade) before it may prune."""
+    store = ListStore()
+    stops: Stops = []
+    for trace in traces:
+        kwargs = {} if min_siblings is None else {"min_siblings": min_siblings}
+        peers = SweepPeers(store, trace.name, {"batch_size": trace.spec["batch_size"]}, background=False, **kwargs)
+        detector, policy = AnomalyDetector(), EscalationPolicy()
+        stop = None
+        for obs in trace.observations():
+            events = [policy.update(detector.check(obs))]
+            events.append(peers.observe(obs.step, obs.loss, obs.grad_norm, obs.active_share, obs.lr))
+            if any(e is not None and peers.review(e).confirmed for e in events):
+                stop = obs.step
+                break
+        peers.finish("finished" if stop is None else "pruned")
+        stops.append(stop)
+    return stops
+
+
+def hyperband(traces: Sequence[Trace], min_iter: int = 3, eta: int = 2) -> Stops:
+    """W&B's hyperband (``sweeps.stop_runs``), applied at every logged value of the running run."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import sweeps
+        from sweeps import RunState, SweepRun
+
+    config = {
+        "method": "random",
+        "metric": {"name": "val", "goal": "minimize"},
+        "early_terminate": {"type": "hyperband", "min_iter": min_iter, "eta": eta},
+        "parameters": {"x": {"values": [1]}},
+    }
+    done: list[SweepRun] = []
+    stops: Stops = []
+    for trace in traces:
+        history: list[dict[str, float]] = []
+        stop = None
+        for step, value in val_series(trace):
+            history.append({"val": value, "_step": step})
+            running = SweepRun(name=trace.name, state=RunState.running, history=list(history), config={"x": {"value": 1}})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                stopped = sweeps.stop_runs(config, [*done, running])
+            if any(r.name == trace.name for r in stopped):
+                stop = step
+                break
+        state = RunState.killed if stop is not None else RunState.finished
+        done.append(SweepRun(name=trace.name, state=state, history=history, config={"x": {"value": 1}}))
+        stops.append(stop)
+    return stops
+
+
+def optuna_pruner(make: Callable[[], object]) -> Callable[[Sequence[Trace]], Stops]:
+    """An Optuna pruner in a real in-memory study: ``report`` every logged value, ``should_prune``."""
+
+    def replay(traces: Sequence[Trace]) -> Stops:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study = optuna.create_study(direction="minimize", pruner=make())  # type: ignore[arg-type]
+            stops: Stops = []
+            for trace in traces:
+                trial = study.ask()
+                stop, values = None, []
+                for step, value in val_series(trace):
+                    trial.report(value, step)
+                    values.append(value)
+                    if trial.should_prune():
+                        stop = step
+                        break
+                finite = [v for v in values if math.isfinite(v)]
+                if stop is not None:
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                elif finite and math.isfinite(values[-1]):
+                    study.tell(trial, values[-1])
+                else:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                stops.append(stop)
+        return stops
+
+    return replay
+
+
+def _median() -> object:
+    import optuna
+
+    return optuna.pruners.MedianPruner()
+
+
+def _wilcoxon() -> object:
+    import optuna
+
+    return optuna.pruners.WilcoxonPruner()
+
+
+METHODS: dict[str, Callable[[Sequence[Trace]], Stops]] = {
+    "per-run only (defaults)": per_run,
+    "sweep-aware (defaults)": sweep_aware,
+    "W&B hyperband (min_iter 3, eta 2)": hyperband,
+    "Optuna MedianPruner": optuna_pruner(_median),
+    "Optuna WilcoxonPruner": optuna_pruner(_wilcoxon),
+}

@@ -1,0 +1,312 @@
+"""Sweep-aware judgement: real runs judged against their healthy siblings at the same step."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+import wandb_gradema
+from wandb_gradema import GrademaWarning, RunPruned
+from wandb_gradema.siblings import (
+    MIN_SIBLINGS,
+    SIBLINGS_DIR_ENV,
+    DirectoryStore,
+    OptunaStore,
+    RecordBuilder,
+    SiblingRecord,
+    attach_siblings,
+)
+
+STEPS = 120
+_G = torch.Generator().manual_seed(0)
+CENTERS = torch.randn(10, 20, generator=_G) * 1.5
+
+
+def _train(lr: float, *, steps: int = STEPS, store: Any = None, run_id: str = "", monitor_kw: Any = None, log: Any = None) -> tuple[Any, Any, int | None]:
+    """A 10-class classifier of Gaussian clusters, Adam at ``lr``; (monitor, peers, pruned step)."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    monitor = wandb_gradema.watch(opt, model=model, **(monitor_kw or {"on_escalation": "prune"}))
+    peers = attach_siblings(monitor, store, run_id=run_id, background=False) if store is not None else monitor.decisions.peers
+    gen = torch.Generator().manual_seed(2)
+    try:
+        for _ in range(steps):
+            y = torch.randint(0, 10, (32,), generator=gen)
+            x = CENTERS[y] + torch.randn(32, 20, generator=gen)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            monitor.observe_loss(loss)
+            opt.step()
+            if log is not None:
+                log({"loss": loss.item()})
+    except RunPruned as exc:
+        return monitor, peers, exc.step
+    monitor.remove()
+    return monitor, peers, None
+
+
+_HEALTHY: list[SiblingRecord] = []
+
+
+def _healthy_siblings(store: Any, n: int = MIN_SIBLINGS) -> None:
+    """``n`` healthy siblings' records in ``store`` (trained once per test session)."""
+    if not _HEALTHY:
+        for i, lr in enumerate([3e-3, 1e-2, 5e-3]):
+            _, peers, pruned = _train(lr, store=_Memory(), run_id=f"good{i}")
+            assert pruned is None and peers.builder.record.state == "finished"
+            _HEALTHY.append(peers.builder.record)
+    for record in _HEALTHY[:n]:
+        store.save(record)
+
+
+class _Memory:
+    def __init__(self) -> None:
+        self.records: list[SiblingRecord] = []
+
+    def load(self) -> list[SiblingRecord]:
+        return list(self.records)
+
+    def save(self, record: SiblingRecord) -> None:
+        self.records.append(record)
+
+
+# ---------------------------------------------------------------------------- records and stores
+def test_a_100k_step_record_stays_small_and_spans_the_run() -> None:
+    builder = RecordBuilder("long")
+    for step in range(100_000):
+        builder.observe(step, 2.3 - step * 1e-5 + 0.01 * math.sin(step), 1.0, 1.0, 1e-3)
+    points = builder.record.points
+    assert len(points) <= 2 * builder.max_points and len(json.dumps(builder.record.to_json())) < 40_000
+    assert points[0].step < 100 and points[-1].step > 99_000
+    assert points[-1].loss == pytest.approx(2.3 - 1.0, abs=0.02) and 0 < points[-1].noise < 0.02
+
+
+def test_the_directory_store_is_atomic_under_concurrent_writers(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "sib")
+    (tmp_path / "sib").mkdir()
+    (tmp_path / "sib" / "half.json").write_text('{"run_id": "half", "poi')  # a torn file from elsewhere
+    errors: list[BaseException] = []
+
+    def write(name: str) -> None:
+        builder = RecordBuilder(name)
+        try:
+            for step in range(400):
+                if builder.observe(step, 2.0, 1.0, 1.0, 0.1) is not None:
+                    store.save(builder.record)
+                    assert all(r.run_id != "half" for r in store.load())
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in ("a", "b", "a", "c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(r.run_id for r in store.load()) == ["a", "b", "c"]
+    assert not list((tmp_path / "sib").glob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------- judgement
+def test_a_never_learning_run_is_stopped_naming_siblings_and_step(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    _healthy_siblings(store)
+    with pytest.warns(GrademaWarning, match="Run pruned"):
+        monitor, peers, pruned = _train(1e-6, store=store, run_id="tiny")
+    assert pruned is not None and pruned < STEPS // 2
+    reason = monitor.events[-1].reason
+    assert f"at step {peers.fired.step}" in reason and "3 healthy siblings were at" in reason
+    assert "good0" in reason and "good2" in reason and monitor.events[-1].anomaly_types == ("siblings_behind",)
+    saved = {r.run_id: r for r in store.load()}["tiny"]
+    assert saved.state == "pruned" and saved.cause == "siblings_behind" and not saved.healthy
+    # the pruned run never joins the reference of the next one
+    _, later, _ = _train(1e-6, store=store, run_id="tiny2")
+    assert "tiny" not in later.reference.run_ids
+
+
+@pytest.mark.parametrize("n", [1, MIN_SIBLINGS - 1])
+def test_below_k_healthy_siblings_the_per_run_rules_judge_alone(tmp_path: Path, n: int) -> None:
+    store = DirectoryStore(tmp_path)
+    _healthy_siblings(store, n)
+    monitor, peers, pruned = _train(1e-6, store=store, run_id="tiny")
+    assert pruned is None and not monitor.events and peers.latest is None
+
+
+def test_healthy_runs_are_not_stopped_by_their_siblings(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    _healthy_siblings(store)
+    for lr in (2e-3, 2e-2):
+        monitor, peers, pruned = _train(lr, store=store, run_id=f"ok{lr}")
+        assert pruned is None and not monitor.events and peers.latest is not None and not peers.latest.behind
+
+
+def test_a_failing_store_never_stops_training(tmp_path: Path) -> None:
+    class Broken:
+        def load(self) -> list[SiblingRecord]:
+            raise OSError("disk gone")
+
+        def save(self, record: SiblingRecord) -> None:
+            raise OSError("disk gone")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor, peers, pruned = _train(1e-6, store=Broken(), run_id="x")
+    assert pruned is None and monitor.internal_errors == 0
+    assert sum("sibling store" in str(w.message) for w in caught) == 1
+
+
+# ---------------------------------------------------------------------------- Optuna
+def test_optuna_watch_trial_judges_against_the_studys_trials() -> None:
+    optuna = pytest.importorskip("optuna")
+    from wandb_gradema.integrations.optuna import watch_trial
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def objective(trial: Any) -> float:
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+        opt = torch.optim.Adam(model.parameters(), lr=trial.suggest_float("lr", 1e-6, 1e-2, log=True))
+        gen = torch.Generator().manual_seed(2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with watch_trial(trial, opt, model=model) as monitor:
+                for _ in range(STEPS):
+                    y = torch.randint(0, 10, (32,), generator=gen)
+                    loss = torch.nn.functional.cross_entropy(model(CENTERS[y] + torch.randn(32, 20, generator=gen)), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    monitor.observe_loss(loss)
+                    opt.step()
+        return float(loss)
+
+    study = optuna.create_study(storage="sqlite:///:memory:")
+    for lr in (3e-3, 1e-2, 5e-3, 1e-6):
+        study.enqueue_trial({"lr": lr})
+    study.optimize(objective, n_trials=4)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 3 + [optuna.trial.TrialState.PRUNED]
+    assert "healthy siblings were at" in study.trials[3].user_attrs["gradema_pruned"]["reason"]
+    records = {r.run_id: r for r in OptunaStore(study).load()}
+    assert [records[str(i)].state for i in range(4)] == ["finished"] * 3 + ["pruned"]
+    assert records["0"].final_metric == study.trials[0].value and records["3"].config == {"lr": 1e-6}
+    # siblings=False: the trial is judged alone
+    trial = study.ask()
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert watch_trial(trial, opt, siblings=False).decisions.peers is None
+        assert watch_trial(trial, torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)).decisions.peers is not None
+
+
+# ---------------------------------------------------------------------------- W&B, inside a sweep
+def test_inside_a_sweep_the_directory_store_prunes_and_the_run_says_why(
+    tmp_path: Path, wandb_offline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wandb
+
+    siblings = tmp_path / "siblings"
+    _healthy_siblings(DirectoryStore(siblings))
+    params = tmp_path / "params.yaml"
+    params.write_text("wandb_version: 1\n\n" + yaml.safe_dump({"lr": {"value": 1e-6}, "batch_size": {"value": 32}}))
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep123")
+    monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", str(params))
+    monkeypatch.setenv(SIBLINGS_DIR_ENV, str(siblings))
+    wandb.teardown()
+    try:
+        run = wandb_offline.init()
+        with pytest.warns(GrademaWarning, match="Run pruned"):
+            monitor, peers, pruned = _train(1e-6, monitor_kw={}, log=run.log)
+        assert pruned is not None and peers is not None and peers.run_id == run.id
+        logged = wandb_offline.read(run)
+    finally:
+        monkeypatch.delenv("WANDB_SWEEP_ID")
+        monkeypatch.delenv("WANDB_SWEEP_PARAM_PATH")
+        wandb.teardown()
+    assert (logged.state, logged.exit_code) == ("failed", 1)
+    s = logged.summary
+    assert s["gradema/pruned"] is True and s["gradema/prune_cause"] == "behind"
+    assert s["gradema/siblings_compared"] == "good0, good1, good2" and s["gradema/siblings_healthy"] == 3
+    assert "healthy siblings were at" in s["gradema/prune_reason"]
+    ranks = [v for v in logged.column("gradema/siblings/rank") if v is not None]
+    assert ranks and ranks[-1] == 1.0
+    record = {r.run_id: r for r in DirectoryStore(siblings).load()}[run.id]
+    assert record.state == "pruned" and record.config["batch_size"] == 32
+
+
+# ---------------------------------------------------------------------------- W&B public API
+class _RecordedRun:
+    """A ``wandb.apis.public.Run`` as the API returned it: the three attributes the store reads."""
+
+    def __init__(self, run_id: str, state: str, summary: dict[str, Any]) -> None:
+        self.id, self.state, self.summary = run_id, state, summary
+
+
+def test_the_wandb_store_reads_the_sweeps_finished_runs_through_the_public_api() -> None:
+    from wandb.apis import public
+
+    from wandb_gradema.siblings.stores import SUMMARY_KEY, WandbStore
+
+    assert all(hasattr(public.Run, name) for name in ("id", "state", "summary"))
+    assert "runs" in public.Sweep.__init__.__code__.co_names  # Sweep.runs, filled by load()
+    if not _HEALTHY:
+        _healthy_siblings(_Memory())
+    written: dict[str, Any] = {}
+
+    class Run:
+        summary = written
+
+    store = WandbStore("ent/proj/sw1", run=Run())
+    running = SiblingRecord.from_json(_HEALTHY[0].to_json())
+    running.state = "running"
+    store.save(running)
+    assert written == {}  # only an end is written
+    for record in _HEALTHY:
+        store.save(record)
+    body = written[SUMMARY_KEY]
+    pruned = SiblingRecord.from_json(_HEALTHY[1].to_json())
+    pruned.state = "pruned"
+    runs = [
+        _RecordedRun("good0", "finished", {SUMMARY_KEY: body}),
+        _RecordedRun("p", "failed", {SUMMARY_KEY: json.dumps(pruned.to_json())}),
+        _RecordedRun("r", "running", {SUMMARY_KEY: body}),
+        _RecordedRun("old", "finished", {"loss": 1.0}),
+        _RecordedRun("bad", "finished", {SUMMARY_KEY: "{not json"}),
+    ]
+
+    class Api:
+        def sweep(self, path: str) -> Any:
+            assert path == "ent/proj/sw1"
+            return type("Sweep", (), {"runs": runs})()
+
+    records = WandbStore("ent/proj/sw1", api=Api()).load()
+    assert [(r.run_id, r.state) for r in records] == [("good2", "finished"), ("good1", "pruned")]
+    with pytest.raises(ValueError, match="ENTITY/PROJECT/SWEEP_ID"):
+        WandbStore("sw1")
+
+
+def test_what_healthy_siblings_showed_at_the_same_step_is_not_prune_grade(tmp_path: Path) -> None:
+    from wandb_gradema import EscalationEvent
+
+    store = DirectoryStore(tmp_path)
+    _healthy_siblings(store)
+    _, peers, pruned = _train(1e-6, store=store, run_id="tiny", monitor_kw={"on_escalation": "warn"})
+    assert pruned is None and peers.fired is not None  # warn mode: the sibling escalation only warns
+
+    def event(step: int, kind: str) -> EscalationEvent:
+        return EscalationEvent(step, (f"{kind} at step {step}.",), (kind,), 9.0, step, confirmed=True)
+
+    early = peers.review(event(3, "stalled"))  # at step 3 no sibling had moved yet either
+    assert not early.confirmed and "showed the same at step 3 and recovered (good0, good1, good2)" in early.reason
+    assert peers.review(event(100, "stalled")).confirmed  # by step 100 all three had learned
+    assert peers.review(event(7, "nonfinite")).confirmed  # never excused
+    assert peers.review(event(7, "siblings_behind")).confirmed

@@ -1,0 +1,216 @@
+"""SiblingJudge: is this run hopelessly behind its healthy siblings at the same step?
+
+At each point of the run's thinned trajectory (step ``s``, its loss level ``L``, its own level
+noise ``n``, its first level ``L0``) against the healthy siblings that reached ``s``:
+
+- **siblings learned**: at least ``min_siblings`` healthy siblings had made clear progress by
+  ``s`` (start minus level beyond 4 of their level noises and 5% of their start);
+- **the run did not**: its progress ``L0 - L`` is within ``3 n`` (its own noise, which already
+  reflects its batch size) or under a tenth of those siblings' median progress, and ``L`` is
+  above every one of them by ``3 n``;
+- **nobody recovered from here**: no healthy sibling was as far behind at ``s`` and then
+  learned (a deep net's plateau, Adam's early jump: what siblings showed and left is not
+  prune-grade);
+- **it is not leaving its plateau now**: its level did not fall by more than ``3 n`` over the
+  last ``window`` steps (a late learner is spared from the moment it starts to move).
+
+A streak of such points prunes once it spans ``window`` steps (``max(MIN_WINDOW, 10% of s)``)
+when the gradients corroborate (silent tensors: an active share below every clearly learning
+sibling's; or a norm outside every one's band, a factor 3 either way), else twice that. The
+cause picks the run's end: non-finite values or a loss far above its start: ``diverged``;
+silent gradients: ``dead``; otherwise ``behind``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .record import SiblingPoint
+from .reference import Reference, level_noise
+
+__all__ = ["MIN_SIBLINGS", "MIN_WINDOW", "SiblingJudge", "SiblingVerdict"]
+
+#: Healthy siblings that must have learned clearly by the step before a run is judged against
+#: them. Fewer and one lucky config sets the bar; with 3 the bar is the least of three learners.
+MIN_SIBLINGS = 3
+#: Shortest streak (in optimizer steps) that prunes, with gradient corroboration.
+MIN_WINDOW = 20
+#: Norm band around the siblings' norm levels (a factor either way).
+NORM_BAND = 3.0
+#: Active share below the least of the learning siblings' by this much: silent tensors.
+ACTIVE_GAP = 0.1
+#: Per-run signals the reverse check may excuse when healthy siblings showed them too.
+_EXCUSABLE = frozenset({"grad_explosion", "norm_rise", "grad_vanish", "dead_units", "stalled"})
+
+
+@dataclass(frozen=True)
+class SiblingVerdict:
+    """The sibling judgement at one point of the run.
+
+    Attributes:
+        step: the point's optimizer step.
+        compared: healthy siblings that reached the step.
+        rank: the share of those siblings whose loss level was below the run's (0: best).
+        z: the run's level minus the siblings' median, in units of their spread (or its noise).
+        behind: the point counts towards a prune streak.
+        prune: the streak is long enough: prune-grade.
+        cause: ``"behind"``, ``"dead"`` or ``"diverged"`` (meaningful when ``behind``).
+        reason: one sentence naming the step and the siblings.
+    """
+
+    step: int
+    compared: tuple[str, ...]
+    rank: float
+    z: float
+    behind: bool = False
+    prune: bool = False
+    cause: str = ""
+    reason: str = ""
+    corroborated: bool = False
+
+
+class SiblingJudge:
+    """Keeps the run's own start and its streak; judges each point against a ``Reference``.
+
+    Args:
+        min_siblings: ``MIN_SIBLINGS`` by default (>= 2, so a 2-run sweep is never judged).
+        min_window: ``MIN_WINDOW`` by default.
+    """
+
+    def __init__(self, min_siblings: int = MIN_SIBLINGS, min_window: int = MIN_WINDOW) -> None:
+        if not isinstance(min_siblings, int) or min_siblings < 2:
+            raise ValueError(f"`min_siblings` must be an int >= 2, got {min_siblings!r}.")
+        self.min_siblings = min_siblings
+        self.min_window = min_window
+        self.start: float | None = None
+        self.streak_from: int | None = None
+        self._levels: deque[tuple[int, float]] = deque(maxlen=64)  # the run's recent (step, level)
+
+    def check(self, point: SiblingPoint, reference: Reference | None) -> SiblingVerdict | None:
+        """Judge one point; None when there is nothing to compare with."""
+        if self.start is None and math.isfinite(point.loss) and not point.nonfinite:
+            self.start = point.loss
+        self._levels.append((point.step, point.loss if math.isfinite(point.loss) and not point.nonfinite else math.inf))
+        if reference is None or len(reference) < self.min_siblings or self.start is None:
+            self.streak_from = None
+            return None
+        at = reference.at(point.step)
+        if len(at.run_ids) < self.min_siblings:
+            self.streak_from = None
+            return None
+        loss = point.loss if math.isfinite(point.loss) and not point.nonfinite else math.inf
+        noise = level_noise(point.noise)
+        rank = float(np.mean(at.loss < loss))
+        spread = 1.4826 * float(_med(np.abs(at.loss - _med(at.loss))))
+        z = (loss - float(_med(at.loss))) / max(spread, noise, 1e-12) if math.isfinite(loss) else math.inf
+        verdict = SiblingVerdict(point.step, at.run_ids, rank, z)
+        clear = at.clear()
+        # From the run's own start, or from where untrained siblings start when the run's first
+        # steps already blew up (a loss still above that is no progress at all).
+        progress = min(self.start, float(_med(at.start))) - loss
+        if int(clear.sum()) < self.min_siblings:
+            self.streak_from = None
+            return verdict
+        learners = at.progress[clear]
+        top = clear & at.good  # learning clearly now, and ended well
+        stuck = progress < max(3 * noise, 0.1 * float(_med(learners)))
+        behind = bool(top.any()) and loss > float(at.loss[top].max()) + 3 * noise
+        recovered = [
+            rid for rid, p, good in zip(at.run_ids, at.progress, at.good, strict=True) if good and p <= progress + 3 * noise
+        ]
+        window = max(self.min_window, int(0.1 * point.step))
+        moving = self._dropped(point.step - window) > 3 * noise  # leaving its plateau now
+        if not (stuck and behind) or recovered or moving:
+            self.streak_from = None
+            return verdict
+        if self.streak_from is None:
+            self.streak_from = point.step
+        silent = math.isfinite(point.active) and point.active < float(at.active[clear].min()) - ACTIVE_GAP
+        lo, hi = float(at.norm[clear].min()) / NORM_BAND, float(at.norm[clear].max()) * NORM_BAND
+        off_band = not (math.isfinite(point.norm) and lo <= point.norm <= hi)
+        corroborated = silent or off_band
+        needed = window if corroborated else 2 * window
+        cause = self._cause(point, loss, silent)
+        clear = top
+        names = [rid for rid, c in zip(at.run_ids, clear, strict=True) if c]
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        grads = (
+            "gradients silent" if silent else "norm outside every learning sibling's band" if off_band else "gradients look alive"
+        )
+        reason = (
+            f"loss {_fmt(loss)} at step {point.step} (started at {_fmt(self.start)}); {len(names)} healthy "
+            f"{'sibling was' if len(names) == 1 else 'siblings were'} at {_fmt(float(at.loss[clear].min()))}-{_fmt(float(at.loss[clear].max()))} ({shown}); "
+            f"behind since step {self.streak_from}, {grads}."
+        )
+        prune = point.step - self.streak_from >= needed
+        return SiblingVerdict(point.step, at.run_ids, rank, z, True, prune, cause, reason, corroborated)
+
+    def seen_and_recovered(self, event: Any, points: Sequence[SiblingPoint], reference: Reference) -> list[str]:
+        """Healthy siblings that ended well and showed, at the event's step, every signal the
+        event reports (empty: the event stands).
+
+        - ``grad_explosion``, ``norm_rise`` (Adam's first-step jump): their norm had risen from
+          its first level at least a ``NORM_BAND``-th as much as the run's;
+        - ``grad_vanish``: their norm had fallen from its first level at least as far, within
+          ``NORM_BAND``;
+        - ``dead_units``: their active share was as low (within ``ACTIVE_GAP``);
+        - ``stalled`` (a deep net before it learns): they were as far from progress.
+
+        Any other signal (non-finite values above all) is never excused, and fewer than
+        ``min_siblings`` siblings at the step excuse nothing.
+        """
+        types = set(event.anomaly_types)
+        if not types or not types <= _EXCUSABLE or not points or len(reference) < self.min_siblings:
+            return []
+        at = reference.at(event.step)
+        if len(at.run_ids) < self.min_siblings or not at.good.any():
+            return []
+        now = min(points, key=lambda p: abs(p.step - event.step))
+        first = points[0]
+        rise = now.norm / first.norm if first.norm > 0 and math.isfinite(now.norm) else math.nan
+        firsts = np.array(reference.first_norms(at.run_ids))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = at.norm / firsts
+        showed = at.good.copy()
+        for kind in types:
+            if kind in ("grad_explosion", "norm_rise"):
+                showed &= ratio * NORM_BAND >= rise
+            elif kind == "grad_vanish":
+                showed &= ratio <= rise * NORM_BAND
+            elif kind == "dead_units":
+                showed &= at.active <= now.active + ACTIVE_GAP
+            elif kind == "stalled" and self.start is not None:
+                showed &= at.progress <= self.start - now.loss + 3 * level_noise(now.noise)
+        return [rid for rid, s in zip(at.run_ids, showed.tolist(), strict=True) if s]
+
+    def _dropped(self, since: int) -> float:
+        """How far the run's level fell since step ``since`` (0 when unknown or risen)."""
+        past = [level for step, level in self._levels if step <= since]
+        if not past or not math.isfinite(past[-1]) or not math.isfinite(self._levels[-1][1]):
+            return 0.0
+        return past[-1] - self._levels[-1][1]
+
+    def _cause(self, point: SiblingPoint, loss: float, silent: bool) -> str:
+        assert self.start is not None
+        if point.nonfinite or not math.isfinite(loss) or loss > self.start + 0.5 * abs(self.start) + 1e-12:
+            return "diverged"
+        if silent:
+            return "dead"
+        return "behind"
+
+
+def _med(values: np.ndarray) -> float:
+    """The median of a short array (cheaper than ``np.median`` on a few dozen values)."""
+    ordered = np.sort(values, axis=None)
+    n = len(ordered)
+    return float(ordered[n // 2]) if n % 2 else 0.5 * float(ordered[n // 2 - 1] + ordered[n // 2])
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if math.isfinite(value) else str(value)
