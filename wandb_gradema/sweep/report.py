@@ -138,7 +138,7 @@ def summary_table(
                 *(fmt(flat.get(c)) for c in columns),
                 t.outcome or "running",
                 fmt(t.pruned_step),
-                _short(t.note) if t.outcome != "finished" else "",
+                _short(t.note),
                 fmt(t.best(metric, goal)),
                 fmt(t.last(metric)),
                 _steps(t, budget_key),
