@@ -179,6 +179,8 @@ def _plot(ax: Any, xs: list[float], ys: list[float], **kw: Any) -> None:
     """Consecutive steps as a line; rows logged far apart as points (a gap is not a ramp)."""
     label = kw.pop("label", None)
     color = kw.pop("color", None)
+    if kw.pop("join", False) and len(xs) > 1:  # a metric evaluated every N steps: points, faintly joined
+        ax.plot(xs, ys, color=color, ls=":", lw=0.8, alpha=0.5)
     segment_x: list[float] = []
     segment_y: list[float] = []
     lone_x: list[float] = []
@@ -286,7 +288,7 @@ def _loss_panel(ax: Any, run: OfflineRun, metric: str | None = None) -> bool:
     xs, ys = _finite(*(_metric_series(run, key) if metric else _series(run, key)), positive=True)
     if not ys:
         return False
-    _plot(ax, xs, ys, color="tab:brown", lw=1, label=metric or "loss (observe_loss)")
+    _plot(ax, xs, ys, color="tab:brown", lw=1, label=metric or "loss (observe_loss)", join=bool(metric))
     ax.set_yscale("log")
     ax.set_ylabel(metric or "loss")
     _mark(ax, run)
@@ -421,6 +423,9 @@ def sweep_figure(runs: list[OfflineRun], info: SweepInfo | None = None) -> Any:
             legend = ax.get_legend()
             if legend is not None:
                 legend.set_visible(False)
+    last = max((max(_series(r, _P + "step")[0] or [0.0]) for r in runs), default=0.0)
+    for ax in axes.flat:  # one step axis: a pruned run's row ends where it was stopped
+        ax.set_xlim(-0.02 * last, 1.02 * last + 1)
     axes[0][0].legend(loc="upper right", fontsize=6)
     axes[0][1].legend(loc="upper left", fontsize=6, ncol=2)
     axes[0][2].legend(loc="upper left", fontsize=6)
