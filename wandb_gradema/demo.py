@@ -96,6 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-steps", type=int, default=200, help="linear warm-up length (default 200)")
     parser.add_argument("--prune", action="store_true", help="prune the run on escalation, as in a sweep")
     parser.add_argument("--dir", default=None, help="where W&B writes the offline run (default ./wandb)")
+    parser.add_argument("--figure", default=None, metavar="PNG",
+                        help="also draw the run's report picture to this file (the README's figure)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -143,7 +145,18 @@ def run(args: argparse.Namespace) -> int:
         print("\nNo escalation: training stayed healthy.")
     print(f"Trained {result.steps} steps; final loss {result.final_loss:.4g}{_chance_note(result.final_loss)}.")
     _print_where(result.run_dir)
+    if args.figure and result.run_dir:
+        _draw(result.run_dir, args.figure)
     return 0
+
+
+def _draw(run_dir: str, png: str) -> None:
+    """The report's picture of the demo run, written to ``png``."""
+    from .offline import read_run
+    from .report import run_figure
+
+    run_figure(read_run(run_dir)).savefig(png, dpi=110)
+    print(f"\nPicture: {os.path.abspath(png)}")
 
 
 #: Cross-entropy of a uniform guess over the demo's 10 classes.
