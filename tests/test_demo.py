@@ -9,7 +9,6 @@ from pathlib import Path
 
 from wandb_gradema.offline import find_runs, read_run
 
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 REGENERATE = "python -m wandb_gradema demo --figure docs/demo-report.png"
 

@@ -232,7 +232,7 @@ def _windows(run: OfflineRun) -> list[tuple[float, float]]:
 
 def _mark(ax: Any, run: OfflineRun, *, label: bool = False) -> None:
     """Telemetry windows shaded, escalations as lines (prune-grade: solid red), the prune."""
-    for i, (a, b) in enumerate(_windows(run)):
+    for a, b in _windows(run):
         ax.axvspan(a - 0.5, b + 0.5, color="orange", alpha=0.13, lw=0)  # in the figure's key
     steps = _series(run, _P + "step")[0]
     right = 0.65 * max(steps) if steps else math.inf  # labels past it go left of their line
