@@ -16,7 +16,8 @@ import yaml
 import wandb_gradema
 from wandb_gradema.offline import find_runs, read_run
 from wandb_gradema.report import load, render, run_figure, sweep_figure
-from wandb_gradema.sweep.trial import would_prune
+from wandb_gradema.sweep.report import summary_table
+from wandb_gradema.sweep.trial import Trial, would_prune
 
 pytest.importorskip("matplotlib")
 
@@ -160,7 +161,12 @@ def test_a_finished_run_says_what_would_have_been_pruned(wandb_offline, tmp_path
     """With pruning off (``sweep --no-prune``), the table's "why" names the prune-grade escalation."""
     with pytest.warns(wandb_gradema.GrademaWarning):
         _offline_run(wandb_offline, nan_at=12, prune=False, lr=0.01)
-    summary = read_run(find_runs(tmp_path / "wandb")[0], history=False).summary
-    assert would_prune(summary).startswith("would prune at step 12: Non-finite")
+    escalated = read_run(find_runs(tmp_path / "wandb")[0], history=False)
+    assert would_prune(escalated.summary).startswith("would prune at step 12: Non-finite")
+    trial = Trial(1, escalated.run_id, {"steps": {"value": 40}}, outcome="finished", run=escalated,
+                  note=would_prune(escalated.summary))
+    table = summary_table([trial], ["steps"], None, "minimize", "steps")
+    assert "would prune at step 12" in table  # the "why" column of a finished run
+    assert "1 finished run(s) would have stopped at a prune-grade escalation (see 'why'): 27 steps saved" in table
     _offline_run(wandb_offline, nan_at=None, prune=False, lr=0.01)
     assert would_prune(read_run(find_runs(tmp_path / "wandb")[-1], history=False).summary) == ""

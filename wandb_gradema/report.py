@@ -71,6 +71,9 @@ def load(path: str | Path) -> tuple[list[OfflineRun], SweepInfo | None]:
     if not root.exists():
         raise ReportError(f"{path}: no such file or folder.")
     results = root / "results.json" if root.is_dir() else root
+    sweeps = sorted(root.glob("sweep-*/results.json")) if root.is_dir() else []
+    if not results.is_file() and len(sweeps) == 1:  # a wandb/ folder holding one sweep: draw it as one
+        results = sweeps[0]
     info = None
     if results.name == "results.json" and results.is_file():
         info, paths = _read_results(results)
