@@ -78,7 +78,7 @@ def load(path: str | Path) -> tuple[list[OfflineRun], SweepInfo | None]:
     if results.name == "results.json" and results.is_file():
         info, paths = _read_results(results)
     else:
-        paths = find_runs(root) if root.is_dir() else []
+        paths = find_runs(root) if root.is_dir() else ([root] if root.suffix == ".wandb" else [])
     if not paths:
         raise ReportError(
             f"{path}: no offline W&B run here. Give a run folder (wandb/offline-run-*), a wandb/ "
