@@ -357,7 +357,16 @@ def test_on_escalation_raise_and_callable(tiny, sync_every: int) -> None:
         ({"sensitivity": 0}, ValueError, r"`sensitivity` must be in \(0, inf\)"),
         ({"z_threshold": "high"}, TypeError, r"`z_threshold` must be a number"),
         ({"patience": 1.5}, TypeError, r"`patience` must be an int"),
-        ({"logevery": 5}, TypeError, r"unknown option\(s\) `logevery`. Valid options: .*log_every"),
+        ({"logevery": 5}, TypeError, r"unknown option\(s\) `logevery` \(did you mean `log_every`\?\)\.$"),
+        ({"modle": None}, TypeError, r"`modle` \(did you mean `model`\?\)"),
+        ({"clip": 1.0}, TypeError, r"`clip` \(did you mean `max_norm`\?\)"),
+        ({"wandb_run": None}, TypeError, r"`wandb_run` \(did you mean `run`\?\)"),
+        ({"frobnicate": 1}, TypeError, r"`frobnicate`\. The options are listed in the README's option table"),
+        ({"run": "myrun"}, TypeError, r"`run` must be a W&B run \(what wandb.init\(\) returns\) or None.*str 'myrun'.*wandb.init\(name='myrun'\)"),
+        ({"run": 3}, TypeError, r"`run` must be a W&B run"),
+        ({"name": 3}, TypeError, r"`name` must be a string or None, got int 3"),
+        ({"on_escalation": 3}, TypeError, r"`on_escalation` must be one of 'auto', 'warn', 'prune', 'raise'; got int 3"),
+        ({"sweep_goal": None}, TypeError, r"`sweep_goal` must be one of 'minimize', 'maximize'; got NoneType"),
         ({"model": "net"}, TypeError, r"`model` must be a torch.nn.Module"),
     ],
 )
@@ -523,3 +532,64 @@ def test_default_logging_thins_rows_but_keeps_every_escalation_and_no_long_gap(t
     steps = [r["gradema/step"] for r in wandb_offline.read(run).history if "gradema/step" in r]
     assert steps[0] == 0 and 250 in steps and steps[-1] == 399  # remove() logs the last step
     assert max(b - a for a, b in zip(steps, steps[1:])) <= MAX_LOG_INTERVAL
+
+
+@pytest.mark.parametrize("order", ["load_then_watch", "watch_then_load"])
+def test_resuming_from_a_checkpoint_continues_drift_tracking_in_either_order(tiny, sync_every, tmp_path, order) -> None:
+    """The usual resume order (load the optimizer, then watch it) must not restart drift tracking."""
+    model, batch = tiny
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    monitor = wandb_gradema.watch(opt, on_escalation="warn")
+    train_loop(model, opt, batch, 40, monitor=monitor)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ckpt.pt")
+    before = monitor.state_dict()
+    monitor.remove()
+
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    model2, _ = tiny
+    model2.load_state_dict(ck["model"])
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=0.01)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*checkpoint", GrademaWarning)  # resuming says nothing: it just works
+        if order == "load_then_watch":
+            opt2.load_state_dict(ck["optimizer"])
+            resumed = wandb_gradema.watch(opt2, on_escalation="warn")
+        else:
+            resumed = wandb_gradema.watch(opt2, on_escalation="warn")
+            opt2.load_state_dict(ck["optimizer"])
+    assert resumed.step == 40
+    assert nan_safe(resumed.state_dict()) == nan_safe(before)
+    train_loop(model2, opt2, batch, 5, start=40, monitor=resumed)
+    assert resumed.step == 45
+    resumed.remove()
+
+
+def test_watch_after_loading_a_checkpoint_without_monitor_state_says_so(tiny, tmp_path) -> None:
+    model, batch = tiny
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    train_loop(model, opt, batch, 5)  # an unwatched run
+    ck = {"optimizer": opt.state_dict()}
+    opt2 = torch.optim.AdamW(model.parameters(), lr=0.01)
+    opt2.load_state_dict(ck["optimizer"])
+    with pytest.warns(GrademaWarning, match=r"loaded from a checkpoint without the monitor's state.*starts at step 0"):
+        monitor = wandb_gradema.watch(opt2)
+    assert monitor.step == 0
+    monitor.remove()
+    # An optimizer that merely took steps unwatched is watched quietly; so is a re-watch.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*checkpoint", GrademaWarning)
+        wandb_gradema.watch(opt).remove()
+        wandb_gradema.watch(opt2).remove()
+
+
+def test_monitor_load_state_dict_accepts_the_optimizers_state_dict(tiny) -> None:
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = wandb_gradema.watch(opt)
+    train_loop(model, opt, batch, 7, monitor=monitor)
+    saved = opt.state_dict()
+    monitor.remove()
+    fresh = wandb_gradema.watch(torch.optim.SGD(model.parameters(), lr=0.01), save_with_optimizer=False)
+    fresh.load_state_dict(saved)
+    assert fresh.step == 7
+    fresh.remove()

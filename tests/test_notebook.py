@@ -109,3 +109,29 @@ def test_quickstart_notebook_runs_offline(tmp_path: Path, monkeypatch: pytest.Mo
 
     # Everything went to WANDB_DIR: nothing new next to the notebook.
     assert sorted(p.name for p in NOTEBOOK.parent.iterdir()) == before
+
+
+def _install_cell() -> str:
+    nb = json.loads(NOTEBOOK.read_text())
+    (cell,) = [c for c in nb["cells"] if "install" in c["metadata"].get("tags", [])]
+    return "".join(cell["source"])
+
+
+def test_the_install_cell_installs_the_clone_it_sits_in_and_says_what_to_do_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package is not on PyPI: in a clone the cell pip-installs that clone; outside it says so."""
+    import importlib.util
+    import subprocess
+
+    calls: list[list[str]] = []
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb_gradema" else real_find_spec(name, *a))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))  # pip itself is not run here
+    monkeypatch.chdir(NOTEBOOK.parent)  # where Jupyter starts the kernel
+    exec(_install_cell(), {})
+    assert calls and calls[0][-2:] == ["-e", f"{REPO}[demo]"]
+    assert calls[0][1:4] == ["-m", "pip", "install"]
+    monkeypatch.chdir(tmp_path)  # a notebook downloaded alone
+    with pytest.raises(RuntimeError, match="is not on PyPI.*Clone the repository.*set SOURCE"):
+        exec(_install_cell(), {})

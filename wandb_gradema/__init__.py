@@ -76,7 +76,8 @@ def watch(optimizer: torch.optim.Optimizer, *, run: Any = None, **options: Any) 
             ``gradema`` section, e.g. from sweep parameters) apply unless given here.
 
     Raises:
-        TypeError: ``optimizer`` is not an optimizer, or an option is unknown or mistyped.
+        TypeError: ``optimizer`` is not an optimizer, ``run`` is not a W&B run, or an option is
+            unknown (the message names the option it most likely meant) or mistyped.
         ValueError: an option is out of range.
 
     Example:
@@ -89,9 +90,10 @@ def watch(optimizer: torch.optim.Optimizer, *, run: Any = None, **options: Any) 
         >>> monitor.step
         1
     """
-    from ._validate import reject_unknown
+    from ._validate import check_run, reject_unknown
 
-    reject_unknown("watch()", options, WATCH_OPTIONS)
+    reject_unknown("watch()", options, ("run", *WATCH_OPTIONS))
+    check_run(run)
     inner = unwrap_optimizer(optimizer)
     if inner is not optimizer and options.get("scaler") is None and inner_scaler(optimizer) is not None:
         options = {**options, "scaler": inner_scaler(optimizer)}

@@ -4,10 +4,16 @@
 This module checks a loaded state before anything is restored (a newer format is named as
 such, an older one is brought up to date), and owns the optimizer state-dict hooks that carry
 the monitor state inside ``optimizer.state_dict()`` under ``STATE_KEY``.
+
+The usual resume order loads the optimizer before ``watch()``: torch's ``load_state_dict``
+keeps only ``state`` and ``param_groups``, so the monitor's entry would be lost. ``remember_loads``
+wraps ``torch.optim.Optimizer.load_state_dict`` once (at import) to set that entry aside for an
+optimizer no monitor watches; ``watch()`` takes it back (``loaded_state``) and resumes.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import weakref
@@ -24,9 +30,19 @@ __all__ = [
     "STATE_KEYS",
     "DCPStateful",
     "OptimizerStateHooks",
+    "HOOK_MARK",
     "event_from_state",
+    "is_watched",
+    "loaded_state",
+    "remember_loads",
     "upgrade",
 ]
+
+#: Marks the monitor's step hook on an optimizer (one monitor per optimizer).
+HOOK_MARK = "_gradema_hook"
+#: What the last ``load_state_dict`` gave an unwatched optimizer: the monitor's state, or None
+#: when the checkpoint carried none. Weak keys: an optimizer's entry goes with it.
+_LOADED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 #: The format ``state_dict()`` writes. 2: the decision schedule (``ticks``), steps processed but
 #: not yet decided, internal-error count, the ``confirmed`` flag of events and the policy's
@@ -198,3 +214,46 @@ def event_from_state(data: Mapping[str, Any]) -> EscalationEvent:
     return EscalationEvent(
         **{**data, "reasons": tuple(data["reasons"]), "anomaly_types": tuple(data["anomaly_types"])}
     )
+
+
+def is_watched(optimizer: Any) -> bool:
+    """True when a GradientMonitor's step hook is on ``optimizer``."""
+    hooks = getattr(optimizer, "_optimizer_step_pre_hooks", {})
+    return any(getattr(h, HOOK_MARK, False) for h in hooks.values())
+
+
+def loaded_state(optimizer: Any) -> tuple[bool, Any]:
+    """``(loaded, state)``: whether a checkpoint was loaded into the unwatched ``optimizer``,
+    and the monitor state it carried (None if none). Taken once: a second call says ``(False, None)``."""
+    try:
+        state = _LOADED.pop(optimizer)
+    except (KeyError, TypeError):
+        return False, None
+    return True, state
+
+
+def remember_loads() -> None:
+    """Wrap ``torch.optim.Optimizer.load_state_dict`` so an unwatched optimizer keeps our entry aside.
+
+    Why a class-level wrap: the optimizer is built and loaded before ``watch()`` exists for it,
+    so no instance hook can be in place. The wrap only reads the dict; it never changes what
+    torch loads, and a failure of its own bookkeeping never reaches the caller. Idempotent.
+    """
+    import torch
+
+    original = torch.optim.Optimizer.load_state_dict
+    if getattr(original, "_gradema_remembers", False):
+        return
+
+    @functools.wraps(original)
+    def load_state_dict(self: Any, state_dict: Any) -> None:
+        entry = state_dict.get(STATE_KEY) if isinstance(state_dict, Mapping) else None
+        original(self, state_dict)
+        try:
+            if not is_watched(self):
+                _LOADED[self] = entry
+        except Exception:  # noqa: BLE001 - bookkeeping never breaks a load
+            pass
+
+    load_state_dict._gradema_remembers = True  # type: ignore[attr-defined]
+    torch.optim.Optimizer.load_state_dict = load_state_dict  # type: ignore[method-assign]

@@ -11,6 +11,7 @@ run is written in offline mode so it can be viewed with ``wandb leet`` or upload
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -63,7 +64,9 @@ def train(
         dir=wandb_dir,
         config={"lr": peak_lr, "warmup_steps": warmup_steps, "steps": steps},
     )
-    monitor = wandb_gradema.watch(opt, model=model, on_escalation="prune" if prune else "warn")  # the one line
+    # The one line. log_every=1: a row per step, so the report draws the whole story (by default
+    # rows are spaced to cost ~1% of training time, which for steps this tiny is sparse).
+    monitor = wandb_gradema.watch(opt, model=model, on_escalation="prune" if prune else "warn", log_every=1)
     loss_fn = torch.nn.CrossEntropyLoss()
     step = 0
     loss = torch.tensor(float("nan"))
@@ -81,7 +84,7 @@ def train(
         step += 1
     finally:
         monitor.remove()
-        run_dir = os.path.dirname(run.dir) if run.dir else None
+        run_dir = os.path.abspath(os.path.dirname(run.dir)) if run.dir else None
         wandb.finish()  # a no-op when the prune already finished the run as failed
     return DemoResult(step, list(monitor.events), monitor.pruned, run_dir, float(loss.detach()))
 
@@ -93,6 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-steps", type=int, default=200, help="linear warm-up length (default 200)")
     parser.add_argument("--prune", action="store_true", help="prune the run on escalation, as in a sweep")
     parser.add_argument("--dir", default=None, help="where W&B writes the offline run (default ./wandb)")
+    parser.add_argument("--figure", default=None, metavar="PNG",
+                        help="also draw the run's report picture to this file (the README's figure)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,28 +126,55 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"\nPRUNED: {pruned}")
         print("The W&B run is marked failed with the reason; training stopped inside optimizer.step().")
-        run_dir = _latest_run_dir(args.dir)
-        _print_where(run_dir)
         del wandb
+        _print_where(_latest_run_dir(args.dir))
         return 0
+    would_prune = next((e for e in result.events if e.confirmed), None)
+    for e in result.events:
+        grade = "prune-grade: --prune (or a sweep) stops the run here" if e.confirmed else "alert only, not prune-grade"
+        if e.confirmed and e is not would_prune:
+            grade = "prune-grade"
+        print(f"\nESCALATED at step {e.step} (drift first seen at step {e.first_anomaly_step}; {grade}):")
+        for reason in e.reasons:
+            print(f"  - {reason}")
     if result.events:
-        for e in result.events:
-            print(f"\nESCALATED at step {e.step} (drift first seen at step {e.first_anomaly_step}):")
-            for reason in e.reasons:
-                print(f"  - {reason}")
-        print("\nPer-layer gradient norms were logged under gradema/layers/ for the following steps.")
+        print("\nEach escalation logged per-layer gradient norms under gradema/layers/ for the following steps.")
+        if would_prune is not None:
+            print(f"With --prune (or inside a W&B sweep) the run would have stopped at step {would_prune.step}.")
     else:
         print("\nNo escalation: training stayed healthy.")
-    print(f"Trained {result.steps} steps; final loss {result.final_loss:.4g}.")
+    print(f"Trained {result.steps} steps; final loss {result.final_loss:.4g}{_chance_note(result.final_loss)}.")
     _print_where(result.run_dir)
+    if args.figure and result.run_dir:
+        _draw(result.run_dir, args.figure)
     return 0
+
+
+def _draw(run_dir: str, png: str) -> None:
+    """The report's picture of the demo run, written to ``png``."""
+    from .offline import read_run
+    from .report import run_figure
+
+    run_figure(read_run(run_dir)).savefig(png, dpi=110)
+    print(f"\nPicture: {os.path.abspath(png)}")
+
+
+#: Cross-entropy of a uniform guess over the demo's 10 classes.
+CHANCE_LOSS = math.log(10)
+
+
+def _chance_note(loss: float) -> str:
+    """Say when a final loss is chance level: the run learned nothing that lasted."""
+    if math.isfinite(loss) and abs(loss - CHANCE_LOSS) < 0.02:
+        return f" = chance level (ln 10 = {CHANCE_LOSS:.3f} for 10 classes): the run died"
+    return ""
 
 
 def _latest_run_dir(root: str | None) -> str | None:
     from .offline import find_runs
 
     runs = find_runs(os.path.join(root or ".", "wandb"))
-    return str(runs[-1]) if runs else None
+    return os.path.abspath(runs[-1]) if runs else None
 
 
 def _print_where(run_dir: str | None) -> None:
@@ -152,3 +184,4 @@ def _print_where(run_dir: str | None) -> None:
     print(f"  charts in the terminal:  wandb leet {run_dir}")
     print(f"  summary as JSON:         wandb leet inspect --summary --json {run_dir}")
     print(f"  upload to W&B later:     wandb sync {run_dir}")
+    print(f"  the picture (PNG+HTML):  wandb-gradema report {run_dir}")

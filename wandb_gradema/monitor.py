@@ -19,7 +19,17 @@ from . import _dist, norms
 from ._patch import weak_method
 from .actions import EscalationActions
 from .cadence import LogCadence
-from .checkpoint import FORMAT_VERSION, DCPStateful, OptimizerStateHooks, upgrade
+from .checkpoint import (
+    FORMAT_VERSION,
+    HOOK_MARK,
+    STATE_KEY,
+    DCPStateful,
+    OptimizerStateHooks,
+    is_watched,
+    loaded_state,
+    remember_loads,
+    upgrade,
+)
 from .decisions import Decisions
 from .detector import AnomalyDetector, AnomalyReport, Observation
 from .errors import RunPruned, warn
@@ -37,8 +47,8 @@ from .wrappers import not_an_optimizer
 
 __all__ = ["GradientMonitor", "OnEscalation", "PRUNED_TAG"]
 
-#: Marks the monitor's step hook on an optimizer (one monitor per optimizer).
-_HOOK_MARK = "_gradema_hook"
+_HOOK_MARK = HOOK_MARK
+remember_loads()  # opt.load_state_dict(ck) before watch(opt) resumes too (see checkpoint.py)
 
 
 class GradientMonitor:
@@ -72,7 +82,7 @@ class GradientMonitor:
     def __init__(self, optimizer: torch.optim.Optimizer, *, run: Any = None, **options: Any) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer) or not hasattr(optimizer, "_optimizer_step_pre_hooks"):
             raise not_an_optimizer(optimizer)
-        if any(getattr(h, _HOOK_MARK, False) for h in optimizer._optimizer_step_pre_hooks.values()):
+        if is_watched(optimizer):
             raise ValueError(
                 "This optimizer is already watched by a GradientMonitor; call its remove() before watching it again."
             )
@@ -119,6 +129,7 @@ class GradientMonitor:
             OptimizerStateHooks(optimizer, self.state_dict, self.load_state_dict) if opts.save_with_optimizer else None
         )
         self._scaler = ScalerWatch(opts.scaler, optimizer, self._tick_count, self._on_skipped) if opts.scaler else None
+        self._resume_from_loaded(optimizer, opts.save_with_optimizer)
         self._guarded(self.sink.attach)  # see the user's logging from their first log() on
 
     # ================================================================ public API
@@ -283,8 +294,12 @@ class GradientMonitor:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what ``state_dict`` returned (older formats are upgraded; newer ones named).
 
+        An optimizer's state dict that carries the monitor's entry is accepted too.
+
         Steps queued since the last decision belong to the trajectory being replaced: dropped.
         """
+        if isinstance(state, Mapping) and STATE_KEY in state and "format_version" not in state:
+            state = state[STATE_KEY]  # monitor.load_state_dict(ck["optimizer"])
         state, restart_detector = upgrade(state)
         if restart_detector:
             warn("wandb_gradema: state from an older format: the detector's statistics restart.")
@@ -294,6 +309,33 @@ class GradientMonitor:
         self.decisions.load_state_dict(state)
         self._guarded.restore(int(state["internal_errors"]))
         self.intake.reset()
+
+    def _resume_from_loaded(self, optimizer: Any, carried: bool) -> None:
+        """Resume from the monitor state a checkpoint loaded before ``watch()`` carried.
+
+        Without one, say so: a loaded optimizer with a monitor starting at step 0 is a silent
+        restart of drift tracking, and the fix depends on where the state was saved.
+        """
+        loaded, state = loaded_state(optimizer)
+        if not loaded:
+            return
+        if state is not None:
+            try:
+                self.load_state_dict(state)
+            except (TypeError, ValueError, KeyError) as exc:
+                warn(
+                    f"wandb_gradema: the optimizer's checkpoint carries a monitor state that cannot be "
+                    f"restored ({exc}); drift tracking starts at step 0."
+                )
+            return
+        if carried:
+            warn(
+                "wandb_gradema: this optimizer was loaded from a checkpoint without the monitor's state "
+                "(saved from an unwatched optimizer, or with save_with_optimizer=False): drift tracking "
+                "starts at step 0. If you saved the state beside the optimizer, restore it with "
+                "monitor.load_state_dict(...); a checkpoint saved while watched carries it inside "
+                "optimizer.state_dict() and resumes by itself."
+            )
 
     def stateful(self) -> DCPStateful:
         """This monitor as an entry of a ``torch.distributed.checkpoint`` state dict (FSDP).

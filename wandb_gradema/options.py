@@ -80,7 +80,9 @@ class WatchOptions:
         for flag in ("alerts", "save_with_optimizer"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"`{flag}` must be a bool, got {type(getattr(self, flag)).__name__}.")
-        if self.name is not None and (not isinstance(self.name, str) or not self.name or "/" in self.name):
+        if self.name is not None and not isinstance(self.name, str):
+            raise TypeError(f"`name` must be a string or None, got {type(self.name).__name__} {self.name!r}.")
+        if self.name is not None and (not self.name or "/" in self.name):
             raise ValueError(f"`name` must be a non-empty string without '/', got {self.name!r}.")
         check(self, "ema_decay", check_float("ema_decay", self.ema_decay, low=0.0, high=1.0, high_open=True))
         check(self, "eps", check_float("eps", self.eps, low=0.0, low_open=True))

@@ -50,6 +50,25 @@ def current_run(run: Any = None) -> Any:
     return getattr(wandb, "run", None) if wandb is not None else None
 
 
+#: Escalations kept in the summary's ``events`` list (the first and the latest ones).
+EVENT_LOG_SIZE = 20
+
+
+def event_log(events: Sequence[EscalationEvent]) -> list[dict[str, Any]]:
+    """Each escalation as a summary entry: step, rules, prune-grade or not, and the reason.
+
+    Why: the history marks escalation steps, but a chart (``wandb-gradema report``) needs each
+    one's reason and whether it could prune. Bounded: the first and the latest ones.
+    """
+    kept = list(events)
+    if len(kept) > EVENT_LOG_SIZE:
+        kept = kept[: EVENT_LOG_SIZE // 2] + kept[-EVENT_LOG_SIZE // 2 :]
+    return [
+        {"step": e.step, "types": ",".join(e.anomaly_types), "confirmed": bool(e.confirmed), "reason": e.reason}
+        for e in kept
+    ]
+
+
 class WandbSink:
     """Logs gradema rows, summaries, tags and alerts to one W&B run (rank 0 only).
 
@@ -223,6 +242,7 @@ class WandbSink:
                 "first_escalation_reason": first.reason,
                 "last_escalation_step": event.step,
                 "last_escalation_reason": event.reason,
+                "events": event_log(events),
             }
         )
         if alert:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._patch import InstancePatch, undo_all
-from .._validate import reject_unknown
+from .._validate import check_run, reject_unknown
 from ..errors import RunPruned
 from ..options import WATCH_OPTIONS, build_options
 from ..wrappers import unwrap_optimizer
@@ -33,6 +33,7 @@ def check_options(where: str, options: Mapping[str, Any], reserved: Mapping[str,
         if name in options:
             raise TypeError(f"{where} sets `{name}` itself ({why}); do not pass it.")
     reject_unknown(where, options, [n for n in ("run", *WATCH_OPTIONS) if n not in reserved])
+    check_run(options.get("run"))
     build_options({k: v for k, v in options.items() if k != "run"})  # watch()'s own checks
 
 

@@ -7,6 +7,7 @@ tested on recorded trials.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,7 +139,7 @@ def summary_table(
                 *(fmt(flat.get(c)) for c in columns),
                 t.outcome or "running",
                 fmt(t.pruned_step),
-                _short(t.note) if t.outcome != "finished" else "",
+                _short(t.note),
                 fmt(t.best(metric, goal)),
                 fmt(t.last(metric)),
                 _steps(t, budget_key),
@@ -159,6 +160,14 @@ def summary_table(
         f"optimizer steps run: {tot.steps_run:,} of {tot.steps_budget:,} budgeted; pruning saved "
         f"{tot.steps_saved:,} steps ({tot.saved_share:.0%} of the budget)"
     )
+    would = [(t, int(m.group(1))) for t in trials if t.outcome == "finished"
+             for m in [re.match(r"would prune at step (\d+)", t.note)] if m]
+    if would:
+        spared = sum(max((t.budget(budget_key) or 0) - (step + 1), 0) for t, step in would)
+        lines.append(
+            f"with pruning on, {len(would)} finished run(s) would have stopped at a prune-grade escalation "
+            f"(see 'why'): {spared:,} steps saved"
+        )
     best = _best_finished(trials, metric, goal)
     if best is not None:
         params = " ".join(f"{c}={fmt(flatten_params(best.params).get(c))}" for c in columns)

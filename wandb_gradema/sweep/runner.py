@@ -166,6 +166,7 @@ class SweepRunner:
             self._print("\n".join(sibling_lines(self.trials, self.options.budget_key, self.metric, self.goal)))
         self._write_results()
         self._print(f"runs: {self.wandb_dir / 'wandb'}/offline-run-*  {self._sync_hint()}")
+        self._print(f"charts of every run: wandb-gradema report {self.sweep_dir}")
         return 1 if status == 0 and self._engine_failed else status
 
     def _step(self) -> bool:

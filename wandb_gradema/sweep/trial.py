@@ -54,6 +54,22 @@ def gradema_value(summary: Mapping[str, Any], name: str) -> Any:
     return None
 
 
+def would_prune(summary: Mapping[str, Any]) -> str:
+    """For a finished run: "would prune at step N: reason" when it had a prune-grade escalation.
+
+    Why: with pruning off (``--no-prune``), this is what a user compares against the pruned sweep.
+    """
+    events = gradema_value(summary, "events")
+    if isinstance(events, list):
+        for event in events:
+            if isinstance(event, Mapping) and event.get("confirmed"):
+                return f"would prune at step {event.get('step')}: {event.get('reason', '')}"
+        if events:
+            first = events[0] if isinstance(events[0], Mapping) else {}
+            return f"escalated at step {first.get('step')} (not prune-grade): {first.get('reason', '')}"
+    return ""
+
+
 def metric_values(run: OfflineRun, metric: str) -> list[float]:
     """Every finite value of ``metric`` in the run's history and summary (what the engine reads)."""
     values = [row[metric] for row in run.history if metric in row]
@@ -159,6 +175,7 @@ class Trial:
             self.note = str(gradema_value(summary, "prune_reason") or "")
         elif self.exit_code == 0 and self.run is not None and self.run.state == "finished":
             self.outcome = "finished"
+            self.note = would_prune(summary)
         elif self.exit_code == 0 and self.run is not None:
             self.outcome = "failed"  # the program marked its run failed itself, and exited 0
             self.note = f"W&B state {self.run.state}, exit 0"
