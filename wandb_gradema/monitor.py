@@ -360,7 +360,7 @@ class GradientMonitor:
     def _tick(self) -> None:
         self._ticks += 1
         if self._ticks % self.intake.sync_every == 0:
-            self.decisions.decide(stop_step=self._step - 1)
+            self.decisions.decide(stop_step=self._step - 1, ticks=self._ticks)
 
     # ================================================================ summary
     def _before_run_finish(self) -> None:
