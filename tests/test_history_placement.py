@@ -9,6 +9,7 @@ key and ``_step`` for ``_step``. Styles and their mixtures, on both decision pat
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 import wandb_gradema
+from wandb_gradema import GrademaWarning
 from wandb_gradema.history import HistoryWriter
 
 STEPS = 24
@@ -233,3 +235,153 @@ def test_threads_logging_beside_training_keep_every_row(wandb_offline, tiny) -> 
     history = wandb_offline.read(run).history
     assert [(r["_step"], r["u/i"]) for r in history if "u/i" in r] == [(i, i) for i in range(STEPS)]
     assert [int(r["gradema/step"]) for r in monitor_rows(history)] == list(range(STEPS))
+
+
+_CHILD = """
+import sys, torch, wandb, wandb_gradema
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+def train(run):
+    monitor = wandb_gradema.watch(opt, log_every=1, sync_every=8)
+    for i in range(21):
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        run.log({"u/i": i}, step=i)
+    return monitor
+
+if sys.argv[1] == "with":
+    with wandb.init(project="gradema-tests", mode="offline") as run:
+        monitor = train(run)
+else:  # the script just ends: no finish(), no remove()
+    run = wandb.init(project="gradema-tests", mode="offline")
+    monitor = train(run)
+"""
+
+
+@pytest.mark.parametrize("ending", ["with", "script_end"])
+def test_a_run_ended_by_a_with_block_or_the_script_keeps_the_last_rows_and_summary(
+    tmp_path, ending: str
+) -> None:
+    """issue 19, bug 2: with sync_every=8, steps 16-20 are still queued when the run ends."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from wandb_gradema.offline import find_runs, read_run
+
+    env = {**os.environ, "WANDB_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).parent.parent)}
+    done = subprocess.run([sys.executable, "-c", _CHILD, ending], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (path,) = find_runs(tmp_path)
+    run = read_run(path)
+    assert [(r["_step"], r["u/i"]) for r in run.history if "u/i" in r] == [(i, i) for i in range(21)]
+    assert [int(r["gradema/step"]) for r in monitor_rows(run.history)] == list(range(21))
+    assert run.summary["gradema/steps_observed"] == 21 and not run.summary["gradema/escalated"]
+
+
+def _clipped_steps(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], steps: int) -> None:
+    """Steps whose gradients were clipped before step(): the norm repeats (the clipping advice)."""
+    for i in range(steps):
+        (params[0] * (1.0 + i)).sum().backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+
+
+def test_warnings_as_errors_never_raise_from_opt_step() -> None:
+    """issue 19, bug 5: under `-W error` (every warning an error) no opt.step() raises; the
+    "no active W&B run" warning and the clipping advice are shown, never as internal errors."""
+    params = [torch.nn.Parameter(torch.ones(4))]
+    opt = torch.optim.SGD(params, lr=0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("error")
+        monitor = wandb_gradema.watch(opt, log_every=1)
+        _clipped_steps(opt, params, 30)
+        monitor.remove()
+    shown = [str(w.message) for w in caught]
+    assert monitor.internal_errors == 0 and monitor.step == 30
+    assert any("No active W&B run" in m for m in shown) and any("steps in a row" in m for m in shown)
+    assert not any("internal error" in m for m in shown)
+
+
+def test_a_filter_naming_gradema_warnings_still_raises_them() -> None:
+    """Only an explicit opt-in turns our warnings into errors: the advice then raises as itself."""
+    params = [torch.nn.Parameter(torch.ones(4))]
+    opt = torch.optim.SGD(params, lr=0.01)
+    monitor = wandb_gradema.watch(opt, log_every=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.filterwarnings("error", message=".*steps in a row", category=GrademaWarning)
+        with pytest.raises(GrademaWarning, match="steps in a row"):
+            _clipped_steps(opt, params, 30)
+    assert monitor.internal_errors == 0
+    monitor.remove()
+
+
+def test_python_W_error_script_trains_to_the_end(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import torch, wandb_gradema\n"
+        "p = [torch.nn.Parameter(torch.ones(4))]\n"
+        "opt = torch.optim.SGD(p, lr=0.01)\n"
+        "m = wandb_gradema.watch(opt, log_every=1)\n"
+        "for i in range(30):\n"
+        "    (p[0] * (1.0 + i)).sum().backward()\n"
+        "    torch.nn.utils.clip_grad_norm_(p, 1.0)\n"
+        "    opt.step(); opt.zero_grad()\n"
+        "m.remove()\n"
+        "print('steps', m.step, 'internal', m.internal_errors)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "steps 30 internal 0" in done.stdout
+    assert "No active W&B run" in done.stderr and "steps in a row" in done.stderr
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_without_the_history_callback_user_rows_stay_and_the_version_is_named(
+    wandb_offline, tiny, monkeypatch
+) -> None:
+    """An SDK without the one private hook: merge-only mode, nothing of the user's moves."""
+    import wandb
+
+    from wandb_gradema import history
+
+    monkeypatch.setattr(history, "_CALLBACK", "_no_such_callback")
+    with pytest.warns(GrademaWarning, match=f"wandb {wandb.__version__} has no history callback"):
+        rows = _run(wandb_offline, tiny, "step_after", watched=True)
+    assert user_rows(rows) == reference(wandb_offline, tiny, "step_after")
+    assert monitor_rows(rows), "the latest monitor values still reach the user's rows"
+
+
+def test_without_teardown_hooks_finish_still_writes_the_last_rows(wandb_offline, tiny, monkeypatch) -> None:
+    import wandb
+
+    from wandb_gradema import history
+
+    monkeypatch.setattr(history, "_TEARDOWN", "_no_such_hooks")
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = wandb_offline.init()
+    with pytest.warns(GrademaWarning, match=f"wandb {wandb.__version__} has no teardown hooks"):
+        wandb_gradema.watch(opt, log_every=1, sync_every=8)
+    for i in range(13):
+        x, y = batch(i)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        run.log({"u/i": i}, step=i)
+    run.finish()
+    history_rows = wandb_offline.read(run).history
+    assert [int(r["gradema/step"]) for r in monitor_rows(history_rows)] == list(range(13))

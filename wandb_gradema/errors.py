@@ -10,6 +10,8 @@ __all__ = ["GrademaError", "GrademaWarning", "EscalationError", "RunPruned", "wa
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _TORCH = os.path.dirname(os.path.abspath(sys.modules["torch"].__file__ or "")) if "torch" in sys.modules else None
+#: W&B's package: our history writer warns from inside the user's run.log() call.
+_WANDB = os.sep + "wandb" + os.sep
 
 
 class GrademaError(Exception):
@@ -62,7 +64,7 @@ def warn(message: str) -> None:
     """Issue a ``GrademaWarning`` pointing at the user's line (``opt.step()``, ``watch()``...).
 
     Warnings raised inside the optimizer hook would otherwise point into this package or into
-    torch's hook machinery; the stack level is found by skipping both. Warning filters that turn
+    torch's hook machinery (or W&B's ``log()``); the stack level is found by skipping them. Warning filters that turn
     every warning into an error (``python -W error``, pytest's ``filterwarnings = error``) never
     make ours raise inside training: the warning is shown instead. Only a filter naming
     ``GrademaWarning`` itself (an explicit opt-in) makes it raise.
@@ -72,7 +74,7 @@ def warn(message: str) -> None:
     while frame is not None:
         path = os.path.abspath(frame.f_code.co_filename)
         inside = path.startswith(_PACKAGE) or (_TORCH is not None and path.startswith(_TORCH))
-        if not inside and "contextlib" not in path:
+        if not inside and "contextlib" not in path and _WANDB not in path:
             break
         frame = frame.f_back  # type: ignore[assignment]
         level += 1

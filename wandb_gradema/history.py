@@ -52,6 +52,10 @@ _WRITERS: dict[int, HistoryWriter] = {}
 _REGISTRY_LOCK = threading.Lock()
 #: Runs whose teardown hook is installed (once per run, however many writers come and go).
 _HOOKED: weakref.WeakSet[Any] = weakref.WeakSet()
+#: The run's history callback (private: the one way to see the user's log() calls; checked).
+_CALLBACK = "_partial_history_callback"
+#: The run's teardown hook list (private: run by finish(), wandb.finish() and a with block; checked).
+_TEARDOWN = "_teardown_hooks"
 
 
 def combine_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -146,9 +150,9 @@ class HistoryWriter:
         self.merge_only = False  # no history callback on this SDK: latest values win
         self._before_finish_calls: list[Callable[[], None]] = []  # one per monitor still watching
         self._patches: list[InstancePatch] = []
-        if callable(getattr(run, "_partial_history_callback", None)):
+        if callable(getattr(run, _CALLBACK, None)):
             try:
-                self._patches.append(InstancePatch(run, "_partial_history_callback", self._observe))
+                self._patches.append(InstancePatch(run, _CALLBACK, self._observe))
             except Exception as exc:  # noqa: BLE001
                 on_error("history", exc)
         if not self._patches:
@@ -448,7 +452,7 @@ def _install_teardown(run: Any, warn_once: Callable[[str, str], None]) -> None:
     try:
         from wandb.sdk.wandb_run import TeardownHook, TeardownStage
 
-        hooks = run._teardown_hooks
+        hooks = getattr(run, _TEARDOWN)
         if not isinstance(hooks, list):
             raise TypeError("no teardown hook list")
         hooks.append(TeardownHook(call=lambda: _at_teardown(key), stage=TeardownStage.EARLY))
