@@ -93,5 +93,5 @@ def _raises_explicitly(message: str) -> bool:
     for action, regex, category, _module, _lineno in warnings.filters:
         if not issubclass(GrademaWarning, category) or (regex is not None and not regex.match(message)):
             continue
-        return action == "error" and issubclass(category, GrademaWarning)
+        return action == "error" and isinstance(category, type) and issubclass(category, GrademaWarning)
     return False

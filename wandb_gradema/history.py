@@ -457,8 +457,13 @@ def _install_teardown(run: Any, warn_once: Callable[[str, str], None]) -> None:
             raise TypeError("no teardown hook list")
         hooks.append(TeardownHook(call=lambda: _at_teardown(key), stage=TeardownStage.EARLY))
     except Exception:  # noqa: BLE001 - an SDK without teardown hooks
+
+        def finish(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            _at_teardown(key)
+            return original(*args, **kwargs)
+
         try:
-            InstancePatch(run, "finish", lambda original, *a, **k: (_at_teardown(key), original(*a, **k))[1])
+            InstancePatch(run, "finish", finish)
         except Exception:  # noqa: BLE001
             pass
         warn_once(
