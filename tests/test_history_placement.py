@@ -385,3 +385,18 @@ def test_without_teardown_hooks_finish_still_writes_the_last_rows(wandb_offline,
     run.finish()
     history_rows = wandb_offline.read(run).history
     assert [int(r["gradema/step"]) for r in monitor_rows(history_rows)] == list(range(13))
+
+
+def test_the_offline_reader_names_a_wandb_too_old_for_it(tmp_path, monkeypatch) -> None:
+    """issue 19, bug 3: wandb before 0.31 has no `leet inspect --json`: say so, do not hang."""
+    import importlib.metadata
+
+    from wandb_gradema import offline
+
+    offline._check_reader.cache_clear()
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.19.11")
+    try:
+        with pytest.raises(RuntimeError, match=r"wandb 0\.19\.11 does not have.*wandb>=0\.31"):
+            offline.read_run(tmp_path)
+    finally:
+        offline._check_reader.cache_clear()
