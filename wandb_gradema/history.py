@@ -101,6 +101,10 @@ def _at_exit() -> None:
         writers = list(_WRITERS.values())
     for writer in writers:
         writer.run_ends()
+        try:  # a round trip to W&B's service: everything logged before it has reached the service
+            _ = writer.run.step
+        except Exception:  # noqa: BLE001 - a dead service: nothing more to do
+            pass
 
 
 def _at_teardown(key: int) -> None:
@@ -262,11 +266,21 @@ class HistoryWriter:
             except Exception as exc:  # noqa: BLE001
                 self._on_error("history", exc)
         try:
-            self._write_all()
+            self.settle(final=True)
         except Exception as exc:  # noqa: BLE001
             self._on_error("history", exc)
         finally:
             self._detach()
+
+    def settle(self, *, final: bool) -> None:
+        """Commit the pending row when it is ours alone (``final``: the run ends, so first write
+        everything waiting and commit whatever is pending). Summaries are written after this:
+        W&B lets a history row committed later overwrite a summary value of the same key."""
+        with self._lock:
+            if final:
+                self._write_all()
+            if self._open and (final or not self._user_row):
+                self._commit()
 
     def _write_all(self) -> None:
         with self._lock:
@@ -277,6 +291,19 @@ class HistoryWriter:
                 self._merge_into_pending(any_step=True)
             while self._waiting:
                 self._write_own(self._waiting.popleft())
+
+    def _commit(self) -> None:
+        self._local.writing = True
+        try:
+            self.run.log({}, commit=True)
+        except Exception as exc:  # noqa: BLE001 - W&B must never stop training
+            self._on_error("log", exc)
+            return
+        finally:
+            self._local.writing = False
+        self._counter += 1
+        self._open = self._user_row = False
+        self._pending_keys = set()
 
     # ------------------------------------------------------------------ the user's side
     def _observe(
@@ -448,7 +475,7 @@ def _install_teardown(run: Any, warn_once: Callable[[str, str], None]) -> None:
     if run in _HOOKED:
         return
     key = id(run)
-    weakref.finalize(run, _WRITERS.pop, key, None)
+    weakref.finalize(run, _WRITERS.pop, key, None).atexit = False  # at exit our own hook needs it
     try:
         from wandb.sdk.wandb_run import TeardownHook, TeardownStage
 

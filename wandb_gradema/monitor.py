@@ -9,6 +9,7 @@ raises or calls the user's handler.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, SupportsIndex
 
@@ -229,6 +230,7 @@ class GradientMonitor:
         """
         try:
             self.decisions.at_removal()
+            self._guarded(self.sink.settle)  # the last row committed before the summary
             self._guarded(self._write_summary)
         finally:
             for h in self._handles:
@@ -367,6 +369,7 @@ class GradientMonitor:
         """The script finishes the run while this monitor watches: the queued steps' rows and the
         summary go in first (escalations among them wait for the next decision step)."""
         self.decisions.read()
+        self._guarded(functools.partial(self.sink.settle, final=True))  # every row before the summary
         self._guarded(self._write_summary)
 
     def _write_summary(self) -> None:

@@ -182,6 +182,15 @@ class WandbSink:
         if self._history is not None:
             self._history.tick()
 
+    def settle(self, *, final: bool = False) -> None:
+        """Commit the monitor's pending row before summaries are written (``final``: the run
+        ends, everything waiting is written first); see ``HistoryWriter.settle``."""
+        if self._history is not None and self.run is not None:
+            try:
+                self._history.settle(final=final)
+            except Exception as exc:  # noqa: BLE001
+                self._failed("log", exc)
+
     def close(self) -> None:
         """Write the rows still waiting and log no more; summaries still go through."""
         self.closed = True
