@@ -95,6 +95,23 @@ def _row_step(row: dict[str, Any]) -> int | None:
     return None
 
 
+def _section(row: dict[str, Any]) -> str:
+    """The chart section of a monitor row (``gradema`` or ``gradema/<name>``)."""
+    return next((k[: -len("/step")] for k in row if k.endswith("/step")), "")
+
+
+def _special(row: dict[str, Any]) -> bool:
+    """An escalation's row or a telemetry row (per-layer norms): never folded into others."""
+    return any(
+        (k.endswith("/escalation_event") and v == 1) or "/layers/" in k for k, v in row.items()
+    )
+
+
+def _event(row: dict[str, Any]) -> bool:
+    """The row of the step an escalation fired on."""
+    return any(k.endswith("/escalation_event") and v == 1 for k, v in row.items())
+
+
 def _at_exit() -> None:
     """The interpreter exits (a script that never called ``finish()``): write what waits."""
     with _REGISTRY_LOCK:
@@ -426,15 +443,30 @@ class HistoryWriter:
         self._own_rows += 1
 
     def _combine_oldest(self) -> None:
+        """Fold the oldest waiting rows into one per chart section, at the place of the latest
+        of them; escalation and telemetry rows (per-layer norms) are kept whole (telemetry rows
+        only while they are not most of what waits: the queue must shrink)."""
         keep = MAX_WAITING // 2
         old = [self._waiting.popleft() for _ in range(len(self._waiting) - keep)]
-        self._waiting.appendleft(combine_rows(old))
-        self.combined += len(old) - 1
+        special = _special if sum(map(_special, old)) < len(old) // 2 else _event
+        ordinary: dict[str, list[dict[str, Any]]] = {}
+        for row in old:
+            if not special(row):
+                ordinary.setdefault(_section(row), []).append(row)
+        last = {id(rows[-1]): section for section, rows in ordinary.items()}
+        out = []
+        for row in old:
+            if special(row):
+                out.append(row)
+            elif id(row) in last:
+                out.append(combine_rows(ordinary[last[id(row)]]))
+        self._waiting.extendleft(reversed(out))
+        self.combined += len(old) - len(out)
         self._warn_once(
             "history-combined",
             "W&B: this script logs its own rows less often than gradema does; gradema never moves "
             "your rows, so its rows go into yours, and the waiting ones are being combined (latest "
-            "values, window maxima and escalation flags kept). To keep every gradema row, log a row "
+            "values and window maxima; escalation and telemetry rows kept whole). To keep every gradema row, log a row "
             "per optimizer step, or pass log_every=N to watch() with N your logging interval.",
         )
 
