@@ -148,7 +148,9 @@ def test_explicit_steps_sparser_than_the_monitor_fall_back_with_one_warning(wand
     assert [r["user/i"] for r in user] == [0, 10, 20, 30] and all(r["_step"] == r["user/i"] for r in user)
     steps = _monitor_steps(history)
     assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == STEPS - 1 and len(steps) < STEPS
-    assert [r for r in history if r.get("gradema/escalation_event") == 1], "the escalation stays visible"
+    event = [r for r in history if r.get("gradema/escalation_event") == 1]
+    assert [r["gradema/step"] for r in event] == [BAD_AT], "the escalation's row is never folded"
+    assert any(k.startswith("gradema/layers/") for k in event[0])
     assert max(r.get("gradema/score_max", 0.0) for r in history) == math.inf  # the NaN step's score
 
 

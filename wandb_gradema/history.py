@@ -113,13 +113,17 @@ def _event(row: dict[str, Any]) -> bool:
 
 
 def _at_exit() -> None:
-    """The interpreter exits (a script that never called ``finish()``): write what waits."""
+    """The interpreter exits (a script that never called ``finish()``): write what waits, then
+    finish the run as W&B would (its exit code from W&B's own exit hooks)."""
     with _REGISTRY_LOCK:
         writers = list(_WRITERS.values())
     for writer in writers:
         writer.run_ends()
-        try:  # a round trip to W&B's service: everything logged before it has reached the service
-            _ = writer.run.step
+        # W&B's own exit hook ends the run in its service without waiting for what was just
+        # logged; finish() waits for it, with the exit code W&B's exit hooks recorded.
+        try:
+            if getattr(writer.run, "_is_finished", False) is not True:
+                writer.run.finish()
         except Exception:  # noqa: BLE001 - a dead service: nothing more to do
             pass
 
