@@ -25,8 +25,9 @@ before use; without it the writer falls back to merging into the user's rows onl
 values winning, and warns once naming the wandb version). The end of the run is seen through
 W&B's own teardown hooks (``finish()``, ``wandb.finish()`` and the end of a ``with
 wandb.init()`` block alike) and an ``atexit`` hook (a script that ends without ``finish()``):
-each monitor still watching writes what it has measured and its summary, then every waiting
-row is written. Writes are serialised by a lock; each thread knows its own writes.
+each monitor still watching writes every row and then its summary (a row committed after a
+summary value would overwrite it); at exit the run is then finished with the exit code W&B's own
+exit hooks recorded (W&B's exit hook does not wait for what was just logged). Writes are serialised by a lock; each thread knows its own writes.
 """
 
 from __future__ import annotations
