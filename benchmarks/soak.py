@@ -145,7 +145,7 @@ def soak(steps: int, windows: int, *, sync_every: int | None, trace: bool, wandb
         gc.collect()
         snap = tracemalloc.take_snapshot() if trace else None
         fp = footprint(monitor)
-        writer = vars(run).get("_gradema_history")
+        writer = HistoryWriter.of(run)
         out.append(
             Window(
                 end=done,

@@ -259,3 +259,34 @@ def test_ranks_that_differ_like_real_ranks_stop_together(tmp_path: Path, sync_ev
     assert r0["norms"] and all(n > 0 for n in r0["norms"])
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
+
+
+def _ticks_worker(rank: int, tmp: Path) -> None:
+    _init(rank, tmp)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = wandb_gradema.watch(opt, sync_every=4)
+    if rank == 1:  # a checkpoint of a later step loaded on this rank only
+        state = monitor.state_dict()
+        state["ticks"] += 4
+        state["step"] += 4
+        monitor.load_state_dict(state)
+    outcome = "no error"
+    try:
+        for _ in range(4):
+            model(torch.randn(2, 4)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    except wandb_gradema.GrademaError as exc:
+        outcome = str(exc)
+    (tmp / f"ticks{rank}.json").write_text(json.dumps(outcome))
+    _finish()
+
+
+def test_ranks_that_disagree_on_the_step_count_stop_with_a_clear_error(tmp_path: Path) -> None:
+    """The decision all-reduce carries each rank's tick count: ranks out of step are named, not
+    left to pair the monitor's collective with another one."""
+    _spawn(_ticks_worker, tmp_path)
+    for rank in range(WORLD):
+        outcome = json.loads((tmp_path / f"ticks{rank}.json").read_text())
+        assert "ranks disagree on the optimizer step count" in outcome and "between 4 and 8" in outcome

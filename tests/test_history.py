@@ -107,8 +107,8 @@ def test_every_user_row_and_every_monitor_row_lands_whole(wandb_offline, tiny, s
         assert [r.get("user/i", r.get("user/a")) for r in user] == list(range(STEPS)), "a user row was dropped"
     if style == "split":
         assert all(r.get("user/b") == r["user/a"] for r in user), "a user row was split"
-    if style in ("step_before", "step_after"):
-        assert all(r["_step"] == r["user/i"] for r in user), "a user row landed at another step"
+    if style != "none":  # one row per step from step 0: W&B alone puts row i at _step i
+        assert all(r["_step"] == r.get("user/i", r.get("user/a")) for r in user), "a user row landed at another step"
 
     assert _monitor_steps(history) == _expected_monitor_steps(log_every, STEPS - 1)
     event = [r for r in history if r.get("gradema/escalation_event") == 1]
@@ -148,16 +148,49 @@ def test_explicit_steps_sparser_than_the_monitor_fall_back_with_one_warning(wand
     assert [r["user/i"] for r in user] == [0, 10, 20, 30] and all(r["_step"] == r["user/i"] for r in user)
     steps = _monitor_steps(history)
     assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == STEPS - 1 and len(steps) < STEPS
-    assert [r for r in history if r.get("gradema/escalation_event") == 1], "the escalation stays visible"
+    event = [r for r in history if r.get("gradema/escalation_event") == 1]
+    assert [r["gradema/step"] for r in event] == [BAD_AT], "the escalation's row is never folded"
+    assert any(k.startswith("gradema/layers/") for k in event[0])
     assert max(r.get("gradema/score_max", 0.0) for r in history) == math.inf  # the NaN step's score
 
 
-def test_explicit_steps_that_start_late_are_kept_and_warned_about(wandb_offline, tiny) -> None:
-    with pytest.warns(GrademaWarning, match=r"your log\(step=15\) came after gradema"):
+def test_explicit_steps_that_start_late_land_at_their_steps(wandb_offline, tiny, sync_every: int) -> None:
+    """Nobody logs for 15 steps: the monitor's own rows sit at _step = their optimizer step, so the
+    user's step= rows that start then land where W&B alone puts them (issue 19, bug 1)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GrademaWarning)
         history, _, _ = _train(wandb_offline, tiny, "step_after", log_every=1, user_from=15)
     user = _user_rows(history, "step_after")
-    assert [r["user/i"] for r in user] == list(range(15, STEPS))  # none dropped
+    assert [(r["_step"], r["user/i"]) for r in user] == [(i, i) for i in range(15, STEPS)]
     assert _monitor_steps(history) == _expected_monitor_steps(1, STEPS - 1)
+    placed = [(r["_step"], r["gradema/step"]) for r in history if "gradema/step" in r]
+    assert all(at == step if sync_every == 1 else at >= step for at, step in placed)
+
+
+def test_explicit_steps_behind_the_monitors_rows_are_moved_together_and_warned_about(wandb_offline, tiny) -> None:
+    """A late start at a step behind the rows the monitor already wrote (W&B would drop them):
+    every later step= moves by one offset, so the two logs of one step stay one row."""
+    model, batch = tiny
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = wandb_offline.init()
+    monitor = wandb_gradema.watch(opt, model=model, log_every=1)
+    with pytest.warns(GrademaWarning, match=r"your log\(step=0\) came after gradema .* moved by"):
+        for i in range(30):
+            x, y = batch(i)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            if i >= 20:  # a second phase that counts its own steps from 0
+                run.log({"user/a": i}, step=i - 20)
+                run.log({"user/b": i}, step=i - 20)
+    monitor.remove()
+    run.finish()
+    history = wandb_offline.read(run).history
+    user = [r for r in history if "user/a" in r]
+    first = user[0]["_step"]  # where the monitor's rows had got to (step 19, or 15 on the deferred path)
+    assert first >= 15
+    assert [(r["_step"] - first, r["user/a"], r["user/b"]) for r in user] == [(k, 20 + k, 20 + k) for k in range(10)]
+    assert _monitor_steps(history) == list(range(30))
 
 
 def test_two_watched_optimizers_share_the_user_rows(wandb_offline, tiny) -> None:

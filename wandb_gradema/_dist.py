@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .errors import GrademaError
 from .escalation import EscalationEvent
 from .norms import COUNT_FIELDS, NORM_FIELDS
 
@@ -56,35 +57,50 @@ def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-def agree(first: int | None, first_confirmed: int | None) -> tuple[int | None, int | None]:
+def agree(
+    first: int | None, first_confirmed: int | None, ticks: int | None = None
+) -> tuple[int | None, int | None]:
     """The earliest escalation step and earliest confirmed one over all ranks: one all_reduce.
 
     Each rank passes the first step it escalated at since the last decision (None: none) and
     the first step of a confirmed escalation. Every rank must call this at the same decision
     step (the monitor's decision steps are a function of the step count), or the group hangs.
-    A failing collective raises: a rank that swallowed it would leave the others waiting.
+    The same all-reduce checks that: ``ticks`` (the optimizer steps this rank has seen) must be
+    equal on every rank, else ``GrademaError`` names the spread (a checkpoint loaded on some
+    ranks only, uneven inputs under ``Join``). A failing collective raises: a rank that
+    swallowed it would leave the others waiting.
     """
     if not is_distributed():
         return first, first_confirmed
     none = 2**62
-    # MAX over [fired, -step, confirmed, -confirmed_step]: whether any rank fired (and confirmed),
-    # and the smallest step that did.
+    # MAX over [fired, -step, confirmed, -confirmed_step, ticks, -ticks]: whether any rank fired
+    # (and confirmed), the smallest step that did, and the largest and smallest tick counts.
     t = torch.tensor(
         [
             0 if first is None else 1,
             -(none if first is None else first),
             0 if first_confirmed is None else 1,
             -(none if first_confirmed is None else first_confirmed),
+            -1 if ticks is None else ticks,
+            1 if ticks is None else -ticks,
         ],
         dtype=torch.int64,
         device=_device(),
     )
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    fired, neg_step, confirmed, neg_confirmed = t.tolist()  # host sync: this is a decision step
+    fired, neg_step, confirmed, neg_confirmed, most, neg_least = t.tolist()  # host sync: a decision step
+    if ticks is not None and most != -neg_least:
+        raise GrademaError(
+            f"wandb_gradema: ranks disagree on the optimizer step count at a decision step (this rank "
+            f"{ticks}, others between {-neg_least} and {most}): the monitors' collectives would pair with "
+            "other collectives and hang. Load the monitor's state on every rank (it rides in "
+            "optimizer.state_dict()), and step every rank's optimizer the same number of times "
+            "(uneven inputs under Join cannot be watched)."
+        )
     return (-neg_step if fired else None), (-neg_confirmed if confirmed else None)
 
 
-def agree_events(events: list[EscalationEvent]) -> list[EscalationEvent]:
+def agree_events(events: list[EscalationEvent], ticks: int | None = None) -> list[EscalationEvent]:
     """The escalations every rank acts on, from this rank's own (one all_reduce).
 
     All ranks escalate together at the earliest step any rank escalated, and prune together at
@@ -92,7 +108,9 @@ def agree_events(events: list[EscalationEvent]) -> list[EscalationEvent]:
     (``other_rank``). The caller then adopts the first event's cooldown and telemetry windows.
     """
     confirmed = [e for e in events if e.confirmed]
-    first, first_confirmed = agree(events[0].step if events else None, confirmed[0].step if confirmed else None)
+    first, first_confirmed = agree(
+        events[0].step if events else None, confirmed[0].step if confirmed else None, ticks
+    )
     agreed = []
     if first is not None:
         event = next((e for e in events if e.step == first), None) or _other_rank(first)

@@ -60,10 +60,11 @@ class Decisions:
         #: The sweep-aware judgement (``wandb_gradema.siblings.SweepPeers``), or None.
         self.peers: Any = None
 
-    def decide(self, stop_step: int) -> None:
+    def decide(self, stop_step: int, ticks: int | None = None) -> None:
         """A decision step: judge the queue, agree across ranks (one all-reduce), record, act.
 
-        ``stop_step`` is the step a prune reports as the one training stopped at.
+        ``stop_step`` is the step a prune reports as the one training stopped at; ``ticks`` (the
+        optimizer steps seen) is checked equal on every rank in the same all-reduce.
         """
         self.guard(self.judge_queue)
         local = self.undecided_events
@@ -72,7 +73,7 @@ class Decisions:
             if self.peers is not None:  # what healthy siblings showed and recovered from is not prune-grade
                 local = [self.guard(self.peers.review, e) or e for e in local]
         if self.distributed:  # outside the guard: a failing collective raises (swallowed, it would hang the others)
-            events = _dist.agree_events(local)
+            events = _dist.agree_events(local, ticks)
             for event in events:  # the same cooldown and telemetry windows on every rank
                 self.policy.adopt(event.step, confirmed=event.confirmed)
         else:

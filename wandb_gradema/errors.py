@@ -10,6 +10,8 @@ __all__ = ["GrademaError", "GrademaWarning", "EscalationError", "RunPruned", "wa
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _TORCH = os.path.dirname(os.path.abspath(sys.modules["torch"].__file__ or "")) if "torch" in sys.modules else None
+#: W&B's package: our history writer warns from inside the user's run.log() call.
+_WANDB = os.sep + "wandb" + os.sep
 
 
 class GrademaError(Exception):
@@ -62,15 +64,34 @@ def warn(message: str) -> None:
     """Issue a ``GrademaWarning`` pointing at the user's line (``opt.step()``, ``watch()``...).
 
     Warnings raised inside the optimizer hook would otherwise point into this package or into
-    torch's hook machinery; the stack level is found by skipping both.
+    torch's hook machinery (or W&B's ``log()``); the stack level is found by skipping them. Warning filters that turn
+    every warning into an error (``python -W error``, pytest's ``filterwarnings = error``) never
+    make ours raise inside training: the warning is shown instead. Only a filter naming
+    ``GrademaWarning`` itself (an explicit opt-in) makes it raise.
     """
     frame = sys._getframe(1)
     level = 1
     while frame is not None:
         path = os.path.abspath(frame.f_code.co_filename)
         inside = path.startswith(_PACKAGE) or (_TORCH is not None and path.startswith(_TORCH))
-        if not inside and "contextlib" not in path:
+        if not inside and "contextlib" not in path and _WANDB not in path:
             break
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
-    warnings.warn(message, GrademaWarning, stacklevel=level + 1)
+    try:
+        warnings.warn(message, GrademaWarning, stacklevel=level + 1)
+    except GrademaWarning:
+        if _raises_explicitly(message):
+            raise
+        where = frame if frame is not None else sys._getframe(0)
+        warnings.showwarning(GrademaWarning(message), GrademaWarning, where.f_code.co_filename, where.f_lineno)
+
+
+def _raises_explicitly(message: str) -> bool:
+    """The first warning filter matching ``message`` is an ``error`` filter for GrademaWarning
+    (or a subclass of it), not one for all warnings."""
+    for action, regex, category, _module, _lineno in warnings.filters:
+        if not issubclass(GrademaWarning, category) or (regex is not None and not regex.match(message)):
+            continue
+        return action == "error" and isinstance(category, type) and issubclass(category, GrademaWarning)
+    return False

@@ -9,6 +9,7 @@ raises or calls the user's handler.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, SupportsIndex
 
@@ -246,6 +247,7 @@ class GradientMonitor:
         try:
             self.decisions.at_removal()
             self._guarded(self._finish_peers)
+            self._guarded(self.sink.settle)  # the last row committed before the summary
             self._guarded(self._write_summary)
         finally:
             for h in self._handles:
@@ -419,7 +421,7 @@ class GradientMonitor:
     def _tick(self) -> None:
         self._ticks += 1
         if self._ticks % self.intake.sync_every == 0:
-            self.decisions.decide(stop_step=self._step - 1)
+            self.decisions.decide(stop_step=self._step - 1, ticks=self._ticks)
 
     # ================================================================ summary
     def _before_run_finish(self) -> None:
@@ -427,6 +429,7 @@ class GradientMonitor:
         summary go in first (escalations among them wait for the next decision step)."""
         self.decisions.read()
         self._guarded(self._finish_peers)
+        self._guarded(functools.partial(self.sink.settle, final=True))  # every row before the summary
         self._guarded(self._write_summary)
 
     def _finish_peers(self) -> None:

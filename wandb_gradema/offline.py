@@ -6,6 +6,7 @@ config, every history row and alert. Used by the sweep runner, the drift report 
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -86,9 +87,31 @@ def _inspect_command(path: Path, args: tuple[str, ...]) -> list[str]:
     return [core, "leet", "inspect", "--no-observability", *args, "--run-file", str(run_file), str(run_file.parent.parent)]
 
 
+#: The first wandb whose ``leet inspect`` prints JSON (older ones open a terminal UI).
+READER_MIN = (0, 31)
+
+
+@functools.lru_cache(maxsize=1)
+def _check_reader() -> None:
+    """Fail at once, naming the version, where ``wandb leet inspect --json`` does not exist."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("wandb")
+    except PackageNotFoundError as exc:
+        raise RuntimeError("reading offline runs needs wandb (pip install 'wandb>=0.31')") from exc
+    parts = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
+    if len(parts) == 2 and parts < READER_MIN:
+        raise RuntimeError(
+            f"reading offline runs needs `wandb leet inspect --json`, which wandb {found} does not have: "
+            "pip install 'wandb>=0.31'"
+        )
+
+
 def _inspect(path: Path, *args: str) -> str:
+    _check_reader()
     cmd = _inspect_command(path.resolve(), args)
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise RuntimeError(f"`wandb leet inspect` failed on {path}: {done.stderr.strip()[-500:]}")
     return done.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,10 @@ _SUMMARY_AGGREGATES = {
 _NO_RUN = frozenset({"no-wandb", "no-run"})
 #: Seconds between two alerts from one sink.
 ALERT_INTERVAL_S = 300.0
+
+#: The chart sections whose metrics are defined on each run: defined once per run, however
+#: many monitors come and go (a run takes no new attributes, so they are kept here).
+_DEFINED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
 def current_run(run: Any = None) -> Any:
@@ -180,10 +185,17 @@ class WandbSink:
             self._history.release(self._before_finish)
         self._history = HistoryWriter.attach(run, self._warn_once, self._failed, self._before_finish)
         try:
+            defined = _DEFINED.setdefault(run, set())
+        except TypeError:  # a run that cannot be weakly referenced: define every time
+            defined = set()
+        if self.prefix in defined:
+            return
+        try:
             run.define_metric(self.step_key, hidden=True)
             run.define_metric(f"{self.prefix}/*", step_metric=self.step_key)
             for key, how in _SUMMARY_AGGREGATES.items():
                 run.define_metric(self.key(key), step_metric=self.step_key, summary=how)
+            defined.add(self.prefix)
         except Exception as exc:  # noqa: BLE001 - W&B must never stop training
             self._failed("define_metric", exc)
 
@@ -204,6 +216,15 @@ class WandbSink:
         """One optimizer step went by (the history writer learns the user's logging style)."""
         if self._history is not None:
             self._history.tick()
+
+    def settle(self, *, final: bool = False) -> None:
+        """Commit the monitor's pending row before summaries are written (``final``: the run
+        ends, everything waiting is written first); see ``HistoryWriter.settle``."""
+        if self._history is not None and self.run is not None:
+            try:
+                self._history.settle(final=final)
+            except Exception as exc:  # noqa: BLE001
+                self._failed("log", exc)
 
     def close(self) -> None:
         """Write the rows still waiting and log no more; summaries still go through."""
