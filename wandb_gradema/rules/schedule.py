@@ -92,7 +92,8 @@ class ScheduleStats:
 def judge_jump_itself(st: ScheduleStats, found: Findings, *, log_jump: float) -> None:
     """``lr_jump`` on the jump itself (in an existing param group: a likely schedule bug)."""
     ratio, lr = st.jump_ratio, st.jump_lr
-    found["lr_jump"] = (
+    found.note(
+        "lr_jump",
         math.log(ratio) / log_jump,
         lambda: f"Learning rate jumped to {lr:.3g}, {ratio:.3g}x anything before (a schedule bug?).",
     )
@@ -121,7 +122,8 @@ def judge_jump(
     score = max(lost / rise_threshold, norm_rise / log_explode)
     ratio, lr = st.jump_ratio, st.jump_lr
     since = st.n - 1 - st.jump_at
-    found["lr_jump"] = (
+    found.note(
+        "lr_jump",
         score,
         lambda: f"Learning rate jumped to {lr:.3g} ({ratio:.3g}x anything before) {since} steps ago, and training "
         f"has suffered since ({lost:.0%} of the progress lost, gradient norm x{math.exp(norm_rise):.3g}).",
