@@ -25,7 +25,7 @@ class RollingWindow:
     ``n (n - 1) (2 n + 5) / 18``; ``trend_z`` is the standardised S (continuity-corrected).
     """
 
-    __slots__ = ("size", "values", "sorted", "s", "trend")
+    __slots__ = ("size", "values", "sorted", "s", "trend", "_sd_full")
 
     def __init__(self, size: int, *, trend: bool = False) -> None:
         self.size = size
@@ -33,6 +33,7 @@ class RollingWindow:
         self.values: deque[float] = deque()
         self.sorted: list[float] = []
         self.s = 0  # Mann-Kendall S of the values in the window
+        self._sd_full = math.sqrt(size * (size - 1) * (2 * size + 5) / 18.0)  # S's sd once full
 
     def __len__(self) -> int:
         return len(self.values)
@@ -94,9 +95,9 @@ class RollingWindow:
         n = len(self.values)
         if n < 4:
             return 0.0
-        var = n * (n - 1) * (2 * n + 5) / 18.0
+        sd = self._sd_full if n == self.size else math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
         s = self.s
-        return (s - 1) / math.sqrt(var) if s > 0 else (s + 1) / math.sqrt(var) if s < 0 else 0.0
+        return (s - 1) / sd if s > 0 else (s + 1) / sd if s < 0 else 0.0
 
     def state(self) -> list[float]:
         return list(self.values)

@@ -103,7 +103,13 @@ class GradientStats:
         self.warm = warm = n > self.warmup_steps
         norms = self.norms
         self.med = med = norms.push(x)
-        self.active.push(active_share)
+        active = self.active
+        shares = active.sorted
+        # A full window whose every value is this share already (lowest = highest = it) stays
+        # the same window after pushing it (one copy in, one out): most runs' share is a
+        # constant 1.0, so most steps skip the push. (A zero is pushed: 0.0 == -0.0.)
+        if len(shares) != active.size or shares[0] != active_share or shares[-1] != active_share or not active_share:
+            active.push(active_share)
         self.full = full = len(norms.values) == norms.size
         if full and warm and med > self.peak:
             self.peak = med

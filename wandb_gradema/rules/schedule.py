@@ -73,7 +73,8 @@ class ScheduleStats:
             del recent[0]
         if not (len(recent) > 1 and lr > recent[-2] * (1 + _EPS)):
             self.clock += 1
-        self.lr_max = max(self.lr_max, lr)
+        if lr > self.lr_max:  # max(lr_max, lr): lr is finite here
+            self.lr_max = lr
         self.n += 1
 
     def armed(self, window: int) -> bool:
