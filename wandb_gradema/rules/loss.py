@@ -160,7 +160,7 @@ class LossStats:
     __slots__ = (
         "reference_steps", "above_factor", "trend_z", "n", "first", "ref", "start", "departed", "prev", "short", "long",
         "diffs", "log_diffs", "best", "best_upper", "best_noise", "slow_sigma", "above_run", "history", "norm_rise",
-        "level", "level_long", "sigma", "calm", "calm_norms", "spike_run", "run_norms", "spike_base", "spike_z", "exploded", "exploded_at",
+        "level", "level_long", "sigma", "_log_sigma", "_log_sigma_n", "calm", "calm_norms", "spike_run", "run_norms", "spike_base", "spike_z", "exploded", "exploded_at",
     )  # fmt: skip
 
     def __init__(
@@ -182,7 +182,10 @@ class LossStats:
         self.short = RollingWindow(window)
         self.long = RollingWindow(trend_window, trend=True)
         self.diffs = RollingWindow(trend_window)
-        self.log_diffs = RollingWindow(trend_window)  # |log x_t - log x_{t-1}|, for ratios
+        # |log x_t - log x_{t-1}|, for ratios: kept every step, sorted only when read (``log_band``:
+        # for a level at least the start), at most once per step
+        self.log_diffs: deque[float] = deque(maxlen=trend_window)
+        self._log_sigma, self._log_sigma_n = math.inf, -1  # their noise, as of ``n`` observations
         self.best = math.inf
         self.best_upper = math.inf  # the upper quartile of the window where the best level was
         self.best_noise = math.inf  # the slow noise when the best level was reached
@@ -233,7 +236,7 @@ class LossStats:
         if self.n:
             sigma = self.sigma = _DIFF_TO_SD * self.diffs.push(abs(loss - prev))
             if loss > 0 and prev > 0:
-                self.log_diffs.push(abs(math.log(loss / prev)))
+                self.log_diffs.append(abs(math.log(loss / prev)))
             self.slow_sigma.update(sigma)
         self.prev = loss
         self.n += 1
@@ -323,7 +326,11 @@ class LossStats:
 
     def log_band(self, z: float, n: int, n_other: int) -> float:
         """``band`` for log levels: the noise of the log losses (1.048 x median |d log x|)."""
-        sigma = _DIFF_TO_SD * self.log_diffs.median() if len(self.log_diffs) else math.inf
+        if self._log_sigma_n != self.n:  # their median: the same value a sorted window keeps
+            diffs = self.log_diffs
+            self._log_sigma = _DIFF_TO_SD * median_sorted(sorted(diffs)) if diffs else math.inf
+            self._log_sigma_n = self.n
+        sigma = self._log_sigma
         return z * sigma * math.sqrt(_var_of_median(n) + _var_of_median(n_other))
 
     def band(self, z: float, sigma: float | None = None, n: int | None = None, n_other: int | None = None) -> float:
@@ -346,7 +353,7 @@ class LossStats:
             "short": self.short.state(),
             "long": self.long.state(),
             "diffs": self.diffs.state(),
-            "log_diffs": self.log_diffs.state(),
+            "log_diffs": list(self.log_diffs),
             "best": self.best,
             "best_upper": self.best_upper,
             "best_noise": self.best_noise,
@@ -384,7 +391,8 @@ class LossStats:
         self.short.load(s["short"])
         self.long.load(s["long"])
         self.diffs.load(s["diffs"])
-        self.log_diffs.load(s["log_diffs"])
+        self.log_diffs = deque((float(x) for x in s["log_diffs"]), maxlen=self.log_diffs.maxlen)
+        self._log_sigma_n = -1
         self.level, self.level_long = self.short.median(), self.long.median()
         self.sigma = _DIFF_TO_SD * self.diffs.median() if len(self.diffs) else math.nan
 
