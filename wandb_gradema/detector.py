@@ -458,7 +458,7 @@ class AnomalyDetector:
         if score < 1.0:
             if self._episode or self._agree:
                 self._episode = self._agree = 0
-            return AnomalyReport(step=step, has_anomaly=False, score=score)
+            return AnomalyReport(step, False, (), {}, score)  # positional: the quiet step's is the commonest call
         # every rule with score x sensitivity >= 1 (the one scoring ``top`` at least)
         details = {k: why() for k, (_, why) in found.fired.items()}
         # The schedule is context, not evidence: only the gradient and loss families count

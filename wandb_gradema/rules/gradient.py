@@ -94,11 +94,22 @@ class GradientStats:
             std = slow.std
             sd = 0.1 if 0.1 > std else std
             cap = base + 3.0 * sd
-            slow.update(cap if cap < x else x)
+            x_slow = cap if cap < x else x  # min(x, cap): winsorised
         else:
             base, sd = self.first, 1.0
-            slow.update(x)
+            x_slow = x
         self.base, self.sd = base, sd
+        # ``slow.update(x_slow)``, inlined (the hot path's one EMA of the gradients)
+        d = slow.decay
+        if slow.w == 0.0:
+            slow.m, slow.v = (1 - d) * x_slow, 0.0
+        else:
+            delta = x_slow - slow.mean
+            slow.m = d * slow.m + (1 - d) * x_slow
+            slow.v = d * slow.v + (1 - d) * delta * delta
+        w = slow.w = d * slow.w + (1 - d)
+        slow.mean = slow.m / w
+        slow.std = math.sqrt(slow.v / w)
         self.n = n = n + 1
         self.warm = warm = n > self.warmup_steps
         norms = self.norms
