@@ -461,6 +461,7 @@ class AnomalyDetector:
             return AnomalyReport(step, False, (), {}, score)  # positional: the quiet step's is the commonest call
         # every rule with score x sensitivity >= 1 (the one scoring ``top`` at least)
         details = {k: why() for k, (_, why) in found.fired.items()}
+        found.fired = {}  # no closure outlives the step (the detector stays picklable)
         # The schedule is context, not evidence: only the gradient and loss families count
         # towards the prune bar, and they must agree on the same steps to corroborate.
         families = {FAMILIES.get(rule) for rule in details} & INDEPENDENT
