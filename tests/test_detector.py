@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import pickle
 import random
 
 import pytest
@@ -408,6 +410,20 @@ def test_check_gradient_drift_is_check_on_an_observation() -> None:
     for o in _run(50, loss=learning, lr=lambda t: 0.1):
         expected = a.check(Observation(step=o.step, grad_norm=o.grad_norm, loss=o.loss, lr=o.lr))
         assert expected == b.check_gradient_drift(o.grad_norm, 1.0, loss=o.loss, lr=o.lr, step=o.step)
+
+
+def test_a_detector_copied_or_pickled_mid_run_continues_exactly() -> None:
+    """The detector keeps its per-step scratch (findings, the loss view) between steps: a copy
+    taken right after an anomalous step (Lightning deep-copies a user's detector; a pickled one
+    crosses processes) decides the rest of the run exactly as the original."""
+    obs = _run(260, loss=lambda t: learning(t) if t < 150 else 2.3, lr=lambda t: 0.05)
+    original = AnomalyDetector()
+    reports = [original.check(o) for o in obs[:200]]
+    assert reports[-1].has_anomaly
+    copies = [copy.deepcopy(original), pickle.loads(pickle.dumps(original))]
+    rest = [original.check(o) for o in obs[200:]]
+    for other in copies:
+        assert [other.check(o) for o in obs[200:]] == rest
 
 
 def test_state_dict_round_trip_continues_exactly() -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -152,3 +154,59 @@ def test_counts_cli_fails_over_budget(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(budget, "CASES", {"hot": budget.CASES["hot"]})
     monkeypatch.setattr(budget, "COUNTED_STEPS", 8)
     assert cli.main(["--counts-only"]) == 1
+
+
+def _detector_lines_per_step(observations: list[wandb_gradema.Observation], window: range) -> float:
+    """Python lines executed in the package per ``AnomalyDetector.check`` (and the policy's
+    ``update``) over the steps in ``window``, fed every observation before it untraced."""
+    from benchmarks.overhead.memory import PACKAGE_DIR
+
+    detector, policy = wandb_gradema.AnomalyDetector(), wandb_gradema.EscalationPolicy()
+    lines = 0
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal lines
+        if not frame.f_code.co_filename.startswith(PACKAGE_DIR):
+            return None
+        if event == "line":
+            lines += 1
+        return tracer
+
+    for obs in observations[: window.start]:
+        policy.update(detector.check(obs))
+    sys.settrace(tracer)
+    try:
+        for obs in observations[window.start : window.stop]:
+            policy.update(detector.check(obs))
+    finally:
+        sys.settrace(None)
+    return lines / len(window)
+
+
+def _stream(n: int, loss: Callable[[int], float], seed: int = 0) -> list[wandb_gradema.Observation]:
+    rng = random.Random(seed)
+    return [
+        wandb_gradema.Observation(
+            step=t, grad_norm=math.exp(rng.gauss(0, 0.3)), loss=loss(t) * math.exp(rng.gauss(0, 0.1)), lr=0.05
+        )
+        for t in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "loss"),
+    [
+        ("learns", lambda t: 0.3 + 2.0 * math.exp(-t / 40)),
+        # learns, then relapses to its start for good: progress_lost fires (and the relapse
+        # test reads the history) on every step from about 330 on
+        ("relapses", lambda t: 0.3 + 2.0 * math.exp(-t / 40) if t < 300 else 2.3),
+    ],
+)
+def test_detector_work_per_step_does_not_grow_with_the_run(name: str, loss: Callable[[int], float]) -> None:
+    """The detector's Python work per step is the same at step 4,000 as at step 400 (quiet
+    steps, and steps where rules fire on every step): every statistic is incremental, no
+    window is rebuilt and nothing is kept per step of the run."""
+    obs = _stream(4200, loss)
+    early = _detector_lines_per_step(obs, range(400, 600))
+    late = _detector_lines_per_step(obs, range(4000, 4200))
+    assert 30 < late <= 1.02 * early, (early, late)  # the branches taken vary a little with the data

@@ -241,6 +241,14 @@ class AnomalyDetector:
         self._log_loss_explode = math.log(self.loss_explode_factor)
         self._log_above = math.log(self.above_start_factor)
         self._log_jump = math.log(self.lr_jump_ratio)
+        # The rules' settings, held by the rule families (nothing to pass per step).
+        self._gradient_rules = gradient.GradientRules(
+            z_threshold=self.z_threshold,
+            log_explode=self._log_explode,
+            log_vanish=self._log_vanish,
+            dead_share=self.dead_share,
+            trend_z=self.trend_z_threshold,
+        )
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -256,6 +264,17 @@ class AnomalyDetector:
             trend_z=self.trend_z_threshold,
         )
         self._lr = schedule.ScheduleStats()
+        # One step's verdicts and the loss rules' view, kept and refreshed in place every step.
+        self._found = Findings(self.sensitivity)
+        self._view = loss.LossView(
+            z=self.loss_z_threshold,
+            learned_progress=self.learned_progress,
+            trend_z=self.trend_z_threshold,
+            log_explode=self._log_loss_explode,
+            log_above=self._log_above,
+            relapse_threshold=self.relapse_threshold,
+            rise_threshold=self.rise_threshold,
+        )
         self._episode = 0  # anomalous reports in a row with gradient or loss evidence
         self._agree = 0  # ... of which, the last ones in a row with both families at once
         self._jump_norm = 0.0  # this step's lr_jump score from the gradient norm alone
@@ -311,30 +330,42 @@ class AnomalyDetector:
         return self.check(obs)
 
     def check(self, obs: Observation) -> AnomalyReport:
-        """Fold one observation into the statistics and return the verdict on it."""
-        found: Findings = {}
+        """Fold one observation into the statistics and return the verdict on it.
+
+        Per step this is constant work whatever the run's length: every statistic is kept
+        incrementally (``RollingWindow``: O(log n) per step), the rule settings and the loss
+        view are kept, each rule reads only what its gate lets through, and a quiet step builds
+        no sentence, closure or dict of findings (``Findings``).
+        """
+        found = self._found
+        found.top = 0.0  # ``found.reset()``, inlined
+        if found.fired:
+            found.fired = {}
+        found.sensitivity = s = self.sensitivity
         critical = False
         self._swing = False
         lr = self._lr
         lr.observe(obs.lr, obs.param_groups, warmup_steps=self.warmup_steps, jump_ratio=self.lr_jump_ratio)
-        immediate = lr.jumped and not lr.jump_added
+        jumped = lr.jumped
+        immediate = jumped and not lr.jump_added
 
         grads, losses = self._grads, self._losses
-        if lr.jumped:  # what the loss and gradients looked like before the jump
+        if jumped:  # what the loss and gradients looked like before the jump
             lr.jump_level = losses.level if len(losses.short) else math.nan
             lr.jump_norm = grads.med if len(grads.norms) else math.nan
         g = obs.grad_norm
         grads_ok = math.isfinite(g)
         if not grads_ok:
-            found["nonfinite"] = (math.inf, lambda: f"Non-finite gradient norm ({g}) at step {obs.step}.")
+            found.note("nonfinite", math.inf, lambda: f"Non-finite gradient norm ({g}) at step {obs.step}.")
             critical = True
         else:
             grads.observe(g, obs.active_share)
         x = obs.loss
-        v = None
+        view = self._view
+        ready = False  # the loss rules can judge (``view`` is this step's)
         if x is not None:
             if not math.isfinite(x):
-                found["nonfinite"] = (math.inf, lambda: f"Non-finite loss ({x}) at step {obs.step}.")
+                found.note("nonfinite", math.inf, lambda: f"Non-finite loss ({x}) at step {obs.step}.")
                 critical = True
             else:
                 norm_rise = norm_z = 0.0
@@ -346,26 +377,32 @@ class AnomalyDetector:
                 early = not (grads.warm or losses.n > self.warmup_steps)
                 log_norm = grads.norms.values[-1] if grads_ok else math.nan
                 losses.observe(x, norm_rise, norm_z, early=early, log_norm=log_norm)
-                loss.judge_spike(losses, found)
-                v = loss.view(losses, z=self.loss_z_threshold, learned_progress=self.learned_progress)
+                if losses.spike_z >= loss.SPIKE_Z:  # ``losses.spiking``, inlined
+                    loss.judge_spike(losses, found)
+                ready = view.update(losses)
         if grads_ok:
-            gradient.judge_gradients(
-                grads,
-                found,
-                z_threshold=self.z_threshold,
-                log_explode=self._log_explode,
-                log_vanish=self._log_vanish,
-                dead_share=self.dead_share,
-                learned=loss.holds_progress(v),
-                trend_z=self.trend_z_threshold,
+            self._gradient_rules.judge(grads, found, ready and view.holds)
+        if ready:
+            self._swing = view.judge(
+                losses, found, new_high=lr.new_high, warm=grads.warm or losses.n > self.warmup_steps
             )
-        if v is not None:
-            self._judge_loss(v, found)
-        elif grads_ok and losses.n == 0 and lr.clock * self.sensitivity >= self.stall_steps:
+            if lr.clock * s >= self.stall_steps:  # ``stalled`` scores the clock: before, it cannot fire
+                loss.judge_stall(
+                    losses,
+                    view,
+                    found,
+                    clock=lr.clock,
+                    stall_steps=self.stall_steps,
+                    min_progress=self.min_progress,
+                    trend_z=self.trend_z_threshold,
+                    dead_gradients=gradient.silent(grads, dead_share=self.dead_share),
+                )
+        elif grads_ok and losses.n == 0 and lr.clock * s >= self.stall_steps:
             # No loss to show progress: silent tensors for that long are evidence enough.
             if gradient.silent(grads, dead_share=self.dead_share):
                 clock = lr.clock
-                found["stalled"] = (
+                found.note(
+                    "stalled",
                     clock / self.stall_steps,
                     lambda: f"Stalled: for {clock} steps most gradient tensors have had no gradient; no loss "
                     "observed to show progress.",
@@ -373,8 +410,8 @@ class AnomalyDetector:
         self._jump_norm = 0.0
         if immediate:  # a jump in an existing param group: a schedule bug until shown otherwise
             schedule.judge_jump_itself(lr, found, log_jump=self._log_jump)
-        elif lr.armed(self.jump_window):
-            self._judge_jump(v, found, obs.step)
+        elif lr.jump_at >= 0 and lr.armed(self.jump_window):  # no jump yet: nothing to judge
+            self._judge_jump(view if ready else None, found, obs.step)
         return self._report(obs.step, found, critical, immediate)
 
     def nonfinite_loss(self, step: int, value: float) -> AnomalyReport:
@@ -389,34 +426,6 @@ class AnomalyDetector:
             score=math.inf,
             critical=True,
             confirmed=True,
-        )
-
-    def _judge_loss(self, v: loss.LossView, found: Findings) -> None:
-        losses = self._losses
-        self._swing = loss.judge_loss(
-            losses,
-            v,
-            found,
-            trend_z=self.trend_z_threshold,
-            log_explode=self._log_loss_explode,
-            log_above=self._log_above,
-            relapse_threshold=self.relapse_threshold,
-            rise_threshold=self.rise_threshold,
-            new_high=self._lr.new_high,
-            warm=self._grads.warm or losses.n > self.warmup_steps,
-            z_loss=self.loss_z_threshold,
-        )
-        if self._lr.clock * self.sensitivity < self.stall_steps:
-            return  # ``stalled`` scores the clock: it cannot fire yet
-        loss.judge_stall(
-            losses,
-            v,
-            found,
-            clock=self._lr.clock,
-            stall_steps=self.stall_steps,
-            min_progress=self.min_progress,
-            trend_z=self.trend_z_threshold,
-            dead_gradients=gradient.silent(self._grads, dead_share=self.dead_share),
         )
 
     def _judge_jump(self, v: loss.LossView | None, found: Findings, step: int) -> None:
@@ -445,15 +454,14 @@ class AnomalyDetector:
 
     def _report(self, step: int, found: Findings, critical: bool, immediate: bool) -> AnomalyReport:
         s = self.sensitivity
-        score = 0.0
-        for value, _ in found.values():
-            if value > score:
-                score = value
-        score *= s
+        score = found.top * s
         if score < 1.0:
-            self._episode = self._agree = 0
-            return AnomalyReport(step=step, has_anomaly=False, score=score)
-        details = {k: why() for k, (value, why) in found.items() if value * s >= 1.0}
+            if self._episode or self._agree:
+                self._episode = self._agree = 0
+            return AnomalyReport(step, False, (), {}, score)  # positional: the quiet step's is the commonest call
+        # every rule with score x sensitivity >= 1 (the one scoring ``top`` at least)
+        details = {k: why() for k, (_, why) in found.fired.items()}
+        found.fired = {}  # no closure outlives the step (the detector stays picklable)
         # The schedule is context, not evidence: only the gradient and loss families count
         # towards the prune bar, and they must agree on the same steps to corroborate.
         families = {FAMILIES.get(rule) for rule in details} & INDEPENDENT

@@ -85,7 +85,8 @@ class EscalationPolicy:
         """Fold one report in; return an event when escalation fires on this step."""
         if not report.has_anomaly:
             self._streak = 0
-            self._streak_reasons = {}
+            if self._streak_reasons:  # a quiet step allocates nothing
+                self._streak_reasons = {}
             return None
         if self._streak == 0:
             self._streak_start = report.step

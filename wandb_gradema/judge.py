@@ -112,8 +112,12 @@ class StepJudge:
             param_groups=v.param_groups,
             n_tensors=n_tensors,
         )
-        if not self._hinted:
-            self._check_clipped(grad_norm)
+        if not self._hinted:  # the norm repeats exactly (clipping before step()): see _check_clipped
+            last = self.last
+            if last is not None and grad_norm > 0 and abs(grad_norm - last[0].grad_norm) <= 1e-6 * grad_norm:
+                self._check_clipped(grad_norm)
+            elif self._same_norm:
+                self._same_norm = 0
         drift = self.tracker.update(grad_norm, health)
         report = self.detector.check(obs)
         if report.critical or self.nonfinite_since >= 0:

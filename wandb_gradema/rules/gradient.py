@@ -14,19 +14,23 @@ from typing import Any
 from ._common import TINY, Findings
 from ._window import RollingWindow
 
-__all__ = ["Ema", "GradientStats", "judge_gradients"]
+__all__ = ["Ema", "GradientRules", "GradientStats", "silent"]
 
 
 class Ema:
-    """Bias-corrected exponential mean and variance of a scalar stream (plain floats)."""
+    """Bias-corrected exponential mean and variance of a scalar stream (plain floats).
 
-    __slots__ = ("decay", "m", "v", "w")
+    ``mean`` and ``std`` are kept as attributes (read several times per step, written once).
+    """
+
+    __slots__ = ("decay", "m", "v", "w", "mean", "std")
 
     def __init__(self, decay: float) -> None:
         self.decay = decay
         self.m = 0.0  # uncorrected EMA of x
         self.v = 0.0  # uncorrected EMA of squared deviation
         self.w = 0.0  # 1 - decay**n: the bias correction
+        self.mean = self.std = math.nan  # m / w and sqrt(v / w) (NaN before any value)
 
     def update(self, x: float) -> None:
         d = self.decay
@@ -36,21 +40,18 @@ class Ema:
             delta = x - self.mean
             self.m = d * self.m + (1 - d) * x
             self.v = d * self.v + (1 - d) * delta * delta
-        self.w = d * self.w + (1 - d)
-
-    @property
-    def mean(self) -> float:
-        return self.m / self.w if self.w else math.nan
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.v / self.w) if self.w else math.nan
+        w = self.w = d * self.w + (1 - d)  # > 0 from the first value on
+        self.mean = self.m / w
+        self.std = math.sqrt(self.v / w)
 
     def state(self) -> list[float]:
         return [self.m, self.v, self.w]
 
     def load(self, s: Any) -> None:
         self.m, self.v, self.w = (float(x) for x in s)
+        w = self.w
+        self.mean = self.m / w if w else math.nan
+        self.std = math.sqrt(self.v / w) if w else math.nan
 
 
 class GradientStats:
@@ -65,7 +66,7 @@ class GradientStats:
       latest step was folded in (what that step is judged against).
     """
 
-    __slots__ = ("slow", "n", "first", "peak", "base", "sd", "norms", "active", "warmup_steps", "med", "full")
+    __slots__ = ("slow", "n", "first", "peak", "base", "sd", "norms", "active", "warmup_steps", "med", "full", "warm")
 
     def __init__(self, *, slow_decay: float, window: int, warmup_steps: int) -> None:
         self.warmup_steps = warmup_steps
@@ -79,29 +80,50 @@ class GradientStats:
         self.active = RollingWindow(window)
         self.med = math.nan  # median log norm of the window, after the latest step
         self.full = False  # the window is full: the rules may judge
-
-    @property
-    def warm(self) -> bool:
-        """Past the warm-up: the slow EMA is the baseline."""
-        return self.n > self.warmup_steps
+        self.warm = False  # past the warm-up (n > warmup_steps): the slow EMA is the baseline
 
     def observe(self, grad_norm: float, active_share: float) -> None:
-        """Fold in one finite observation."""
-        x = math.log(max(grad_norm, TINY))
-        if self.n == 0:
+        """Fold in one finite observation (``max``/``min`` inlined, with their NaN behaviour)."""
+        x = math.log(grad_norm if grad_norm > TINY else TINY)
+        n = self.n
+        if n == 0:
             self.first = x
-        warm = self.n >= self.warmup_steps
         slow = self.slow
-        self.base = slow.mean if warm else self.first
-        self.sd = max(slow.std, 0.1) if warm else 1.0
-        slow.update(min(x, self.base + 3.0 * self.sd) if warm else x)
-        self.n += 1
-        self.norms.push(x)
-        self.active.push(active_share)
-        self.med = self.norms.median()
-        self.full = self.norms.full
-        if self.full and self.n > self.warmup_steps:
-            self.peak = max(self.peak, self.med)
+        if n >= self.warmup_steps:
+            base = slow.mean
+            std = slow.std
+            sd = 0.1 if 0.1 > std else std
+            cap = base + 3.0 * sd
+            x_slow = cap if cap < x else x  # min(x, cap): winsorised
+        else:
+            base, sd = self.first, 1.0
+            x_slow = x
+        self.base, self.sd = base, sd
+        # ``slow.update(x_slow)``, inlined (the hot path's one EMA of the gradients)
+        d = slow.decay
+        if slow.w == 0.0:
+            slow.m, slow.v = (1 - d) * x_slow, 0.0
+        else:
+            delta = x_slow - slow.mean
+            slow.m = d * slow.m + (1 - d) * x_slow
+            slow.v = d * slow.v + (1 - d) * delta * delta
+        w = slow.w = d * slow.w + (1 - d)
+        slow.mean = slow.m / w
+        slow.std = math.sqrt(slow.v / w)
+        self.n = n = n + 1
+        self.warm = warm = n > self.warmup_steps
+        norms = self.norms
+        self.med = med = norms.push(x)
+        active = self.active
+        shares = active.sorted
+        # A full window whose every value is this share already (lowest = highest = it) stays
+        # the same window after pushing it (one copy in, one out): most runs' share is a
+        # constant 1.0, so most steps skip the push. (A zero is pushed: 0.0 == -0.0.)
+        if len(shares) != active.size or shares[0] != active_share or shares[-1] != active_share or not active_share:
+            active.push(active_share)
+        self.full = full = len(norms.values) == norms.size
+        if full and warm and med > self.peak:
+            self.peak = med
 
     def state(self) -> dict[str, Any]:
         return {
@@ -124,6 +146,7 @@ class GradientStats:
         self.active.load(s["active"])
         self.med = self.norms.median()
         self.full = self.norms.full
+        self.warm = self.n > self.warmup_steps
 
 
 def silent(st: GradientStats, *, dead_share: float) -> bool:
@@ -134,18 +157,9 @@ def silent(st: GradientStats, *, dead_share: float) -> bool:
     return st.full and st.active.median() <= dead_share
 
 
-def judge_gradients(
-    st: GradientStats,
-    found: Findings,
-    *,
-    z_threshold: float,
-    log_explode: float,
-    log_vanish: float,
-    dead_share: float,
-    learned: bool,
-    trend_z: float,
-) -> None:
-    """Score the gradient rules on the latest statistics into ``found``.
+class GradientRules:
+    """The gradient rules' settings, fixed at construction (the hook judges every step: no
+    keyword arguments to pass each time); ``judge`` scores them into a ``Findings``.
 
     * ``grad_explosion``: once warm, the median log norm is ``log_explode`` above the baseline
       *and* ``z_threshold`` standard deviations above it, or, while still growing (a
@@ -157,41 +171,73 @@ def judge_gradients(
     * ``grad_vanish``: the median log norm has fallen ``log_vanish`` below its peak.
     * ``dead_units``: the median share of non-vanishing gradient tensors is at most
       ``dead_share``.
-
-    ``learned``: the loss has made, and still holds, most of its progress. Then shrinking or
-    silent gradients are convergence, not death: ``grad_vanish`` and ``dead_units`` stay off.
     """
-    if not st.full:
-        return
-    med = st.med
-    if st.warm:  # an early jump (Adam's first steps) is confirmed by what follows, not by itself
-        base, sd = st.base, st.sd
-        ratio = med - base
-        z = ratio / sd
-        score = min(z / z_threshold, ratio / log_explode)
-        # One that began during the warm-up has dragged the baseline along: against the first
-        # norm (squared ratio), as long as the norm is still growing.
-        since_first = med - st.first
-        growth = since_first / (2 * log_explode)
-        if growth > score and st.norms.trend_z() >= trend_z:  # the trend only where it matters
-            score = growth
-        found["grad_explosion"] = (
-            score,
-            lambda: f"Gradient norm {math.exp(med):.4g} (median of the last {len(st.norms)} steps) is "
-            f"{math.exp(ratio):.3g}x its baseline, {math.exp(since_first):.3g}x the first ({z:.1f} sigma).",
-        )
-    if learned:
-        return
-    if st.warm and st.peak > -math.inf:
-        drop = st.peak - med
-        found["grad_vanish"] = (
-            drop / log_vanish,
-            lambda: f"Gradient norm has fallen {math.exp(drop):.3g}x below its peak while the loss has not "
-            "improved.",
-        )
-    if dead_share > 0:
-        active = st.active.median()
-        found["dead_units"] = (
-            (1.0 - active) / (1.0 - dead_share),
-            lambda: f"Only {active:.0%} of gradient tensors are non-zero (median of the last {len(st.active)} steps).",
-        )
+
+    __slots__ = ("z_threshold", "log_explode", "log_vanish", "dead_share", "trend_z")
+
+    def __init__(
+        self, *, z_threshold: float, log_explode: float, log_vanish: float, dead_share: float, trend_z: float
+    ) -> None:
+        self.z_threshold = z_threshold
+        self.log_explode = log_explode
+        self.log_vanish = log_vanish
+        self.dead_share = dead_share
+        self.trend_z = trend_z
+
+    def judge(self, st: GradientStats, found: Findings, learned: bool) -> None:
+        """Score the rules on the latest statistics into ``found`` (``Findings.note`` inlined).
+
+        ``learned``: the loss has made, and still holds, most of its progress. Then shrinking
+        or silent gradients are convergence, not death: ``grad_vanish`` and ``dead_units`` stay
+        off.
+        """
+        if not st.full:
+            return
+        med = st.med
+        s = found.sensitivity
+        warm = st.warm
+        if warm:  # an early jump (Adam's first steps) is confirmed by what follows, not by itself
+            log_explode = self.log_explode
+            ratio = med - st.base
+            z = ratio / st.sd
+            by_z, by_ratio = z / self.z_threshold, ratio / log_explode
+            score = by_ratio if by_ratio < by_z else by_z  # min(by_z, by_ratio)
+            # One that began during the warm-up has dragged the baseline along: against the
+            # first norm (squared ratio), as long as the norm is still growing.
+            since_first = med - st.first
+            growth = since_first / (2 * log_explode)
+            if growth > score and st.norms.trend_z() >= self.trend_z:  # the trend only where it matters
+                score = growth
+            if score > found.top:
+                found.top = score
+            if score * s >= 1.0:
+                found.fired["grad_explosion"] = (
+                    score,
+                    lambda: f"Gradient norm {math.exp(med):.4g} (median of the last {len(st.norms)} steps) is "
+                    f"{math.exp(ratio):.3g}x its baseline, {math.exp(since_first):.3g}x the first ({z:.1f} sigma).",
+                )
+        if learned:
+            return
+        if warm and st.peak > -math.inf:
+            drop = st.peak - med
+            score = drop / self.log_vanish
+            if score > found.top:
+                found.top = score
+            if score * s >= 1.0:
+                found.fired["grad_vanish"] = (
+                    score,
+                    lambda: f"Gradient norm has fallen {math.exp(drop):.3g}x below its peak while the loss has not "
+                    "improved.",
+                )
+        dead_share = self.dead_share
+        if dead_share > 0:
+            active = st.active.median()
+            score = (1.0 - active) / (1.0 - dead_share)
+            if score > found.top:
+                found.top = score
+            if score * s >= 1.0:
+                found.fired["dead_units"] = (
+                    score,
+                    lambda: f"Only {active:.0%} of gradient tensors are non-zero (median of the last "
+                    f"{len(st.active)} steps).",
+                )

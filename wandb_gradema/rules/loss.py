@@ -48,7 +48,7 @@ from ._common import MEDIAN_SE, Findings, median_sorted
 from ._window import RollingWindow
 from .gradient import Ema
 
-__all__ = ["LossStats", "judge_loss", "judge_spike", "rise_z", "theil_sen_start"]
+__all__ = ["LossStats", "LossView", "judge_spike", "judge_stall", "rise_z", "theil_sen_start"]
 
 #: Losses in the fast median, read only in the window after an LR jump.
 FAST_WINDOW = 5
@@ -160,7 +160,7 @@ class LossStats:
     __slots__ = (
         "reference_steps", "above_factor", "trend_z", "n", "first", "ref", "start", "departed", "prev", "short", "long",
         "diffs", "log_diffs", "best", "best_upper", "best_noise", "slow_sigma", "above_run", "history", "norm_rise",
-        "level", "level_long", "sigma", "calm", "calm_norms", "spike_run", "run_norms", "spike_base", "spike_z", "exploded", "exploded_at",
+        "level", "level_long", "sigma", "_log_sigma", "_log_sigma_n", "calm", "calm_norms", "spike_run", "run_norms", "spike_base", "spike_z", "exploded", "exploded_at",
     )  # fmt: skip
 
     def __init__(
@@ -182,7 +182,10 @@ class LossStats:
         self.short = RollingWindow(window)
         self.long = RollingWindow(trend_window, trend=True)
         self.diffs = RollingWindow(trend_window)
-        self.log_diffs = RollingWindow(trend_window)  # |log x_t - log x_{t-1}|, for ratios
+        # |log x_t - log x_{t-1}|, for ratios: kept every step, sorted only when read (``log_band``:
+        # for a level at least the start), at most once per step
+        self.log_diffs: deque[float] = deque(maxlen=trend_window)
+        self._log_sigma, self._log_sigma_n = math.inf, -1  # their noise, as of ``n`` observations
         self.best = math.inf
         self.best_upper = math.inf  # the upper quartile of the window where the best level was
         self.best_noise = math.inf  # the slow noise when the best level was reached
@@ -229,30 +232,43 @@ class LossStats:
                 self.start = self.first[0] if self.departed else self.ref
                 if self.exploded:  # the level before the blow-up, never the blow-up itself
                     self.ref = self.start = self.spike_base
+        prev = self.prev
         if self.n:
-            self.diffs.push(abs(loss - self.prev))
-            if loss > 0 and self.prev > 0:
-                self.log_diffs.push(abs(math.log(loss / self.prev)))
-            self.sigma = _DIFF_TO_SD * self.diffs.median()
-            self.slow_sigma.update(self.sigma)
+            sigma = self.sigma = _DIFF_TO_SD * self.diffs.push(abs(loss - prev))
+            if loss > 0 and prev > 0:
+                self.log_diffs.append(abs(math.log(loss / prev)))
+            # ``self.slow_sigma.update(sigma)``, inlined (read every step)
+            slow = self.slow_sigma
+            d = slow.decay
+            if slow.w == 0.0:
+                slow.m, slow.v = (1 - d) * sigma, 0.0
+            else:
+                delta = sigma - slow.mean
+                slow.m = d * slow.m + (1 - d) * sigma
+                slow.v = d * slow.v + (1 - d) * delta * delta
+            w = slow.w = d * slow.w + (1 - d)
+            slow.mean = slow.m / w
+            slow.std = math.sqrt(slow.v / w)
         self.prev = loss
         self.n += 1
-        self.short.push(loss)
-        self.long.push(loss)
-        level = self.level_long = self.long.median()
-        median = self.level = self.short.median()
+        short = self.short
+        median = self.level = short.push(loss)
+        level = self.level_long = self.long.push(loss)
         self.history.append(level)  # from the first step: a fixed-size window once warm
-        if self.ref is not None and len(self.short.values) == self.short.size:
+        if self.ref is not None and len(short.values) == short.size:
             if median < self.best:
-                self.best, self.best_upper = median, self.short.quantile(0.75)
+                self.best, self.best_upper = median, short.quantile(0.75)
                 self.best_noise = self.slow_sigma.mean if self.n > 1 else math.inf
             # in log space (a ratio to the start; an exploding loss's noise explodes with it),
             # against the start's own uncertainty too: a median of ``reference_steps`` batches
             # (a departed start is one batch of a settled pretrained model: trusted as it is)
             above = level >= self.above_factor * self.start and self.log_ratio(level) > self.log_band(
-                ABOVE_Z, len(self.long), 10**9 if self.departed else self.reference_steps
+                ABOVE_Z, len(self.long.values), 10**9 if self.departed else self.reference_steps
             )
-            self.above_run = self.above_run + 1 if above else 0
+            if above:
+                self.above_run += 1
+            elif self.above_run:
+                self.above_run = 0
 
     def _track_spike(self, loss: float, log_norm: float) -> None:
         """Follow runs of losses ``SPIKE_FACTOR`` x the level before them (``loss_spike``)."""
@@ -321,7 +337,11 @@ class LossStats:
 
     def log_band(self, z: float, n: int, n_other: int) -> float:
         """``band`` for log levels: the noise of the log losses (1.048 x median |d log x|)."""
-        sigma = _DIFF_TO_SD * self.log_diffs.median() if len(self.log_diffs) else math.inf
+        if self._log_sigma_n != self.n:  # their median: the same value a sorted window keeps
+            diffs = self.log_diffs
+            self._log_sigma = _DIFF_TO_SD * median_sorted(sorted(diffs)) if diffs else math.inf
+            self._log_sigma_n = self.n
+        sigma = self._log_sigma
         return z * sigma * math.sqrt(_var_of_median(n) + _var_of_median(n_other))
 
     def band(self, z: float, sigma: float | None = None, n: int | None = None, n_other: int | None = None) -> float:
@@ -344,7 +364,7 @@ class LossStats:
             "short": self.short.state(),
             "long": self.long.state(),
             "diffs": self.diffs.state(),
-            "log_diffs": self.log_diffs.state(),
+            "log_diffs": list(self.log_diffs),
             "best": self.best,
             "best_upper": self.best_upper,
             "best_noise": self.best_noise,
@@ -382,37 +402,76 @@ class LossStats:
         self.short.load(s["short"])
         self.long.load(s["long"])
         self.diffs.load(s["diffs"])
-        self.log_diffs.load(s["log_diffs"])
+        self.log_diffs = deque((float(x) for x in s["log_diffs"]), maxlen=self.log_diffs.maxlen)
+        self._log_sigma_n = -1
         self.level, self.level_long = self.short.median(), self.long.median()
         self.sigma = _DIFF_TO_SD * self.diffs.median() if len(self.diffs) else math.nan
 
 
 class LossView:
-    """The derived quantities every loss rule reads, computed once per step."""
+    """The loss rules' settings (fixed) and the derived quantities every rule reads, refreshed
+    in place once per step by ``update``: the detector keeps one, so judging a step allocates
+    nothing, and the constant factor of the bands is computed once."""
 
-    __slots__ = ("m", "m_long", "ref", "start", "best", "band", "best_band", "long_band", "trend", "progress", "learned")
+    __slots__ = (
+        "z", "trend_z", "log_explode", "log_above", "relapse_threshold", "rise_threshold", "keep", "_n_short", "_unit",
+        "m", "m_long", "ref", "start", "best", "band", "best_band", "progress", "learned", "holds",
+    )  # fmt: skip
 
-    def __init__(self, st: LossStats, *, z: float, learned_progress: float) -> None:
-        assert st.ref is not None
-        self.m = st.level
+    def __init__(
+        self,
+        *,
+        z: float,
+        learned_progress: float,
+        trend_z: float,
+        log_explode: float,
+        log_above: float,
+        relapse_threshold: float,
+        rise_threshold: float,
+    ) -> None:
+        self.z = z  # standard errors a change of the level must exceed
+        self.trend_z = trend_z
+        self.log_explode = log_explode
+        self.log_above = log_above
+        self.relapse_threshold = relapse_threshold
+        self.rise_threshold = rise_threshold
+        self.keep = 1 - learned_progress  # the best level at most this x the start: learned
+        self._n_short = 0  # the level's window size ``_unit`` was computed for
+        self._unit = math.nan
+        self.m = self.m_long = self.ref = self.start = self.best = math.nan
+        self.band = self.best_band = self.progress = math.nan
+        self.learned = self.holds = False
+
+    def update(self, st: LossStats) -> bool:
+        """Refresh from ``st``; False while the rules cannot judge yet (then nothing is read)."""
+        ref, start, short, best = st.ref, st.start, st.short, st.best
+        if ref is None or ref <= 0 or start <= 0 or len(short.values) != short.size or not math.isfinite(best):
+            return False  # relative rules need a positive starting level (cross-entropy, MSE...)
+        self.m = m = st.level
         self.m_long = st.level_long
-        self.ref = st.ref
-        self.start = st.start
-        self.best = st.best
-        n_short, n_long = len(st.short.values), len(st.long.values)
-        unit = z * MEDIAN_SE * math.sqrt(2 / n_short)
-        sigma = st.sigma
-        self.band = unit * sigma  # against the current noise
+        self.ref, self.start, self.best = ref, start, best
+        n_short = short.size  # the window is full
+        if n_short != self._n_short:
+            self._n_short, self._unit = n_short, self.z * MEDIAN_SE * math.sqrt(2 / n_short)
+        unit = self._unit
+        self.band = unit * st.sigma  # against the current noise
         # Against the slow noise: the noise of a diverging loss grows with it within a few
         # steps and must not hide the rise.
-        self.best_band = unit * st.slow_sigma.mean
-        self.long_band = z * MEDIAN_SE * math.sqrt(2 / n_long) * sigma
-        self.trend = st.long.trend_z()
-        self.progress = self.ref - self.best  # how far below its start the level has been
+        slow = st.slow_sigma.mean
+        self.best_band = unit * slow
+        self.progress = progress = ref - best  # how far below its start the level has been
         # Learning is judged against the noise when the best level was reached: a loss whose
         # swings grow as it diverges must not make the progress it had made look like noise.
-        learned_band = unit * min(st.slow_sigma.mean, st.best_noise)
-        self.learned = self.best <= (1 - learned_progress) * self.ref and self.progress > learned_band
+        best_noise = st.best_noise
+        learned_band = unit * (best_noise if best_noise < slow else slow)  # min(slow, best_noise)
+        self.learned = learned = best <= self.keep * ref and progress > learned_band
+        # ... and still holds most of it (shrinking gradients are convergence)
+        self.holds = learned and m - best < 0.5 * progress
+        return True
+
+    def long_band(self, st: LossStats) -> float:
+        """The band of the longer median (against the current noise)."""
+        return self.z * MEDIAN_SE * math.sqrt(2 / len(st.long.values)) * st.sigma
 
     def lost(self, level: float, band: float, best: float | None = None) -> float:
         """Share of the progress given back by ``level`` since ``best`` (the best level by
@@ -420,12 +479,93 @@ class LossView:
         rise = level - (self.best if best is None else best)
         return rise / self.progress if self.progress > 0 and rise > band else 0.0
 
+    def judge(self, st: LossStats, found: Findings, *, new_high: bool, warm: bool) -> bool:
+        """Score the loss rules into ``found``; True when ``progress_lost`` fired on a relapse
+        that has not held (see ``relapse_held``): alone, it is a swing until it does.
 
-def view(st: LossStats, *, z: float, learned_progress: float) -> LossView | None:
-    """The derived quantities, or None while the rules cannot judge yet."""
-    if st.ref is None or st.ref <= 0 or st.start <= 0 or not st.short.full or not math.isfinite(st.best):
-        return None  # relative rules need a positive starting level (cross-entropy, MSE...)
-    return LossView(st, z=z, learned_progress=learned_progress)
+        * ``loss_explosion`` / ``above_start``: the level is ``exp(log_explode)`` /
+          ``exp(log_above)`` x the start, significantly, and not falling (a transient that
+          training is already recovering from is not one). Ratios are judged in log space,
+          against the noise of the log losses (an exploding loss's noise explodes with it).
+          ``loss_explosion`` waits for the warm-up (an early transient is confirmed by what
+          follows) and, after a departure at the first step, needs the loss still rising (a
+          fresh optimizer's kick to a pretrained model recovers over tens of steps).
+          ``above_start`` compares the longer median, needs it significantly above for a whole
+          trend window and not on its way back (``recovering``: at its pace over the last
+          window, back at the start within ``RECOVERY_HORIZON`` x the run's age);
+          ``exp(log_above)`` is only a floor. For a fine-tune this is forgetting, however mild.
+        * ``progress_lost``: a run that has learned (``learned_progress`` of its start, beyond
+          noise) has given back ``relapse_threshold`` of it, significantly, and its trend is
+          not still improving.
+        * ``unstable_rise``: while the LR climbs to new heights, the level is significantly
+          above its best and the upper quartile of the recent losses has given back
+          ``rise_threshold`` of the progress (against the upper quartile where the level was
+          best): the LR has left the stable range; growing oscillations show in the upper
+          quartile first (healthy warm-ups keep improving).
+
+        Each rule reads only what it needs, in the order cheapest first: a rule whose gate fails
+        is not scored at all (the conditions are pure, so their order decides nothing), and the
+        Mann-Kendall trend is read only by a rule about to fire.
+        """
+        m, start = self.m, self.start
+        trend_z = self.trend_z
+        # loss_explosion: log(m / start) must beat a band that is never negative (z x a median
+        # of absolute log differences x a square root), so m <= start (m / start <= 1, a log
+        # <= 0) cannot fire: nothing more is read then.
+        if warm and m > start:
+            ratio = math.log(m / start)  # ``st.log_ratio(m)``: m > start > 0
+            if ratio > st.log_band(self.z, len(st.short.values), st.reference_steps):
+                trend = st.long.trend_z()
+                # after a departure at the first step, only while still rising (a kicked model
+                # recovers); otherwise while not significantly improving
+                if trend >= trend_z if st.departed else not trend <= -trend_z:
+                    found.note(
+                        "loss_explosion",
+                        ratio / self.log_explode,
+                        lambda: f"Loss is at {m:.4g} (median of the last {len(st.short)}), {m / start:.3g}x where it "
+                        f"started ({start:.4g}).",
+                    )
+        m_long = self.m_long
+        window = st.long.size
+        # ... and the recent level is up there too: the longer median lags a run that is back
+        # below its start (a blow-up of tens of steps that training has come out of)
+        if (
+            st.above_run >= window
+            and m >= start
+            and len(st.history) > window
+            and not recovering(m_long, start, st.history[-window - 1], window, st.n)
+        ):
+            found.note(
+                "above_start",
+                math.log(m_long / start) / self.log_above,
+                lambda: f"Loss is back above where it started and not recovering: {m_long:.4g} (median of the last "
+                f"{len(st.long)}) vs {start:.4g} at the start ({m_long / start:.3g}x; forgetting, for a fine-tune).",
+            )
+        if not self.learned:
+            return False
+        swing = False
+        best, ref, best_band, progress = self.best, self.ref, self.best_band, self.progress
+        rise = m_long - best  # ``lost(m_long, best_band)``, inlined
+        lost = rise / progress if progress > 0 and rise > best_band else 0.0
+        if lost > 0 and not st.long.trend_z() <= -trend_z:  # not still improving
+            found.note(
+                "progress_lost",
+                lost / self.relapse_threshold,
+                lambda: f"Loss is back at {m_long:.4g} (median of the last {len(st.long)}): {lost:.0%} of the "
+                f"progress from {ref:.4g} to {best:.4g} lost (beyond its noise, {best_band:.2g}).",
+            )
+            swing = not relapse_held(st, self, self.relapse_threshold)
+        if new_high and m - best > RISE_LEVEL * best_band:  # the level itself has left its best while the LR climbs
+            upper = st.short.quantile(0.75)  # against the upper quartile where the level was best
+            lost_upper = self.lost(upper, best_band, st.best_upper)
+            if lost_upper > 0:
+                found.note(
+                    "unstable_rise",
+                    lost_upper / self.rise_threshold,
+                    lambda: f"Loss rising ({lost_upper:.0%} of the progress lost in its upper quartile) while the "
+                    "learning rate climbs to new heights.",
+                )
+        return swing
 
 
 def recovering(level: float, start: float, earlier: float, window: int, elapsed: int) -> bool:
@@ -447,99 +587,12 @@ def judge_spike(st: LossStats, found: Findings) -> None:
     run, base = st.spike_run, st.spike_base
     top = max(run)
     n = len(run)
-    found["loss_spike"] = (
+    found.note(
+        "loss_spike",
         max(1.0, math.log(median_sorted(sorted(run)) / base) / math.log(SPIKE_FACTOR)),
         lambda: f"Loss blew up: {n} steps in a row at least {SPIKE_FACTOR:g}x the level before ({base:.4g}), "
         f"up to {top:.4g}.",
     )
-
-
-def holds_progress(v: LossView | None) -> bool:
-    """The run has learned and still holds most of it (shrinking gradients are convergence)."""
-    return v is not None and v.learned and v.m - v.best < 0.5 * v.progress
-
-
-def judge_loss(
-    st: LossStats,
-    v: LossView,
-    found: Findings,
-    *,
-    trend_z: float,
-    log_explode: float,
-    log_above: float,
-    relapse_threshold: float,
-    rise_threshold: float,
-    new_high: bool,
-    warm: bool,
-    z_loss: float,
-) -> bool:
-    """Score the loss rules into ``found``; True when ``progress_lost`` fired on a relapse that
-    has not held (see ``relapse_held``): alone, it is a swing until it does.
-
-    * ``loss_explosion`` / ``above_start``: the level is ``exp(log_explode)`` /
-      ``exp(log_above)`` x the start, significantly, and not falling (a transient that training
-      is already recovering from is not one). Ratios are judged in log space, against the
-      noise of the log losses (an exploding loss's noise explodes with it).
-      ``loss_explosion`` waits for the warm-up (an early transient is confirmed by what
-      follows) and, after a departure at the first step, needs the loss still rising (a fresh
-      optimizer's kick to a pretrained model recovers over tens of steps). ``above_start``
-      compares the longer median, needs it significantly above for a whole trend window and
-      not on its way back (``recovering``: at its pace over the last window, back at the start
-      within ``RECOVERY_HORIZON`` x the run's age); ``exp(log_above)`` is only a floor. For a
-      fine-tune this is forgetting, however mild.
-    * ``progress_lost``: a run that has learned (``learned_progress`` of its start, beyond
-      noise) has given back ``relapse_threshold`` of it, significantly, and its trend is not
-      still improving.
-    * ``unstable_rise``: while the LR climbs to new heights, the level is significantly above
-      its best and the upper quartile of the recent losses has given back ``rise_threshold``
-      of the progress (against the upper quartile where the level was best): the LR has left
-      the stable range; growing oscillations show in the upper quartile first (healthy
-      warm-ups keep improving).
-    """
-    m, ref, trend = v.m, v.ref, v.trend
-    start = v.start
-    improving = trend <= -trend_z
-    # after a departure at the first step, only while still rising (a kicked model recovers)
-    going = trend >= trend_z if st.departed else not improving
-    ratio = st.log_ratio(m)
-    if going and warm and ratio > st.log_band(z_loss, len(st.short), st.reference_steps):
-        found["loss_explosion"] = (
-            ratio / log_explode,
-            lambda: f"Loss is at {m:.4g} (median of the last {len(st.short)}), {m / start:.3g}x where it started ({start:.4g}).",
-        )
-    m_long = v.m_long
-    window = st.long.size
-    stays = len(st.history) > window and not recovering(m_long, start, st.history[-window - 1], window, st.n)
-    # ... and the recent level is up there too: the longer median lags a run that is back
-    # below its start (a blow-up of tens of steps that training has come out of)
-    if stays and st.above_run >= st.long.size and m >= start:
-        found["above_start"] = (
-            math.log(m_long / start) / log_above,
-            lambda: f"Loss is back above where it started and not recovering: {m_long:.4g} (median of the last "
-            f"{len(st.long)}) vs {start:.4g} at the start ({m_long / start:.3g}x; forgetting, for a fine-tune).",
-        )
-    swing = False
-    if not v.learned:
-        return swing
-    best, level = v.best, v.m_long
-    lost = v.lost(level, v.best_band)
-    if lost > 0 and not improving:
-        found["progress_lost"] = (
-            lost / relapse_threshold,
-            lambda: f"Loss is back at {level:.4g} (median of the last {len(st.long)}): {lost:.0%} of the progress "
-            f"from {ref:.4g} to {best:.4g} lost (beyond its noise, {v.best_band:.2g}).",
-        )
-        swing = not relapse_held(st, v, relapse_threshold)
-    if new_high and m - best > RISE_LEVEL * v.best_band:  # the level itself has left its best while the LR climbs
-        upper = st.short.quantile(0.75)  # against the upper quartile where the level was best
-        lost_upper = v.lost(upper, v.best_band, st.best_upper)
-        if lost_upper > 0:
-            found["unstable_rise"] = (
-                lost_upper / rise_threshold,
-                lambda: f"Loss rising ({lost_upper:.0%} of the progress lost in its upper quartile) while the "
-                "learning rate climbs to new heights.",
-            )
-    return swing
 
 
 def relapse_held(st: LossStats, v: LossView, relapse_threshold: float) -> bool:
@@ -553,7 +606,7 @@ def relapse_held(st: LossStats, v: LossView, relapse_threshold: float) -> bool:
     if len(history) <= RELAPSE_WINDOWS * st.long.size:
         return False
     earlier = history[-len(st.long) - 1]
-    if earlier - v.m_long > v.long_band:
+    if earlier - v.m_long > v.long_band(st):
         return False  # on its way back
     floor = v.ref - ABOVE_Z * MEDIAN_SE * st.sigma * math.sqrt(1 / len(st.long) + 1 / st.reference_steps)
     if min(history[0], earlier) < floor:  # O(1): a swing fails here, before the scan below
@@ -578,12 +631,13 @@ def judge_stall(
     gradients look dead (most tensors get no gradient at all). A plateau whose gradients are
     alive, even when one tensor (a deep net's head) holds nearly all of the norm, is a slow or
     late learner, never a stall."""
-    if not dead_gradients or v.trend <= -trend_z:
+    if not dead_gradients or st.long.trend_z() <= -trend_z:
         return
     m, ref = v.m, v.ref
     if ref - m >= max(v.band, min_progress * ref):
         return
-    found["stalled"] = (
+    found.note(
+        "stalled",
         clock / stall_steps,
         lambda: f"Stalled: after {clock} steps the loss ({m:.4g}, {ref:.4g} at the start) has made no progress "
         "beyond its noise and most gradient tensors get no gradient.",

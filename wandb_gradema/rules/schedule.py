@@ -73,7 +73,8 @@ class ScheduleStats:
             del recent[0]
         if not (len(recent) > 1 and lr > recent[-2] * (1 + _EPS)):
             self.clock += 1
-        self.lr_max = max(self.lr_max, lr)
+        if lr > self.lr_max:  # max(lr_max, lr): lr is finite here
+            self.lr_max = lr
         self.n += 1
 
     def armed(self, window: int) -> bool:
@@ -92,7 +93,8 @@ class ScheduleStats:
 def judge_jump_itself(st: ScheduleStats, found: Findings, *, log_jump: float) -> None:
     """``lr_jump`` on the jump itself (in an existing param group: a likely schedule bug)."""
     ratio, lr = st.jump_ratio, st.jump_lr
-    found["lr_jump"] = (
+    found.note(
+        "lr_jump",
         math.log(ratio) / log_jump,
         lambda: f"Learning rate jumped to {lr:.3g}, {ratio:.3g}x anything before (a schedule bug?).",
     )
@@ -121,7 +123,8 @@ def judge_jump(
     score = max(lost / rise_threshold, norm_rise / log_explode)
     ratio, lr = st.jump_ratio, st.jump_lr
     since = st.n - 1 - st.jump_at
-    found["lr_jump"] = (
+    found.note(
+        "lr_jump",
         score,
         lambda: f"Learning rate jumped to {lr:.3g} ({ratio:.3g}x anything before) {since} steps ago, and training "
         f"has suffered since ({lost:.0%} of the progress lost, gradient norm x{math.exp(norm_rise):.3g}).",
