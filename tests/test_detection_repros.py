@@ -518,3 +518,62 @@ def test_a_divergence_whose_noise_grows_with_it_still_loses_its_progress() -> No
     assert min(level(losses, s, s + 20) for s in range(0, 200, 20)) < 0.4  # it had learned
     assert level(losses, -30) > losses[0]  # and ended above its start
     assert events and "progress_lost" in events[0].anomaly_types
+
+
+# A blow-up at the first steps that decays by orders of magnitude (a CNN at Adam 0.3: 2.3 ->
+# 5,110 -> 232 -> 22 -> 4.4) has no noise of its own to be measured against: its third step is
+# under 10x the level before, and its own spread is the decay. The gradient norm, up 100-1000x
+# with it, is the second sign; the losses' noise before a later run is the bar.
+def _replay(losses: list[float], norms: list[float]) -> list[tuple[int, tuple[str, ...], bool]]:
+    """The monitor's detector and policy (defaults) over ``losses`` / ``norms``; the events."""
+    detector, policy = wandb_gradema.AnomalyDetector(), wandb_gradema.EscalationPolicy()
+    events = []
+    for step, (x, g) in enumerate(zip(losses, norms)):
+        event = policy.update(detector.check(wandb_gradema.Observation(step=step, grad_norm=g, loss=x)))
+        if event is not None:
+            events.append((step, event.anomaly_types, event.confirmed))
+    return events
+
+
+def _after(start: float, n: int, seed: int) -> list[float]:
+    """``n`` ordinary losses near ``start`` (2% batch noise)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [start * (1 + 0.02 * float(torch.randn(1, generator=gen))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("third", [6.0, 8.0, 9.6])
+@pytest.mark.parametrize("onset", [1, 2])
+def test_a_first_step_blow_up_that_decays_fast_escalates_at_once(third: float, onset: int) -> None:
+    start = 2.3
+    peak = [2000.0, 100.0, third]  # x the level before: the decay of a blow-up, not its noise
+    losses = _after(start, onset, 0) + [start * r for r in peak] + _after(start, 60, 1)
+    norms = [0.5] * onset + [2000.0, 300.0, 90.0] + [1.0] * 60
+    events = _replay(losses, norms)
+    assert events and events[0] == (onset + 2, ("loss_spike",), False)  # within 2 steps, never a prune
+
+
+@pytest.mark.parametrize("ratio", [6.0, 9.0])
+def test_a_lucky_first_batch_without_a_second_sign_stays_quiet(ratio: float) -> None:
+    """A first loss far below the others (a lucky batch), the norm flat: no blow-up."""
+    losses = [2.3 / ratio] + _after(2.3, 80, 2)
+    norms = [1.0] * len(losses)
+    assert _replay(losses, norms) == []
+
+
+def test_a_blow_up_under_10x_after_calm_steps_escalates_within_the_noise() -> None:
+    """After 6 calm steps (noise measured: 2%), 3 losses at 6x escalate on the loss alone."""
+    losses = _after(2.3, 6, 3) + [6 * 2.3, 6.5 * 2.3, 6.2 * 2.3] + _after(2.3, 60, 4)
+    norms = [1.0] * len(losses)
+    events = _replay(losses, norms)
+    assert events and events[0] == (8, ("loss_spike",), False)
+
+
+def test_heavy_tailed_batches_before_are_the_bar_for_a_run_of_high_losses() -> None:
+    """MSE over a few examples: batches swing 10x+ around their level; 3 losses at 6x, the norm
+    flat, are within that noise and stay quiet."""
+    gen = torch.Generator().manual_seed(5)
+    noisy = [float(torch.exp(1.2 * torch.randn(1, generator=gen))) for _ in range(8)]
+    level_before = sorted(noisy)[len(noisy) // 2]
+    losses = noisy + [6 * level_before, 6.5 * level_before, 6.2 * level_before] + noisy * 8
+    norms = [1.0] * len(losses)
+    assert not any(types == ("loss_spike",) for _, types, _ in _replay(losses, norms))
