@@ -30,7 +30,10 @@ FAMILIES = {
     "stalled": "gradient",  # its evidence of death is the gradients; the loss only gates it
     "lr_jump": "schedule",
     "loss_spike": "excursion",  # escalates at once, never evidence for a prune by itself
+    "norm_spike": "excursion",  # the same, for the gradient norm
 }
+#: Rules that escalate at once and never count towards a prune.
+EXCURSIONS = frozenset({"loss_spike", "norm_spike"})
 #: The families of independent evidence: the schedule is context for the other two.
 INDEPENDENT = frozenset({"gradient", "loss"})
 #: Both independent families on ``confirm_steps // AGREE_DIVISOR`` steps in a row confirm.
@@ -349,6 +352,7 @@ class AnomalyDetector:
                 loss.judge_spike(losses, found)
                 v = loss.view(losses, z=self.loss_z_threshold, learned_progress=self.learned_progress)
         if grads_ok:
+            gradient.judge_norm_spike(grads, found)
             gradient.judge_gradients(
                 grads,
                 found,
@@ -484,6 +488,6 @@ class AnomalyDetector:
             score=score,
             critical=critical,
             confirmed=confirmed,
-            immediate=(immediate and "lr_jump" in details) or "loss_spike" in details,
+            immediate=(immediate and "lr_jump" in details) or bool(details.keys() & EXCURSIONS),
         )
 
