@@ -91,7 +91,7 @@ class AnomalyReport:
             on a quarter of that).
         immediate: escalate without waiting for ``patience`` but, unless also confirmed, do
             not prune (an LR jump in an existing param group: a likely schedule bug; a blow-up
-            in the warm-up, ``loss_spike``).
+            in the warm-up, ``loss_spike`` or ``norm_spike``).
     """
 
     step: int
@@ -137,8 +137,11 @@ class AnomalyDetector:
       not evidence: it never confirms by itself (see the prune bar).
     * excursions: ``loss_spike``: during the warm-up (where the level rules wait), the loss has
       been ``rules.loss.SPIKE_FACTOR`` (5) x the level before it on ``SPIKE_STEPS`` (3) steps in
-      a row, beyond its own noise. It escalates at once and never confirms by itself; one seen
-      while the start is measured makes the level before it the start (an early blow-up never
+      a row, beyond the noise of the losses before it (or with the gradient norm up too);
+      ``norm_spike``: the gradient norm has been ``rules.gradient.NORM_SPIKE_FACTOR`` (10) x the
+      median of the norms before it on 3 steps in a row, beyond their noise, with or without a
+      loss. Both escalate at once and never confirm by themselves; a ``loss_spike`` seen while
+      the start is measured makes the level before it the start (an early blow-up never
       becomes the reference: a network that died at chance after it has made no progress).
     * ``nonfinite``: a NaN/Inf gradient norm or loss. Critical and confirmed at once.
 

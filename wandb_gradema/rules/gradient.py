@@ -164,7 +164,8 @@ def judge_gradients(
       norm (an explosion that began in the warm-up has dragged the baseline along). A median
       over the window: a burst of corrupted batches is not an explosion; one that persists is.
       During the warm-up nothing is: the jump of Adam's first steps is judged by what follows
-      (non-finite values, dead units, a loss that stays above its start).
+      (non-finite values, dead units, a loss that stays above its start); an excursion there
+      escalates as ``norm_spike`` (``judge_norm_spike``), never prune-grade.
     * ``grad_vanish``: the median log norm has fallen ``log_vanish`` below its peak.
     * ``dead_units``: the median share of non-vanishing gradient tensors is at most
       ``dead_share``.
