@@ -582,3 +582,47 @@ def test_heavy_tailed_batches_before_are_the_bar_for_a_run_of_high_losses() -> N
     losses = noisy + [6 * level_before, 6.5 * level_before, 6.2 * level_before] + noisy * 8
     norms = [1.0] * len(losses)
     assert not any(types == ("loss_spike",) for _, types, _ in _replay(losses, norms))
+
+
+# A norm excursion in the warm-up (``norm_spike``): batches whose inputs are scaled 30x for a few
+# steps jump the gradient norm by 30x and more. Escalated at once (telemetry shows the cause),
+# with or without an observed loss, on both decision paths; never prune-grade, and the run goes
+# on learning.
+def _scaled_inputs_run(*, sync_every: int, observe: bool, scaled: range) -> tuple[list, list[float], list[float]]:
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    batch = sum_target(32)
+    losses: list[float] = []
+    norms: list[float] = []
+    with _quiet_about_wandb(), wandb_gradema.watch(opt, sync_every=sync_every, on_escalation="warn") as monitor:  # type: ignore[arg-type]
+        for step in range(200):
+            x, y = batch(step, gen)
+            if step in scaled:
+                x = 30 * x
+            loss = nn.functional.mse_loss(model(x), y)
+            if observe:
+                monitor.observe_loss(loss)
+            loss.backward()
+            norms.append(nn.utils.get_total_norm([p.grad for p in model.parameters()]).item())
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+    return monitor.events, losses, norms
+
+
+@pytest.mark.parametrize("sync_every", [1, 8], ids=["host", "deferred"])
+@pytest.mark.parametrize("observe", [True, False], ids=["loss observed", "gradients only"])
+def test_a_gradient_norm_excursion_in_the_warm_up_escalates_at_once(sync_every: int, observe: bool) -> None:
+    with pytest.warns(GrademaWarning, match="Gradient norm blew up"):
+        events, losses, norms = _scaled_inputs_run(sync_every=sync_every, observe=observe, scaled=range(5, 9))
+    assert min(norms[5:9]) > 10 * max(norms[:5])  # the excursion
+    assert level(losses, -30) < 0.3 * SUM_CHANCE  # and the run learned
+    assert events and events[0].step == 7 and "norm_spike" in events[0].anomaly_types
+    assert not any(e.confirmed for e in events)
+
+
+def test_the_same_run_without_the_excursion_stays_quiet() -> None:
+    events, losses, _ = _scaled_inputs_run(sync_every=1, observe=True, scaled=range(0))
+    assert level(losses, -30) < 0.3 * SUM_CHANCE and events == []
