@@ -626,3 +626,15 @@ def test_a_gradient_norm_excursion_in_the_warm_up_escalates_at_once(sync_every: 
 def test_the_same_run_without_the_excursion_stays_quiet() -> None:
     events, losses, _ = _scaled_inputs_run(sync_every=1, observe=True, scaled=range(0))
     assert level(losses, -30) < 0.3 * SUM_CHANCE and events == []
+
+
+def test_the_start_after_a_blow_up_is_the_level_before_it_whatever_follows() -> None:
+    """A classifier blown up by Adam at 0.5: after the first blow-up its losses swing between
+    ~0 (confidently right) and tens (confidently wrong) while the start is measured. Each later
+    swing is no new reference: the start stays the level before the first blow-up."""
+    swings = [0.97, 3.6, 0.18, 0.15, 6e-12, 0.43, 9.1, 3e-11, 6.6, 0.75, 9.8, 8.0, 0.26, 5e-10]
+    losses = [0.70, 25.0, 170.0, 12.0, 48.0] + swings + [0.3] * 40
+    detector = wandb_gradema.AnomalyDetector()
+    for step, x in enumerate(losses):
+        detector.check(wandb_gradema.Observation(step=step, grad_norm=1.0 if step == 0 else 30.0, loss=x))
+    assert detector.initial_loss == pytest.approx(0.70)

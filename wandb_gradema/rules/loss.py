@@ -267,7 +267,10 @@ class LossStats:
     def _track_spike(self, loss: float, log_norm: float) -> None:
         """Follow runs of losses ``SPIKE_FACTOR`` x the level before them (``loss_spike``)."""
         measuring = self.ref is None
-        base = (median_sorted(sorted(self.calm)) if self.calm else math.nan) if measuring else self.start
+        if measuring and self.exploded:  # the level before the blow-up, whatever follows it
+            base = self.spike_base
+        else:
+            base = (median_sorted(sorted(self.calm)) if self.calm else math.nan) if measuring else self.start
         run, norms = self.spike_run, self.run_norms
         if base > 0 and loss >= SPIKE_FACTOR * base:
             if not run:
