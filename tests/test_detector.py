@@ -141,13 +141,24 @@ def test_gradient_failures_table(name, norm, active, window, rule) -> None:
 @pytest.mark.parametrize(
     ("name", "norm", "active"),
     [
-        ("Adam's first steps: x200, back within 5", lambda t: 200.0 if 1 <= t <= 5 else 1.0, None),
         ("a burst of 6 corrupted batches", lambda t: 100.0 if 150 <= t < 156 else 1.0, None),
         ("6 steps of zero gradients", None, lambda t: 0.0 if 150 <= t < 156 else 1.0),
     ],
 )
 def test_gradient_transients_table(name, norm, active) -> None:
     assert _escalations(_run(norm=norm, active=active)) == [], name
+
+
+@pytest.mark.parametrize("loss", [None, lambda t: 2.3 - 0.002 * t], ids=["gradients only", "loss observed"])
+def test_a_norm_excursion_in_the_warm_up_escalates_at_once_and_is_never_prune_grade(loss) -> None:
+    """x200 for 5 steps, back after: escalated at the excursion's third step (``norm_spike``,
+    telemetry shows its cause), with the loss calm or unobserved; nothing is prune-grade."""
+    events = _events(_run(norm=lambda t: 200.0 if 1 <= t <= 5 else 1.0, loss=loss))
+    assert events == [(3, ("norm_spike",), False)]
+
+
+def test_a_norm_growing_10x_over_a_warm_up_of_20_steps_stays_quiet() -> None:
+    assert _escalations(_run(norm=lambda t: 10 ** min(t / 20, 1.0), lr=lambda t: 1e-3 * min(t / 20, 1.0))) == []
 
 
 def test_an_explosion_that_persists_through_the_warm_up_is_judged_by_what_follows() -> None:
@@ -157,7 +168,7 @@ def test_an_explosion_that_persists_through_the_warm_up_is_judged_by_what_follow
     )
     events = _events(obs)
     # the blow-up escalates at once (loss_spike, not prune-grade); what follows confirms it
-    assert events[0] == (3, ("loss_spike",), False)
+    assert events[0] == (3, ("loss_spike", "norm_spike"), False)
     confirmed = next(e for e in events if e[2])
     assert confirmed[0] < 60 and {"above_start", "loss_explosion"} & set(confirmed[1])
 

@@ -30,7 +30,10 @@ FAMILIES = {
     "stalled": "gradient",  # its evidence of death is the gradients; the loss only gates it
     "lr_jump": "schedule",
     "loss_spike": "excursion",  # escalates at once, never evidence for a prune by itself
+    "norm_spike": "excursion",  # the same, for the gradient norm
 }
+#: Rules that escalate at once and never count towards a prune.
+EXCURSIONS = frozenset({"loss_spike", "norm_spike"})
 #: The families of independent evidence: the schedule is context for the other two.
 INDEPENDENT = frozenset({"gradient", "loss"})
 #: Both independent families on ``confirm_steps // AGREE_DIVISOR`` steps in a row confirm.
@@ -88,7 +91,7 @@ class AnomalyReport:
             on a quarter of that).
         immediate: escalate without waiting for ``patience`` but, unless also confirmed, do
             not prune (an LR jump in an existing param group: a likely schedule bug; a blow-up
-            in the warm-up, ``loss_spike``).
+            in the warm-up, ``loss_spike`` or ``norm_spike``).
     """
 
     step: int
@@ -134,8 +137,11 @@ class AnomalyDetector:
       not evidence: it never confirms by itself (see the prune bar).
     * excursions: ``loss_spike``: during the warm-up (where the level rules wait), the loss has
       been ``rules.loss.SPIKE_FACTOR`` (5) x the level before it on ``SPIKE_STEPS`` (3) steps in
-      a row, beyond its own noise. It escalates at once and never confirms by itself; one seen
-      while the start is measured makes the level before it the start (an early blow-up never
+      a row, beyond the noise of the losses before it (or with the gradient norm up too);
+      ``norm_spike``: the gradient norm has been ``rules.gradient.NORM_SPIKE_FACTOR`` (10) x the
+      median of the norms before it on 3 steps in a row, beyond their noise, with or without a
+      loss. Both escalate at once and never confirm by themselves; a ``loss_spike`` seen while
+      the start is measured makes the level before it the start (an early blow-up never
       becomes the reference: a network that died at chance after it has made no progress).
     * ``nonfinite``: a NaN/Inf gradient norm or loss. Critical and confirmed at once.
 
@@ -381,6 +387,7 @@ class AnomalyDetector:
                     loss.judge_spike(losses, found)
                 ready = view.update(losses)
         if grads_ok:
+            gradient.judge_norm_spike(grads, found)
             self._gradient_rules.judge(grads, found, ready and view.holds)
         if ready:
             self._swing = view.judge(
@@ -492,6 +499,6 @@ class AnomalyDetector:
             score=score,
             critical=critical,
             confirmed=confirmed,
-            immediate=(immediate and "lr_jump" in details) or "loss_spike" in details,
+            immediate=(immediate and "lr_jump" in details) or bool(details.keys() & EXCURSIONS),
         )
 

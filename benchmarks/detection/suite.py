@@ -32,8 +32,8 @@ def load_split(
     progress: Callable[[str], None] | None = None,
 ) -> list[Trace]:
     """The labelled traces of ``split`` (``dev``, ``test``, ``holdout`` to ``holdout4``, ``quick``,
-    ``shared-dev``, ``ext-dev``, ``ext-test``, ``ext-holdout`` to ``ext-holdout4``, ``blowup-dev`` or
-    ``blowup-holdout``)."""
+    ``shared-dev``, ``ext-dev``, ``ext-test``, ``ext-holdout`` to ``ext-holdout4``, ``blowup-dev``,
+    ``blowup-holdout`` to ``blowup-holdout3``)."""
     if split == "shared-dev":
         return load_shared_dev()
     cache = cache or TraceCache()

@@ -11,10 +11,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._common import TINY, Findings
+from ._common import TINY, Findings, median_sorted
 from ._window import RollingWindow
 
-__all__ = ["Ema", "GradientRules", "GradientStats", "silent"]
+__all__ = ["Ema", "GradientRules", "GradientStats", "judge_norm_spike", "silent"]
+
+#: A norm excursion in the warm-up (``norm_spike``): the last ``NORM_SPIKE_STEPS`` norms each
+#: ``NORM_SPIKE_FACTOR`` x the median of the norms before them in the window, and
+#: ``NORM_SPIKE_Z`` times those norms' log noise above it (measured on ``NORM_SPIKE_CALM`` or
+#: more). Healthy warm-ups of the detection benchmark's original and extended suites reach 5x at
+#: most (3 norms in a row against the median before); an LR far too high, 30-10^6x.
+NORM_SPIKE_STEPS = 3
+NORM_SPIKE_FACTOR = 10.0
+NORM_SPIKE_Z = 3.0
+NORM_SPIKE_CALM = 4
+_DIFF_TO_SD = 1.0 / (0.6745 * math.sqrt(2.0))  # median |x_t - x_{t-1}| -> sigma, Gaussian
 
 
 class Ema:
@@ -167,7 +178,8 @@ class GradientRules:
       norm (an explosion that began in the warm-up has dragged the baseline along). A median
       over the window: a burst of corrupted batches is not an explosion; one that persists is.
       During the warm-up nothing is: the jump of Adam's first steps is judged by what follows
-      (non-finite values, dead units, a loss that stays above its start).
+      (non-finite values, dead units, a loss that stays above its start); an excursion there
+      escalates as ``norm_spike`` (``judge_norm_spike``), never prune-grade.
     * ``grad_vanish``: the median log norm has fallen ``log_vanish`` below its peak.
     * ``dead_units``: the median share of non-vanishing gradient tensors is at most
       ``dead_share``.
@@ -241,3 +253,35 @@ class GradientRules:
                     lambda: f"Only {active:.0%} of gradient tensors are non-zero (median of the last "
                     f"{len(st.active)} steps).",
                 )
+
+
+def judge_norm_spike(st: GradientStats, found: Findings) -> None:
+    """``norm_spike``: during the warm-up (where ``grad_explosion`` waits for a baseline), the last
+    ``NORM_SPIKE_STEPS`` gradient norms have each been ``NORM_SPIKE_FACTOR`` x the median of the
+    norms before them in the window, beyond those norms' own noise (see the constants). It
+    escalates at once (telemetry shows what caused a transient, with or without an observed
+    loss) and is never evidence for a prune: what follows decides that."""
+    if st.warm:
+        return
+    values = st.norms.values
+    n = len(values)
+    k = NORM_SPIKE_STEPS
+    if n <= k:
+        return
+    run = [values[i] for i in range(n - k, n)]
+    calm = [values[i] for i in range(n - k)]
+    base = median_sorted(sorted(calm))
+    rise = min(run) - base
+    noise = 0.0
+    if len(calm) >= NORM_SPIKE_CALM:
+        noise = _DIFF_TO_SD * median_sorted(sorted(abs(b - a) for a, b in zip(calm, calm[1:])))
+    bar = max(math.log(NORM_SPIKE_FACTOR), NORM_SPIKE_Z * noise)
+    if rise < bar:
+        return
+    top = math.exp(max(run))
+    found.note(
+        "norm_spike",
+        rise / bar,
+        lambda: f"Gradient norm blew up: {k} steps in a row at least {math.exp(rise):.3g}x the median before "
+        f"({math.exp(base):.4g}), up to {top:.4g}.",
+    )

@@ -31,9 +31,10 @@ Statistics of the finite observed losses:
   window above the first and their median ``DEPART_Z`` times their own noise above it, the
   first loss is the start the explosion rules compare with;
 - an **early explosion**: losses ``SPIKE_FACTOR`` x the level before them (the median of the
-  calm losses so far; the start once known) on ``SPIKE_STEPS`` steps in a row, their median
-  ``SPIKE_Z`` times their own log noise above it (one noisy batch, or the heavy-tailed batches
-  of MSE over a handful of examples, is no explosion). One confirmed while the start is being
+  calm losses so far; the start once known) on ``SPIKE_STEPS`` steps in a row, each
+  ``SPIKE_Z`` times the log noise of the losses before it above it (one noisy batch, or the
+  heavy-tailed batches of MSE over a handful of examples, is no explosion; while that noise is
+  unmeasured, ``SPIKE_CLEAR`` x), or with the gradient norm ``SPIKE_NORM`` x up too. One confirmed while the start is being
   measured makes the level *before* it the start (``ref`` and ``start``): the blow-up never
   becomes the reference, so a network that died at chance after it has made no progress.
 """
@@ -75,19 +76,21 @@ DEPART_NORM_MILD = 4.0
 DEPART_NORM_Z = 3.0
 DEPART_Z = 4.0
 
-#: An early explosion (``loss_spike``; see the module docstring): losses this many times the level
-#: before them, on this many steps in a row, their median this many times their own log noise
-#: above it. Capped: the run of high losses kept for the noise test.
+#: An early explosion (``loss_spike``; see the module docstring and ``LossStats._spike_z``):
+#: losses this many times the level before them, on this many steps in a row, this many times
+#: the log noise of the losses before them above it (or with a second sign). Capped: the run
+#: of high losses kept.
 SPIKE_FACTOR = 5.0
 SPIKE_STEPS = 3
 SPIKE_Z = 3.0
 SPIKE_KEEP = 32
-#: ... or each of the last ``SPIKE_STEPS`` losses this many times the level before (and beyond
-#: ``SPIKE_Z`` times the log noise of the losses before, once it is known): a blow-up whose own
-#: swings are too wild for its noise to be measured (MSE 15 -> 7,000 -> 200 -> 900).
+#: The losses before a run that measure their noise (3 differences); with fewer (a blow-up at
+#: the first steps), each of the last ``SPIKE_STEPS`` losses this many times the level before
+#: is a blow-up with no other sign (MSE 15 -> 7,000 -> 200 -> 900).
+SPIKE_CALM = 4
 SPIKE_CLEAR = 10.0
-#: A milder run (``SPIKE_FACTOR`` x) needs the median gradient norm over it this many times the
-#: median before it too.
+#: ... or, whatever the noise, with the median gradient norm over the run this many times the
+#: median before it (a second sign).
 SPIKE_NORM = 4.0
 
 #: ``progress_lost`` alone counts towards the prune bar only once the relapse has held at the
@@ -132,6 +135,13 @@ def rise_z(head: float, later: list[float], n_first: int | None = None) -> float
     rise = median_sorted(sorted(later[:n_first])) - head
     sigma = _DIFF_TO_SD * median_sorted(sorted(abs(b - a) for a, b in zip(later, later[1:])))
     return rise / sigma if sigma > 0 else (math.inf if rise > 0 else 0.0)
+
+
+def _noise(logs: list[float]) -> float:
+    """The noise of a series of logs: 1.048 x the median absolute difference between consecutive
+    ones; 0 until there are two differences (one says nothing about the spread)."""
+    diffs = sorted(abs(b - a) for a, b in zip(logs, logs[1:]))
+    return _DIFF_TO_SD * median_sorted(diffs) if len(diffs) >= 2 else 0.0
 
 
 def _departed(first: list[float], norm_rise: float, norm_z: float) -> bool:
@@ -273,7 +283,10 @@ class LossStats:
     def _track_spike(self, loss: float, log_norm: float) -> None:
         """Follow runs of losses ``SPIKE_FACTOR`` x the level before them (``loss_spike``)."""
         measuring = self.ref is None
-        base = (median_sorted(sorted(self.calm)) if self.calm else math.nan) if measuring else self.start
+        if measuring and self.exploded:  # the level before the blow-up, whatever follows it
+            base = self.spike_base
+        else:
+            base = (median_sorted(sorted(self.calm)) if self.calm else math.nan) if measuring else self.start
         run, norms = self.spike_run, self.run_norms
         if base > 0 and loss >= SPIKE_FACTOR * base:
             if not run:
@@ -302,23 +315,24 @@ class LossStats:
 
     def _spike_z(self) -> float:
         """The current run's rise over the level before it, in noise units (``SPIKE_Z`` or more:
-        an explosion). Either every one of the last ``SPIKE_STEPS`` losses is ``SPIKE_CLEAR`` x
-        the level before (and beyond ``SPIKE_Z`` times the log noise of the losses before, once
-        known), or their median is ``SPIKE_Z`` times their own log noise above it *and* the
-        gradient norm rose ``SPIKE_NORM`` x with it (two signs: a lucky low first batch followed
-        by ordinary ones shows the loss rise alone)."""
+        an explosion): every one of the last ``SPIKE_STEPS`` losses is ``SPIKE_FACTOR`` x the
+        level before, and either each stands ``SPIKE_Z`` times the log noise of the losses
+        before above it (once measured on ``SPIKE_CALM`` of them; until then, ``SPIKE_CLEAR`` x),
+        or the median gradient norm over the run rose ``SPIKE_NORM`` x with it (two signs: a
+        lucky low first batch followed by ordinary ones shows the loss rise alone). The run's
+        own spread is no measure of noise: a blow-up decays by orders of magnitude over its
+        first steps (5,000 -> 230 -> 22)."""
         run, head = self.spike_run, math.log(self.spike_base)
-        calm = self.calm if self.ref is None else self.first
-        logs = [math.log(x) for x in calm if x > 0]
-        diffs = sorted(abs(b - a) for a, b in zip(logs, logs[1:]))
-        bar = max(math.log(SPIKE_CLEAR), SPIKE_Z * _DIFF_TO_SD * median_sorted(diffs) if len(diffs) >= 2 else 0.0)
-        if math.log(min(run[-SPIKE_STEPS:])) - head >= bar:
+        rise = math.log(min(run[-SPIKE_STEPS:])) - head
+        if rise < math.log(SPIKE_FACTOR):
+            return 0.0
+        calm = [math.log(x) for x in (self.calm if self.ref is None else self.first) if x > 0]
+        if rise >= (SPIKE_Z * _noise(calm) if len(calm) >= SPIKE_CALM else math.log(SPIKE_CLEAR)):
             return SPIKE_Z
-        z = rise_z(head, [math.log(x) for x in run])
         before, after = sorted(self.calm_norms), sorted(self.run_norms)
-        if z >= SPIKE_Z and before and after and median_sorted(after) - median_sorted(before) >= math.log(SPIKE_NORM):
-            return z
-        return min(z, 0.99 * SPIKE_Z)
+        if before and after and median_sorted(after) - median_sorted(before) >= math.log(SPIKE_NORM):
+            return SPIKE_Z
+        return 0.0
 
     @property
     def spiking(self) -> bool:
