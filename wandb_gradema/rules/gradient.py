@@ -110,17 +110,7 @@ class GradientStats:
             base, sd = self.first, 1.0
             x_slow = x
         self.base, self.sd = base, sd
-        # ``slow.update(x_slow)``, inlined (the hot path's one EMA of the gradients)
-        d = slow.decay
-        if slow.w == 0.0:
-            slow.m, slow.v = (1 - d) * x_slow, 0.0
-        else:
-            delta = x_slow - slow.mean
-            slow.m = d * slow.m + (1 - d) * x_slow
-            slow.v = d * slow.v + (1 - d) * delta * delta
-        w = slow.w = d * slow.w + (1 - d)
-        slow.mean = slow.m / w
-        slow.std = math.sqrt(slow.v / w)
+        slow.update(x_slow)
         self.n = n = n + 1
         self.warm = warm = n > self.warmup_steps
         norms = self.norms

@@ -247,18 +247,7 @@ class LossStats:
             sigma = self.sigma = _DIFF_TO_SD * self.diffs.push(abs(loss - prev))
             if loss > 0 and prev > 0:
                 self.log_diffs.append(abs(math.log(loss / prev)))
-            # ``self.slow_sigma.update(sigma)``, inlined (read every step)
-            slow = self.slow_sigma
-            d = slow.decay
-            if slow.w == 0.0:
-                slow.m, slow.v = (1 - d) * sigma, 0.0
-            else:
-                delta = sigma - slow.mean
-                slow.m = d * slow.m + (1 - d) * sigma
-                slow.v = d * slow.v + (1 - d) * delta * delta
-            w = slow.w = d * slow.w + (1 - d)
-            slow.mean = slow.m / w
-            slow.std = math.sqrt(slow.v / w)
+            self.slow_sigma.update(sigma)
         self.prev = loss
         self.n += 1
         short = self.short
