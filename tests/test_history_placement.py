@@ -28,10 +28,26 @@ def _nothing(run: Any, i: int) -> None:
     pass
 
 
+def _train(run: Any, model: Any, opt: torch.optim.Optimizer, batch: Any, steps: int,
+           before: Hook = _nothing, after: Hook = _nothing) -> None:
+    """``steps`` training steps, with the script's logging before and after each ``opt.step()``."""
+    for i in range(steps):
+        x, y = batch(i)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        before(run, i)
+        opt.step()
+        opt.zero_grad()
+        after(run, i)
+
+
+def _log_step(run: Any, i: int) -> None:
+    run.log({"u/i": i}, step=i)
+
+
 #: name -> (at the start, before opt.step() of step i, after it): how scripts log.
 SCRIPTS: dict[str, tuple[Callable[[Any], None], Hook, Hook]] = {
-    "step_after": (lambda run: None, _nothing, lambda run, i: run.log({"u/i": i}, step=i)),
-    "step_before": (lambda run: None, lambda run, i: run.log({"u/i": i}, step=i), _nothing),
+    "step_after": (lambda run: None, _nothing, _log_step),
+    "step_before": (lambda run: None, _log_step, _nothing),
     "plain_after": (lambda run: None, _nothing, lambda run, i: run.log({"u/i": i})),
     "plain_before": (lambda run: None, lambda run, i: run.log({"u/i": i}), _nothing),
     "split": (
@@ -69,13 +85,7 @@ def _run(wandb_offline: Any, tiny: Any, script: str, *, watched: bool, log_every
     run = wandb_offline.init()
     start(run)
     monitor = wandb_gradema.watch(opt, model=model, log_every=log_every) if watched else None
-    for i in range(STEPS):
-        x, y = batch(i)
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        before(run, i)
-        opt.step()
-        opt.zero_grad()
-        after(run, i)
+    _train(run, model, opt, batch, STEPS, before, after)
     if monitor is not None and ending == "remove":
         monitor.remove()
     run.finish()
@@ -137,11 +147,7 @@ def test_nobody_else_logs_rows_sit_at_their_optimizer_step(wandb_offline, tiny, 
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     run = wandb_offline.init()
     monitor = wandb_gradema.watch(opt, log_every=1)
-    for i in range(STEPS):
-        x, y = batch(i)
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        opt.zero_grad()
+    _train(run, model, opt, batch, STEPS)
     monitor.remove()
     run.finish()
     rows = monitor_rows(wandb_offline.read(run).history)
@@ -222,12 +228,7 @@ def test_threads_logging_beside_training_keep_every_row(wandb_offline, tiny) -> 
 
     thread = threading.Thread(target=evaluate)
     thread.start()
-    for i in range(STEPS):
-        x, y = batch(i)
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        opt.zero_grad()
-        run.log({"u/i": i}, step=i)
+    _train(run, model, opt, batch, STEPS, after=_log_step)
     stop.set()
     thread.join()
     monitor.remove()
@@ -376,12 +377,7 @@ def test_without_teardown_hooks_finish_still_writes_the_last_rows(wandb_offline,
     run = wandb_offline.init()
     with pytest.warns(GrademaWarning, match=f"wandb {wandb.__version__} has no teardown hooks"):
         wandb_gradema.watch(opt, log_every=1, sync_every=8)
-    for i in range(13):
-        x, y = batch(i)
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        opt.zero_grad()
-        run.log({"u/i": i}, step=i)
+    _train(run, model, opt, batch, 13, after=_log_step)
     run.finish()
     history_rows = wandb_offline.read(run).history
     assert [int(r["gradema/step"]) for r in monitor_rows(history_rows)] == list(range(13))
