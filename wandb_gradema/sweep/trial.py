@@ -12,7 +12,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -117,10 +116,7 @@ class Trial:
         if os.name == "posix":
             # As `wandb agent` does: the terminal's Ctrl-C reaches the runner only, which then
             # decides what the runs get.
-            if sys.version_info >= (3, 11):
-                kwargs["process_group"] = 0
-            else:
-                kwargs["preexec_fn"] = os.setpgrp
+            kwargs["process_group"] = 0
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **kwargs
