@@ -33,7 +33,7 @@ def load_split(
 ) -> list[Trace]:
     """The labelled traces of ``split`` (``dev``, ``test``, ``holdout`` to ``holdout4``, ``quick``,
     ``shared-dev``, ``ext-dev``, ``ext-test``, ``ext-holdout`` to ``ext-holdout4``, ``blowup-dev``,
-    ``blowup-holdout`` to ``blowup-holdout3``)."""
+    ``blowup-holdout`` to ``blowup-holdout4``)."""
     if split == "shared-dev":
         return load_shared_dev()
     cache = cache or TraceCache()
