@@ -223,12 +223,10 @@ class LossStats:
         the loss that completes the reference; ``early``: still in the warm-up, where early
         explosions are followed (``loss_spike``), with ``log_norm``, this step's log gradient
         norm (the second sign of a milder one)."""
-        if early or self.ref is None:
+        if early or self.ref is None or self.spike_run or loss >= SPIKE_FACTOR * self.start:
+            # after the warm-up only a loss SPIKE_FACTOR x the start (or a run of them) is
+            # followed: a quiet step costs one comparison
             self._track_spike(loss, log_norm)
-        elif self.spike_run:
-            self.spike_run.clear()
-            self.run_norms.clear()
-            self.spike_z = 0.0
         if self.ref is None:
             self.first.append(loss)
             if len(self.first) == DEPART_STEPS + 1:
