@@ -582,17 +582,20 @@ def recovering(level: float, start: float, earlier: float, window: int, elapsed:
 def judge_spike(st: LossStats, found: Findings) -> None:
     """``loss_spike``: the latest losses are an explosion (``LossStats.spiking``): during the
     warm-up, where the level-based rules wait, a blow-up escalates on its own (telemetry is how
-    users find the cause of a transient); it is never evidence for a prune by itself."""
+    users find the cause of a transient); after it, 3 losses in a row ``SPIKE_FACTOR`` x where the
+    run started do too (the level rules wait out bursts of up to 6 bad batches, but batches 5x
+    worse than an untrained network are worth a warning even when training absorbs them); it is
+    never evidence for a prune by itself."""
     if not st.spiking:
         return
     run, base = st.spike_run, st.spike_base
     top = max(run)
     n = len(run)
+    what = "the level before" if st.ref is None else "where the run started"
     found.note(
         "loss_spike",
         max(1.0, math.log(median_sorted(sorted(run)) / base) / math.log(SPIKE_FACTOR)),
-        lambda: f"Loss blew up: {n} steps in a row at least {SPIKE_FACTOR:g}x the level before ({base:.4g}), "
-        f"up to {top:.4g}.",
+        lambda: f"Loss blew up: {n} steps in a row at least {SPIKE_FACTOR:g}x {what} ({base:.4g}), up to {top:.4g}.",
     )
 
 
