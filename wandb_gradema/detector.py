@@ -90,8 +90,8 @@ class AnomalyReport:
             or loss rules have fired ``confirm_steps`` steps in a row, or both families together
             on a quarter of that).
         immediate: escalate without waiting for ``patience`` but, unless also confirmed, do
-            not prune (an LR jump in an existing param group: a likely schedule bug; a blow-up
-            or a loss 5x its start, ``loss_spike``; a norm excursion in the warm-up, ``norm_spike``).
+            not prune (an LR jump in an existing param group: a likely schedule bug; a blow-up of
+            the loss, ``loss_spike``, or of the gradient norm in the warm-up, ``norm_spike``).
     """
 
     step: int
