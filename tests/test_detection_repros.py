@@ -204,8 +204,9 @@ def test_a_plateau_then_learning_is_not_a_stall() -> None:
     assert events == [], events[0].reason
 
 
+@pytest.mark.parametrize("sync_every", [1, 8])  # the CPU host path and the deferred one
 @pytest.mark.parametrize("kind", ["noisy targets", "shuffled targets"])
-def test_a_burst_of_corrupted_batches_that_training_absorbs_is_never_pruned(kind: str) -> None:
+def test_a_burst_of_corrupted_batches_that_training_absorbs_is_never_pruned(kind: str, sync_every: int) -> None:
     """Six corrupted batches in a row: loss and norm spike 100-1000x, then training goes on. The
     level rules wait it out; a burst 5x above where the run started (noisy targets) is told at
     once, as a blow-up (``loss_spike``), and never pruned; one under that (shuffled targets:
@@ -223,7 +224,7 @@ def test_a_burst_of_corrupted_batches_that_training_absorbs_is_never_pruned(kind
         return x, y + 10 * torch.randn(y.shape, generator=noise)
 
     norms: list[float] = []
-    events, losses = train(model, opt, sum_target(32), 500, corrupt=corrupt, norms=norms)
+    events, losses = train(model, opt, sum_target(32), 500, corrupt=corrupt, norms=norms, sync_every=sync_every)
     assert max(losses[300:306]) > 100 * level(losses, 280, 300)  # the burst is violent
     assert max(norms[300:306]) > 10 * max(norms[250:300])
     assert level(losses, -50) < level(losses, 280, 300)  # and absorbed
