@@ -37,6 +37,7 @@ Statistics of the finite observed losses:
   unmeasured, ``SPIKE_CLEAR`` x), or with the gradient norm ``SPIKE_NORM`` x up too. One confirmed while the start is being
   measured makes the level *before* it the start (``ref`` and ``start``): the blow-up never
   becomes the reference, so a network that died at chance after it has made no progress.
+  After the warm-up, the level before is the start: a quiet step costs one comparison.
 """
 
 from __future__ import annotations
