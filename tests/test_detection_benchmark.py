@@ -9,12 +9,12 @@ import pytest
 
 from benchmarks.detection.cache import TraceCache
 from benchmarks.detection.detectors import Firing, all_detectors, fire, product
-from benchmarks.detection.evaluate import evaluate, format_families, format_table, score
-from benchmarks.detection.labels import label_run
+from benchmarks.detection.evaluate import blowup_onset, evaluate, format_families, format_table, score
+from benchmarks.detection.labels import Verdict, label_run, stopped_short
 from benchmarks.detection.scenarios import scenarios
 from benchmarks.detection.spec import make_spec
 from benchmarks.detection.suite import label_suite, load_shared_dev, load_split
-from benchmarks.detection.trace import Trace
+from benchmarks.detection.trace import OBSERVATION_FIELDS, Trace
 from benchmarks.detection.train import train
 
 L0 = C = 2.3
@@ -206,3 +206,74 @@ def test_later_holdouts_hold_every_variant_with_seeds_of_their_own(
         seeds = {s["seed"] for _, s in new}
         assert not seeds & used, split
         used |= seeds
+
+
+# ---------------------------------------------------------------------------- issue 18, third pass
+def _synthetic(name: str, loss: np.ndarray, *, task: str = "cancer", init: float = 0.69, chance: float = 0.66) -> Trace:
+    """A replayable trace from a loss curve (norms steady, every tensor alive)."""
+    n = len(loss)
+    given = {"step": np.arange(n), "grad_norm": np.ones(n), "loss": np.asarray(loss, dtype=np.float64)}
+    arrays = {f.name: given.get(f.name, np.full(n, f.default)) for f in OBSERVATION_FIELDS}
+    spec = make_spec(task=task, steps=n)
+    return Trace(name=name, split="blowup-dev", spec=spec, init_loss=init, chance_loss=chance, n_params=1, arrays=arrays)
+
+
+def _curve(final: float, n: int = 400, *, frozen_from: int = 60) -> np.ndarray:
+    """0.69 falling to ``final`` by ``frozen_from``, then flat, with a little batch noise."""
+    rng = np.random.default_rng(0)
+    t = np.arange(n)
+    level = np.where(t < frozen_from, 0.69 * (final / 0.69) ** (t / frozen_from), final)
+    return level * np.exp(rng.normal(0, 0.05, n))
+
+
+def test_a_run_frozen_far_short_of_its_twin_is_collapsed_and_one_close_to_it_or_still_learning_is_healthy() -> None:
+    """The label of a run that beat chance but stopped far short of its task (issue 18's
+    breast-cancer run frozen at 0.3 while its twin reaches 0.02), applied to every run alike."""
+    assert stopped_short(_curve(0.3), 0.66, 0.02)
+    assert not stopped_short(_curve(0.05), 0.66, 0.02)  # most of the way (in orders of magnitude)
+    still = np.concatenate([_curve(0.3, 200), 0.3 * (0.05 / 0.3) ** (np.arange(200) / 200)])
+    assert not stopped_short(still, 0.66, 0.02)  # far short, but still falling: a slow learner
+    suite = [_synthetic("twin", _curve(0.02)), _synthetic("frozen", _curve(0.3)), _synthetic("near", _curve(0.04))]
+    label_suite(suite)
+    assert [t.label for t in suite] == ["healthy", "collapsed", "healthy"]
+    alone = [_synthetic("frozen", _curve(0.3))]  # its own twin: nothing to fall short of
+    label_suite(alone)
+    assert alone[0].label == "healthy"
+
+
+def test_a_burst_of_healthy_run_is_an_excursion_escalation_and_a_relapse_is_unexplained() -> None:
+    """``Firing.unexplained``: a healthy run escalated only on its own blow-up (5x its start, 3
+    steps in a row) is told what happened; the family table counts it apart."""
+    burst = _curve(0.05, 300)
+    burst[200:204] = 6.0  # 9x the start
+    fired = fire(product(), _synthetic("burst", burst))
+    assert fired.escalated == 202 and fired.pruned is None and fired.unexplained is None
+    relapse = _curve(0.05, 300)
+    relapse[150:] = 0.69
+    fired = fire(product(), _synthetic("relapse", relapse))
+    assert fired.escalated is not None and fired.unexplained == fired.escalated
+    runs = [_synthetic("h_x-0", burst), _synthetic("h_x-1", relapse)]
+    for t in runs:
+        t.verdict = Verdict("healthy")
+    row = format_families(runs, [Firing(202, None, None), Firing(160, None, 160)]).splitlines()[-1]
+    assert [c.strip() for c in row.split("|")[2:5]] == ["2/2", "1/2", "0/2"]  # escalated, unexplained, pruned
+
+
+def test_a_blow_up_is_counted_from_the_start_measured_over_8_batches_not_one_lucky_batch() -> None:
+    loss = np.full(100, 1.0)
+    loss[0] = 0.1  # a lucky first batch of 2: 3 ordinary ones are 10x it
+    assert blowup_onset(_synthetic("noise", loss, init=1.0, chance=1.0)) is None
+    loss[50:53] = 6.0
+    assert blowup_onset(_synthetic("blow-up", loss, init=1.0, chance=1.0)) == 50
+
+
+def test_the_fresh_blow_up_holdout_holds_every_variant_on_seeds_of_its_own() -> None:
+    used: set[int] = set()
+    first = [n for n, _ in scenarios("blowup-dev")]
+    for split in ("blowup-dev", "blowup-holdout", "blowup-holdout2", "blowup-holdout3", "blowup-holdout4"):
+        named = scenarios(split)
+        assert [n for n, _ in named] == first
+        seeds = {s["seed"] for _, s in named}
+        assert not seeds & used, split
+        used |= seeds
+    assert {"h_late_burst", "d_late_blowup"} <= {n.rsplit("-", 1)[0] for n in first}

@@ -187,7 +187,7 @@ def test_loss_back_at_its_initial_level_escalates_and_is_confirmed() -> None:
     ("name", "spike"),
     [
         ("two corrupted batches", lambda t: 20.0 if t in (150, 151) else None),
-        ("six corrupted batches", lambda t: 20.0 if 150 <= t < 156 else None),
+        ("six corrupted batches 3x the start", lambda t: 7.0 if 150 <= t < 156 else None),
         ("ten batches twice as noisy", lambda t: 2.0 * learning(t) if 150 <= t < 160 and t % 2 else None),
     ],
 )
@@ -197,6 +197,38 @@ def test_loss_spikes_that_recover_table(name, spike) -> None:
         return learning(t) if s is None else s
 
     assert _escalations(_run(loss=loss, lr=lambda t: 0.1)) == [], name
+
+
+@pytest.mark.parametrize("length", [3, 6, 20])
+def test_a_burst_far_above_the_start_after_the_warm_up_escalates_at_once_and_never_prunes(length) -> None:
+    """3 losses in a row 5x where the run started (20 against 2.3), after the warm-up: the user is
+    told within 2 steps (``loss_spike``), however long the burst; a burst that training absorbs
+    is never prune-grade, one that stays is pruned on what the level rules see."""
+
+    def loss(t):
+        return 20.0 if 150 <= t < 150 + length else learning(t)
+
+    events = _events(_run(loss=loss, lr=lambda t: 0.1))
+    assert events[0] == (152, ("loss_spike",), False)
+    if length < 20:
+        assert events == [(152, ("loss_spike",), False)]  # nothing else: the level rules wait it out
+
+    def stays(t):
+        return learning(t) if t < 150 else 20.0
+
+    events = _events(_run(loss=stays, lr=lambda t: 0.1))
+    assert events[0] == (152, ("loss_spike",), False)
+    assert any(confirmed for *_, confirmed in events)  # what follows confirms it
+
+
+def test_a_burst_under_5x_the_start_after_the_warm_up_stays_quiet() -> None:
+    """Against the start, not the recent level: 4.5x the start is 14x a converged loss of 0.3, and
+    the level rules alone judge it (a burst of up to 6 batches is noise to them)."""
+
+    def loss(t):
+        return 10.0 if 150 <= t < 156 else learning(t)
+
+    assert _escalations(_run(loss=loss, lr=lambda t: 0.1)) == []
 
 
 def test_loss_turning_up_while_the_learning_rate_still_rises_escalates() -> None:
@@ -230,7 +262,8 @@ def test_a_fine_tune_that_forgets_escalates_and_one_kicked_by_a_fresh_optimizer_
     # only the one that stays there is prune-grade.
     spike, *rest = _events(_run(300, loss=forgets, norm=norm, lr=lambda t: 1e-2))
     assert spike == (3, ("loss_spike",), False)
-    assert rest[0][1] == ("above_start",) and rest[0][0] < 80 and rest[0][2]
+    # the loss stays 10x its start: still a blow-up (``loss_spike``) beside the forgetting
+    assert set(rest[0][1]) == {"loss_spike", "above_start"} and rest[0][0] < 80 and rest[0][2]
     assert _events(_run(300, loss=kicked, norm=norm, lr=lambda t: 1e-2)) == [(3, ("loss_spike",), False)]
 
 
@@ -392,11 +425,15 @@ def test_only_persistent_or_corroborated_anomalies_are_confirmed() -> None:
     def explosion(t):  # a loss that explodes and stays there: loss_explosion
         return learning(t) if t < 100 else 25.0
 
-    alone = _events(_run(loss=explosion, lr=lambda t: 0.1))
+    observations = _run(loss=explosion, lr=lambda t: 0.1)
+    alone = _events(observations)
     first, *_ = alone
-    assert not first[2]  # the loss alone: the escalation comes first, on patience ...
+    # the blow-up (25 is 11x the start) escalates at once, as an excursion: never prune-grade ...
+    assert first == (102, ("loss_spike",), False)
+    detector = AnomalyDetector()
+    level = next(o.step for o in observations if "loss_explosion" in detector.check(o).anomaly_types)
     confirmed = [step for step, _, c in alone if c]
-    assert confirmed and confirmed[0] - first[0] == 9  # ... the prune once it has lasted 12 steps
+    assert confirmed and confirmed[0] - level == 11  # ... the prune once the level rule has held 12 steps
     # A relapse to the start, alone, is prune-grade once it has held there for two trend
     # windows (a loss that swings comes back sooner), then for 12 steps.
     relapsed = _events(_run(loss=relapse, lr=lambda t: 0.1))

@@ -90,8 +90,8 @@ class AnomalyReport:
             or loss rules have fired ``confirm_steps`` steps in a row, or both families together
             on a quarter of that).
         immediate: escalate without waiting for ``patience`` but, unless also confirmed, do
-            not prune (an LR jump in an existing param group: a likely schedule bug; a blow-up
-            in the warm-up, ``loss_spike`` or ``norm_spike``).
+            not prune (an LR jump in an existing param group: a likely schedule bug; a blow-up of
+            the loss, ``loss_spike``, or of the gradient norm in the warm-up, ``norm_spike``).
     """
 
     step: int
@@ -137,7 +137,9 @@ class AnomalyDetector:
       not evidence: it never confirms by itself (see the prune bar).
     * excursions: ``loss_spike``: during the warm-up (where the level rules wait), the loss has
       been ``rules.loss.SPIKE_FACTOR`` (5) x the level before it on ``SPIKE_STEPS`` (3) steps in
-      a row, beyond the noise of the losses before it (or with the gradient norm up too);
+      a row, beyond the noise of the losses before it (or with the gradient norm up too); after
+      the warm-up, 5x where the run started on 3 steps in a row (a burst the level rules wait
+      out is still worth a warning when it is 5x worse than an untrained network);
       ``norm_spike``: the gradient norm has been ``rules.gradient.NORM_SPIKE_FACTOR`` (10) x the
       median of the norms before it on 3 steps in a row, beyond their noise, with or without a
       loss. Both escalate at once and never confirm by themselves; a ``loss_spike`` seen while

@@ -21,7 +21,7 @@ from .suite import MAX_JOBS, load_split
 SPLITS = (
     "dev", "test", "holdout", "holdout2", "holdout3", "holdout4", "shared-dev",
     "ext-dev", "ext-test", "ext-holdout", "ext-holdout2", "ext-holdout3", "ext-holdout4",
-    "blowup-dev", "blowup-holdout", "blowup-holdout2", "blowup-holdout3",
+    "blowup-dev", "blowup-holdout", "blowup-holdout2", "blowup-holdout3", "blowup-holdout4",
 )  # fmt: skip
 
 

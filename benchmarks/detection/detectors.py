@@ -16,16 +16,20 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from wandb_gradema import AnomalyDetector, EscalationPolicy, GradientEMATracker
+from wandb_gradema import AnomalyDetector, AnomalyReport, EscalationPolicy, GradientEMATracker
+from wandb_gradema.detector import EXCURSIONS
 
 from .trace import Trace
 
 
 class Firing(NamedTuple):
-    """Where a detector first escalated and first pruned on one trace (None: never)."""
+    """Where a detector first escalated and first pruned on one trace (None: never), and where it
+    first escalated on something other than an excursion (``EXCURSIONS``: a loss or norm blow-up
+    seen as such; the first escalation when the detector does not say)."""
 
     escalated: int | None
     pruned: int | None
+    unexplained: int | None = None
 
 
 Detector = Callable[[Trace], "int | None | Firing"]
@@ -36,14 +40,17 @@ POLICY_OPTIONS = ("patience", "cooldown_steps", "telemetry_steps")
 def fire(detector: Detector, trace: Trace) -> Firing:
     """``detector`` on ``trace`` as a ``Firing`` (a plain fire step escalates and prunes)."""
     out = detector(trace)
-    return out if isinstance(out, Firing) else Firing(out, out)
+    return out if isinstance(out, Firing) else Firing(out, out, out)
 
 
 def product(*, use_loss: bool = True, **options: Any) -> Detector:
     """The product's detector with ``options`` (validated now); no options: the defaults.
 
     ``use_loss=False`` replays the gradients only, as for a user who never calls
-    ``observe_loss``. Returns the trace's ``Firing``: first escalation, first confirmed one.
+    ``observe_loss``. Returns the trace's ``Firing``: first escalation, first confirmed one, and
+    the first escalation of a second policy fed the same reports without their excursion rules
+    (what the run escalates on beyond its blow-ups; excursions never count towards a prune, so
+    the reports' ``confirmed`` is the same for both).
     """
     policy_kw = {k: options.pop(k) for k in POLICY_OPTIONS if k in options}
     AnomalyDetector(**options)  # raise on bad options now, not on the first trace
@@ -51,20 +58,39 @@ def product(*, use_loss: bool = True, **options: Any) -> Detector:
 
     def replay(trace: Trace) -> Firing:
         detector, policy = AnomalyDetector(**options), EscalationPolicy(**policy_kw)
-        escalated = None
+        other = EscalationPolicy(**policy_kw)
+        escalated = unexplained = None
         for obs in trace.observations():
             if not use_loss:
                 obs = dataclasses.replace(obs, loss=None)
-            event = policy.update(detector.check(obs))
+            report = detector.check(obs)
+            if unexplained is None and other.update(_without_excursions(report)) is not None:
+                unexplained = obs.step
+            event = policy.update(report)
             if event is None:
                 continue
             if escalated is None:
                 escalated = obs.step
             if event.confirmed:
-                return Firing(escalated, obs.step)
-        return Firing(escalated, None)
+                return Firing(escalated, obs.step, obs.step if unexplained is None else unexplained)
+        return Firing(escalated, None, unexplained)
 
     return replay
+
+
+def _without_excursions(report: AnomalyReport) -> AnomalyReport:
+    """``report`` as it would read without its excursion rules (quiet when they were all)."""
+    if not report.has_anomaly or not report.details.keys() & EXCURSIONS:
+        return report
+    details = {k: v for k, v in report.details.items() if k not in EXCURSIONS}
+    if not details and not report.critical:
+        return AnomalyReport(report.step, False)
+    return dataclasses.replace(
+        report,
+        anomaly_types=tuple(details),
+        details=details,
+        immediate=report.immediate and "lr_jump" in details,
+    )
 
 
 def _first(hits: Iterable[bool], consecutive: int = 1, within: int | None = None) -> int | None:

@@ -170,7 +170,7 @@ def _lead(diverged: list[tuple[int, Firing]], kind: str) -> str:
 
 
 FAMILY_COLUMNS = (
-    "family (h/d/c)", "healthy escalated", "healthy pruned", "diverged caught", "caught early (t_div>=30)",
+    "family (h/d/c)", "healthy escalated", "of which unexplained", "healthy pruned", "diverged caught", "caught early (t_div>=30)",
     "diverged pruned", "pruned early (t_div>=30)", "median lead esc / prune", "collapse esc / prune",
 )  # fmt: skip
 
@@ -179,6 +179,9 @@ def format_families(traces: Sequence[Trace], firings: Sequence[Firing]) -> str:
     """A Markdown table with one row per scenario family: escalations and prunes side by side.
 
     Rates are "k/n" counts (a family holds a handful of runs); "–" where the family has none.
+    A healthy run's escalation is *unexplained* when it would escalate without the excursion
+    rules too (``Firing.unexplained``): one escalated only on a blow-up of its own loss or
+    gradient norm (5x its start, 10x its norms, 3 steps in a row) was told what happened.
     """
     families: dict[str, list[int]] = {}
     for i, t in enumerate(traces):
@@ -199,6 +202,7 @@ def format_families(traces: Sequence[Trace], firings: Sequence[Firing]) -> str:
         rows.append([
             f"{family} ({len(h)}/{len(d)}/{len(c)})",
             frac([f.escalated is not None for f in h]),
+            frac([f.unexplained is not None for f in h]),
             frac([f.pruned is not None for f in h]),
             frac([f.escalated is not None for _, f in d]),
             frac([f.escalated is not None and f.escalated < td for td, f in late]),
@@ -220,11 +224,16 @@ WARMUP = 20
 
 
 def blowup_onset(trace: Trace) -> int | None:
-    """The first step of ``BLOWUP_RUN`` losses in a row ``BLOWUP_FACTOR`` x the first loss, or the
-    first non-finite loss or gradient norm, whichever comes first (None: neither)."""
+    """The first step of ``BLOWUP_RUN`` losses in a row ``BLOWUP_FACTOR`` x the run's start, or the
+    first non-finite loss or gradient norm, whichever comes first (None: neither).
+
+    The start is ``init_loss``, the mean loss over 8 batches at initialisation (the label's own
+    blow-up bar, ``labels.EXPLODE``), never one batch: MSE over 2 examples has first batches 4-6x
+    below the median of the next ones, and 3 ordinary batches then read as a blow-up."""
     loss = np.asarray(trace.arrays["loss"], dtype=np.float64)
     bad = ~np.isfinite(loss) | ~np.isfinite(trace.arrays["grad_norm"])
-    high = np.where(np.isfinite(loss), loss, np.inf) > BLOWUP_FACTOR * loss[0] if loss[0] > 0 else bad
+    start = trace.init_loss
+    high = np.where(np.isfinite(loss), loss, np.inf) > BLOWUP_FACTOR * start if start > 0 else bad
     runs = [t for t in range(len(loss) - BLOWUP_RUN + 1) if high[t : t + BLOWUP_RUN].all()]
     onsets = [t for t in (runs[0] if runs else None, int(np.flatnonzero(bad)[0]) if bad.any() else None) if t is not None]
     return min(onsets) if onsets else None

@@ -12,6 +12,16 @@ chance level, m(t) the centred 21-step rolling median of the loss (non-finite lo
 - **healthy**: final loss (median of the last 10%) < 0.85·R;
 - anything else (never learned clearly, never collapsed clearly) is **ambiguous**.
 
+One refinement, for every suite (``stopped_short``, applied by ``suite.label_suite``): a run
+labelled healthy above is **collapsed** when it stopped far short of its task: its final loss
+closed less than ``SHORT`` (a quarter) of the log distance from R down to the best final loss of
+a healthy run on the same task and model in the split (its twin), and it made no progress over
+the second half of the run (the final median is at least ``FROZEN`` x the median of as many
+steps around the midpoint). Progress is counted in orders of magnitude (the log): a breast-cancer
+net frozen at 0.3 with 5 of 6 gradient tensors silent, while its twin reaches 0.02 (R = 0.66),
+beat chance and no longer learns; a slow noisy-regression run at 0.3 of a 0.66 chance whose twin
+reaches 0.14 is half-way there, and a small-batch run still falling is not frozen.
+
 Two extensions, for the extended suite only (the original suite is labelled exactly as above):
 
 - **batch-loss shape**: MSE over 2-8 examples is so skewed that the median of a dead run's
@@ -40,6 +50,8 @@ CHANCE = 0.98
 EXPLODE = 5.0
 TAIL = 0.10
 FORGET = 2.0
+SHORT = 0.25
+FROZEN = 0.9
 
 
 @dataclass(frozen=True)
@@ -117,3 +129,25 @@ def _label_finetune(
         return Verdict("diverged", last_good + 1 + int(after[0]))
     tail = np.where(np.isfinite(loss), loss, np.inf)[-max(1, round(TAIL * len(loss))) :]
     return Verdict("healthy") if float(np.median(tail)) < start else Verdict("ambiguous")
+
+
+def final_loss(loss: np.ndarray) -> float:
+    """The median loss over the last ``TAIL`` of the steps (non-finite values count as +inf)."""
+    x = np.where(np.isfinite(loss), loss, np.inf)
+    return float(np.median(x[-max(1, round(TAIL * len(x))) :]))
+
+
+def stopped_short(loss: np.ndarray, reference: float, twin: float) -> bool:
+    """A run that learned stopped far short of its task (see the module docstring): its final
+    loss closed less than ``SHORT`` of the log distance from ``reference`` (R) to ``twin`` (the best
+    final loss of a healthy run on the same task and model), and the second half of the run
+    made no progress (final median >= ``FROZEN`` x the median around the midpoint)."""
+    loss = np.asarray(loss, dtype=np.float64)
+    final = final_loss(loss)
+    if not (0 < twin < reference and 0 < final < reference):
+        return False
+    closed = np.log(reference / final) / np.log(reference / twin)
+    n, k = len(loss), max(1, round(TAIL * len(loss)))
+    x = np.where(np.isfinite(loss), loss, np.inf)
+    mid = float(np.median(x[max(0, n // 2 - k // 2) : n // 2 + k // 2 + 1]))
+    return bool(closed < SHORT and final >= FROZEN * mid)

@@ -38,9 +38,17 @@ EXTENDED_HOLDOUT4_SEED_OFFSET = 8000
 #: made before the second pass (the noise-aware spike bar) and is looked at once, at its end.
 BLOWUP_PREFIX = "blowup-"
 #: ``blowup-holdout3`` was made before the warm-up norm excursions (``norm_spike``), after the one
-#: look at ``blowup-holdout2``: looked at once, at the end.
-BLOWUP_SPLITS = ("blowup-dev", "blowup-holdout", "blowup-holdout2", "blowup-holdout3")
-BLOWUP_SEEDS = {"blowup-dev": 9000, "blowup-holdout": 9500, "blowup-holdout2": 9700, "blowup-holdout3": 9900}
+#: look at ``blowup-holdout2``: looked at once, at the end. ``blowup-holdout4`` was made (with the
+#: later blow-ups, ``h_late_burst`` and ``d_late_blowup``) before the third pass (blow-ups after
+#: the warm-up, the label of a run that stops far short of its task): looked at once, at its end.
+BLOWUP_SPLITS = ("blowup-dev", "blowup-holdout", "blowup-holdout2", "blowup-holdout3", "blowup-holdout4")
+BLOWUP_SEEDS = {
+    "blowup-dev": 9000,
+    "blowup-holdout": 9500,
+    "blowup-holdout2": 9700,
+    "blowup-holdout3": 9900,
+    "blowup-holdout4": 10100,
+}
 #: Every holdout: every variant, with seeds no other split uses.
 HOLDOUT_SEEDS = {
     "holdout": HOLDOUT_SEED_OFFSET,
@@ -254,7 +262,7 @@ def scenarios(split: str) -> list[tuple[str, Spec]]:
     """The named specs of ``split``: ``dev``, ``test``, ``holdout``, ``holdout2``, ``holdout3``,
     ``holdout4`` or ``quick`` (dev variants, for CI); ``ext-dev``, ``ext-test``, ``ext-holdout``,
     ``ext-holdout2``, ``ext-holdout3``, ``ext-holdout4`` for the extended suite; ``blowup-dev``,
-    ``blowup-holdout``, ``blowup-holdout2``, ``blowup-holdout3`` for the blow-up suite."""
+    ``blowup-holdout``, ``blowup-holdout2``, ``blowup-holdout3``, ``blowup-holdout4`` for the blow-up suite."""
     if split.startswith(EXTENDED_PREFIX):
         return _extended(split)
     if split.startswith(BLOWUP_PREFIX):
@@ -416,7 +424,7 @@ def _extended(split: str) -> list[tuple[str, Spec]]:
 # What a newcomer's first runs do at a far too high LR: the loss blows up in the first steps and
 # the network then sits dead at chance (the blow-up must never become the start), networks dead
 # from the start, big spikes that training recovers from (an escalation, never a prune) and NaNs
-# that begin in different layers. ``blowup-dev`` and ``blowup-holdout`` to ``blowup-holdout3`` hold every
+# that begin in different layers. ``blowup-dev`` and ``blowup-holdout`` to ``blowup-holdout4`` hold every
 # variant, on seeds of their own; the holdouts are never tuned on.
 TEACHER: dict[str, Any] = {"task": "teacher32", "width": 128, "steps": 600}
 DIGITS_LOOP: dict[str, Any] = {"width": 64, "steps": 400}
@@ -476,5 +484,15 @@ BLOWUP: dict[str, list[dict[str, Any]]] = {
         {**REG, "lr": 1e-3, "steps": 400, **_nan_at(250, 2)},
         {**CNN, "lr": 1e-3, "steps": 300, **_nan_at(100, 1)},
         {**TEACHER, "optimizer": "adamw", "lr": 3e-3, "steps": 400, **_nan_at(180, 4)},
+    ],
+    "h_late_burst": [  # after the warm-up: corrupted batches that training absorbs (escalated, never pruned)
+        {**DIGITS_LOOP, "lr": 1e-3, **_burst("xscale", 150, 3, 30.0)},
+        {**TEACHER, "lr": 1e-3, "steps": 400, **_burst("yshuffle", 200, 4)},  # shuffled labels: mild
+        {**REG, "lr": 1e-3, "steps": 400, **_burst("ynoise", 250, 3, 20.0)},
+    ],
+    "d_late_blowup": [  # after the warm-up: an LR bug that blows the loss up for good
+        {**DIGITS_LOOP, "lr": 1e-3, "bug_at": 150, "bug_factor": 300.0},
+        {**DIGITS_LOOP, **SGD, "momentum": 0.0, "lr": 0.05, "bug_at": 120, "bug_factor": 100.0},
+        {**TEACHER, "optimizer": "adamw", "lr": 3e-3, "steps": 400, "bug_at": 200, "bug_factor": 100.0},
     ],
 }

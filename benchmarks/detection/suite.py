@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import TraceCache
-from .labels import Verdict, label_run
+from .labels import Verdict, final_loss, label_run, stopped_short
 from .scenarios import EXTENDED_PREFIX, scenarios
 from .spec import Spec
 from .trace import OBSERVATION_FIELDS, Trace
@@ -33,7 +33,7 @@ def load_split(
 ) -> list[Trace]:
     """The labelled traces of ``split`` (``dev``, ``test``, ``holdout`` to ``holdout4``, ``quick``,
     ``shared-dev``, ``ext-dev``, ``ext-test``, ``ext-holdout`` to ``ext-holdout4``, ``blowup-dev``,
-    ``blowup-holdout`` to ``blowup-holdout3``)."""
+    ``blowup-holdout`` to ``blowup-holdout4``)."""
     if split == "shared-dev":
         return load_shared_dev()
     cache = cache or TraceCache()
@@ -73,14 +73,32 @@ def label_suite(traces: Sequence[Trace]) -> None:
     """Label every trace; ``collapsed`` needs a healthy run on the same task in the suite.
 
     Traces of the extended suite (split ``ext-*``) are labelled with the extensions of
-    ``labels.py`` (batch-loss shape, fine-tunes); the original suite exactly as before.
+    ``labels.py`` (batch-loss shape, fine-tunes); every suite's healthy runs that stopped far
+    short of their twin (``labels.stopped_short``) are collapsed.
     """
     verdicts = [_label(t, task_learns=True) for t in traces]
     learns = {t.spec["task"] for t, v in zip(traces, verdicts) if v.label == "healthy"}
+    # the twins: the best final loss of a healthy run (from scratch) per task and model
+    twins: dict[tuple[str, str], float] = {}
+    for t, v in zip(traces, verdicts):
+        if v.label == "healthy" and not t.is_finetune:
+            key = (t.spec["task"], t.spec["model"])
+            twins[key] = min(twins.get(key, np.inf), final_loss(t.arrays["loss"]))
     for t, v in zip(traces, verdicts):
         t.verdict = (
             _label(t, task_learns=False) if v.label == "collapsed" and t.spec["task"] not in learns else v
         )
+        if v.label == "healthy" and not t.is_finetune:
+            twin = twins[(t.spec["task"], t.spec["model"])]
+            if stopped_short(t.arrays["loss"], _reference(t), twin):
+                t.verdict = Verdict("collapsed")
+
+
+def _reference(trace: Trace) -> float:
+    """R, the level the label compares with: min(L0, C), scaled by the batch-loss shape in the
+    extended suite."""
+    ratio = trace.median_ratio if trace.split.startswith(EXTENDED_PREFIX) else 1.0
+    return min(trace.init_loss, trace.chance_loss) * ratio
 
 
 def _label(trace: Trace, *, task_learns: bool) -> Verdict:

@@ -37,6 +37,7 @@ Statistics of the finite observed losses:
   unmeasured, ``SPIKE_CLEAR`` x), or with the gradient norm ``SPIKE_NORM`` x up too. One confirmed while the start is being
   measured makes the level *before* it the start (``ref`` and ``start``): the blow-up never
   becomes the reference, so a network that died at chance after it has made no progress.
+  After the warm-up, the level before is the start: a quiet step costs one comparison.
 """
 
 from __future__ import annotations
@@ -223,12 +224,10 @@ class LossStats:
         the loss that completes the reference; ``early``: still in the warm-up, where early
         explosions are followed (``loss_spike``), with ``log_norm``, this step's log gradient
         norm (the second sign of a milder one)."""
-        if early or self.ref is None:
+        if early or self.ref is None or self.spike_run or loss >= SPIKE_FACTOR * self.start:
+            # after the warm-up only a loss SPIKE_FACTOR x the start (or a run of them) is
+            # followed: a quiet step costs one comparison
             self._track_spike(loss, log_norm)
-        elif self.spike_run:
-            self.spike_run.clear()
-            self.run_norms.clear()
-            self.spike_z = 0.0
         if self.ref is None:
             self.first.append(loss)
             if len(self.first) == DEPART_STEPS + 1:
@@ -584,17 +583,20 @@ def recovering(level: float, start: float, earlier: float, window: int, elapsed:
 def judge_spike(st: LossStats, found: Findings) -> None:
     """``loss_spike``: the latest losses are an explosion (``LossStats.spiking``): during the
     warm-up, where the level-based rules wait, a blow-up escalates on its own (telemetry is how
-    users find the cause of a transient); it is never evidence for a prune by itself."""
+    users find the cause of a transient); after it, 3 losses in a row ``SPIKE_FACTOR`` x where the
+    run started do too (the level rules wait out bursts of up to 6 bad batches, but batches 5x
+    worse than an untrained network are worth a warning even when training absorbs them); it is
+    never evidence for a prune by itself."""
     if not st.spiking:
         return
     run, base = st.spike_run, st.spike_base
     top = max(run)
     n = len(run)
+    what = "the level before" if st.ref is None else "where the run started"
     found.note(
         "loss_spike",
         max(1.0, math.log(median_sorted(sorted(run)) / base) / math.log(SPIKE_FACTOR)),
-        lambda: f"Loss blew up: {n} steps in a row at least {SPIKE_FACTOR:g}x the level before ({base:.4g}), "
-        f"up to {top:.4g}.",
+        lambda: f"Loss blew up: {n} steps in a row at least {SPIKE_FACTOR:g}x {what} ({base:.4g}), up to {top:.4g}.",
     )
 
 
