@@ -63,10 +63,10 @@ class Score:
                 self.ideal += n - n // 20
 
 
-def run_split(seeds: Sequence[int], orders: int, progress: bool) -> dict[str, Score]:
+def run_split(sweeps: Sequence[tuple[str, int]], orders: int, progress: bool) -> dict[str, Score]:
     scores = {name: Score() for name in METHODS}
-    for seed in seeds:
-        traces = load_sweep(seed, progress=print if progress else None)
+    for task, seed in sweeps:
+        traces = load_sweep(seed, progress=print if progress else None, task=task)
         rng = random.Random(seed)
         for k in range(orders):
             order = list(traces) if k == 0 else rng.sample(traces, len(traces))
@@ -100,10 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no training progress lines")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    for split, seeds in SPLITS.items():
+    for split, sweeps in SPLITS.items():
         if args.split in (split, "all"):
-            scores = run_split(seeds, args.orders, not args.quiet)
-            print(table(f"{split} sweeps (seeds {', '.join(map(str, seeds))}; {args.orders} orders each)", scores))
+            scores = run_split(sweeps, args.orders, not args.quiet)
+            named = ", ".join(f"{task} {seed}" for task, seed in sweeps)
+            print(table(f"{split} sweeps ({named}; {args.orders} orders each)", scores))
             print()
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0

@@ -43,6 +43,7 @@ class SiblingsAt:
     end_progress: np.ndarray  # start minus final loss level
     end_noise: np.ndarray  # level noise at the end
     good: np.ndarray  # ended within a quarter of the best sibling's progress (``GOOD_SHARE``)
+    last: np.ndarray | None = None  # each sibling's last recorded step
 
     @property
     def progress(self) -> np.ndarray:
@@ -55,6 +56,13 @@ class SiblingsAt:
     def learned(self) -> np.ndarray:
         """Which siblings made clear progress by their end."""
         return self.end_progress > np.maximum(4 * self.end_noise, 0.05 * np.abs(self.start))
+
+    def stayed(self) -> np.ndarray:
+        """Which siblings had made no clear progress by this step, nor by their end, and ran on
+        for at least as long again (their record reaches twice this step): runs that sat at the
+        untrained level here and stayed there."""
+        last = self.last if self.last is not None else np.full(len(self.run_ids), np.inf)
+        return ~self.clear() & ~self.learned() & (last >= 2 * self.step)
 
 
 class _Sibling:
@@ -163,4 +171,5 @@ class Reference:
             end_progress=self._end_progress[mask],
             end_noise=self._end_noise[mask],
             good=self._good[mask],
+            last=self._last[mask],
         )
