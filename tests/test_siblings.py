@@ -310,3 +310,89 @@ def test_what_healthy_siblings_showed_at_the_same_step_is_not_prune_grade(tmp_pa
     assert peers.review(event(100, "stalled")).confirmed  # by step 100 all three had learned
     assert peers.review(event(7, "nonfinite")).confirmed  # never excused
     assert peers.review(event(7, "siblings_behind")).confirmed
+
+
+# ---------------------------------------------------------------------------- cold start
+_STUCK: list[SiblingRecord] = []
+
+
+def _stuck_siblings(store: Any, n: int) -> None:
+    """``n`` finished siblings that never left the untrained level (one tiny-LR run, judged
+    alone, saved under ``n`` ids)."""
+    from dataclasses import replace
+
+    if not _STUCK:
+        _, peers, pruned = _train(1e-6, store=_Memory(), run_id="stuck")
+        assert pruned is None and peers.builder.record.state == "finished"
+        _STUCK.append(peers.builder.record)
+    for i in range(n):
+        store.save(replace(_STUCK[0], run_id=f"stuck{i}"))
+
+
+def test_cold_start_one_learner_and_two_siblings_that_stayed_stuck_stop_a_stuck_run(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    _healthy_siblings(store, 1)
+    _stuck_siblings(store, 2)
+    with pytest.warns(GrademaWarning, match="Run pruned"):
+        monitor, peers, pruned = _train(1e-6, store=store, run_id="tiny")
+    assert pruned is not None and pruned < STEPS // 2
+    reason = monitor.events[-1].reason
+    assert "1 healthy sibling was at" in reason and "(good0)" in reason
+    assert "2 that had not learned by this step never did (stuck0, stuck1)" in reason
+    # and the learner beside the same two is spared
+    monitor, peers, pruned = _train(1e-2, store=store, run_id="ok")
+    assert pruned is None and not monitor.events and peers.latest is not None and not peers.latest.behind
+
+
+def test_cold_start_fewer_than_k_answering_siblings_judge_nothing(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    _healthy_siblings(store, 1)
+    _stuck_siblings(store, 1)  # one learner and one stuck sibling: 2 < K answer
+    monitor, peers, pruned = _train(1e-6, store=store, run_id="tiny")
+    assert pruned is None and not monitor.events and peers.latest is None
+    # stuck siblings alone (no learner) never set a bar either
+    store = DirectoryStore(tmp_path / "only-stuck")
+    _stuck_siblings(store, 3)
+    monitor, peers, pruned = _train(1e-6, store=store, run_id="tiny")
+    assert pruned is None and not monitor.events and peers.latest is not None and not peers.latest.behind
+
+
+def _synthetic(run_id: str, levels: Any, noise: float, seed: int, state: str = "finished", steps: int = STEPS) -> SiblingRecord:
+    """A record of a run whose loss follows ``levels(step)`` plus Gaussian noise ``noise``."""
+    gen = torch.Generator().manual_seed(seed)
+    builder = RecordBuilder(run_id)
+    for step in range(steps):
+        builder.observe(step, levels(step) + noise * float(torch.randn(1, generator=gen)), 1.0, 1.0, 1e-3)
+    builder.record.state = state
+    return builder.record
+
+
+def test_a_stuck_sibling_that_learned_later_keeps_the_cold_start_from_judging(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    _healthy_siblings(store, 1)
+    _stuck_siblings(store, 2)
+    # a sibling that sat at the untrained level until step 70, then learned and ended well
+    late = _synthetic("late", lambda s: 2.33 if s < 70 else max(0.05, 2.33 - 0.06 * (s - 70)), 0.02, 3)
+    store.save(late)
+    monitor, peers, pruned = _train(1e-6, store=store, run_id="tiny")
+    assert pruned is None or pruned > 70
+    assert not any(v for v in [peers.latest] if v is not None and v.step < 70 and v.behind)
+
+
+@pytest.mark.parametrize(("noise", "pruned_expected"), [(0.02, True), (0.3, False)])
+def test_a_stall_is_judged_only_when_its_noise_resolves_the_gap(noise: float, pruned_expected: bool) -> None:
+    from wandb_gradema.siblings import SweepPeers
+
+    store = _Memory()
+    for i in range(3):  # three learners, 2.3 -> 1.5 by step 40, ending well
+        store.save(_synthetic(f"l{i}", lambda s: max(1.5, 2.3 - 0.02 * s), 0.05, 10 + i))
+    peers = SweepPeers(store, "run", background=False)
+    gen = torch.Generator().manual_seed(7)
+    fired = None
+    for step in range(STEPS):  # flat at the untrained level, gradients like the learners'
+        loss = 2.3 + noise * float(torch.randn(1, generator=gen))
+        fired = fired or peers.observe(step, loss, 1.0, 1.0, 1e-3)
+    # a loss as noisy as the gap cannot tell a stall from a late learner that began to move
+    assert (fired is not None) is pruned_expected
+    if fired is not None:
+        assert fired.step < 60 and "3 healthy siblings were at" in fired.reasons[0]
