@@ -167,14 +167,18 @@ class SiblingJudge:
             return verdict
         if self.streak_from is None:
             self.streak_from = point.step
-        silent = math.isfinite(point.active) and point.active < float(at.active[clear].min()) - ACTIVE_GAP
+        # The gradients corroborate against a band that K learners define (one or two learners'
+        # norms are their configs' scale, not the sweep's).
+        banded = int(clear.sum()) >= self.min_siblings
+        silent = banded and math.isfinite(point.active) and point.active < float(at.active[clear].min()) - ACTIVE_GAP
         lo, hi = float(at.norm[clear].min()) / NORM_BAND, float(at.norm[clear].max()) * NORM_BAND
-        off_band = not (math.isfinite(point.norm) and lo <= point.norm <= hi)
+        off_band = banded and not (math.isfinite(point.norm) and lo <= point.norm <= hi)
         corroborated = silent or off_band
-        if not (corroborated or resolved):
+        sharp = progress + 3 * spread_p < SHARP * gain
+        # With fewer than K learners (the cold start) only a sharp stall is judged.
+        if not (sharp if not banded else corroborated or resolved):
             self.streak_from = None
             return verdict
-        sharp = progress + 3 * spread_p < SHARP * gain
         needed = window if corroborated or sharp else 2 * window
         cause = self._cause(point, loss, silent)
         clear = top
