@@ -332,14 +332,14 @@ def _stuck_siblings(store: Any, n: int) -> None:
 def _cold_start(store: Any, extra: SiblingRecord | None = None) -> None:
     """One learner (2.3 -> 0.3 by step 40, ending well) and two siblings that sat at the
     untrained level to their end: three siblings answer, one of them learning."""
-    store.save(_synthetic("learner", lambda s: max(0.3, 2.3 - 0.05 * s), 0.05, 20))
+    store.save(_synthetic("learner", lambda s: max(0.3, 2.3 - 0.05 * s), 0.05, 20, steps=400))
     for i in range(2):
-        store.save(_synthetic(f"stuck{i}", lambda s: 2.3, 0.02, 21 + i))
+        store.save(_synthetic(f"stuck{i}", lambda s: 2.3, 0.02, 21 + i, steps=400))
     if extra is not None:
         store.save(extra)
 
 
-def _judged(store: Any, levels: Any, noise: float, run_id: str = "run") -> Any:
+def _judged(store: Any, levels: Any, noise: float, run_id: str = "run", norm: float = 1.0) -> Any:
     """Feed a run whose loss follows ``levels`` through the monitor's ``SweepPeers``; its
     sibling escalation (or None) and the peers."""
     from wandb_gradema.siblings import SweepPeers
@@ -348,7 +348,7 @@ def _judged(store: Any, levels: Any, noise: float, run_id: str = "run") -> Any:
     gen = torch.Generator().manual_seed(7)
     fired = None
     for step in range(STEPS):
-        fired = fired or peers.observe(step, levels(step) + noise * float(torch.randn(1, generator=gen)), 1.0, 1.0, 1e-3)
+        fired = fired or peers.observe(step, levels(step) + noise * float(torch.randn(1, generator=gen)), norm, 1.0, 1e-3)
     return fired, peers
 
 
@@ -366,12 +366,14 @@ def test_cold_start_one_learner_and_two_siblings_that_stayed_stuck_stop_a_sharp_
     # gap is left to the per-run rules (one learner's gradients are no band either)
     fired, _ = _judged(store, lambda s: 2.3, 0.3)
     assert fired is None
+    fired, _ = _judged(store, lambda s: 2.3, 0.3, norm=10.0)  # outside the one learner's norm
+    assert fired is None
 
 
 def test_a_stuck_sibling_that_learned_later_keeps_the_cold_start_from_judging() -> None:
     store = _Memory()
     # a sibling that sat at the untrained level until step 70, then learned and ended well
-    _cold_start(store, _synthetic("late", lambda s: 2.3 if s < 70 else max(0.05, 2.3 - 0.06 * (s - 70)), 0.02, 3))
+    _cold_start(store, _synthetic("late", lambda s: 2.3 if s < 70 else max(0.05, 2.3 - 0.06 * (s - 70)), 0.02, 3, steps=400))
     fired, _ = _judged(store, lambda s: 2.3, 0.02)
     assert fired is None or fired.step > 70
 
