@@ -21,10 +21,12 @@ __all__ = ["DEV_SEEDS", "HOLDOUT_SEEDS", "SPLITS", "RUNS", "STEPS", "TASKS", "dr
 
 #: Sweeps tuned on (looked at while developing) and never tuned on, as ``(task, seed)``.
 #: ``holdout`` was looked at once (it found two late learners stopped, which the plateau-exit
-#: check then fixed): a test set since; ``holdout2`` was first looked at after that fix and
-#: looked at again when the cold-start rule was designed (on ``dev``): a test set too.
-#: ``holdout3`` (digits, seeds 300 and 301) was drawn after every rule of this version was
-#: tuned and run once, at the end. ``regress-dev`` / ``regress-holdout``: the regression task.
+#: check then fixed): a test set since; ``holdout2`` was first looked at after that fix. The
+#: cold-start rule of issue 17's second pass was designed on ``dev`` and ``regress-dev``;
+#: ``regress-holdout``, first run after that design, showed a late learner stopped against one
+#: learner's norm band, which the cold-start gate (no gradient band below K learners) fixed: it
+#: has been looked at since. ``holdout3`` and ``regress-holdout2`` (seeds 300 and 301) were drawn
+#: after every rule of that pass was fixed, and run once, at the end.
 DEV_SEEDS = (0, 1)
 HOLDOUT_SEEDS = (100, 101)
 SPLITS: dict[str, tuple[tuple[str, int], ...]] = {
@@ -34,6 +36,7 @@ SPLITS: dict[str, tuple[tuple[str, int], ...]] = {
     "holdout3": (("digits", 300), ("digits", 301)),
     "regress-dev": (("regress", 0), ("regress", 1)),
     "regress-holdout": (("regress", 100), ("regress", 101)),
+    "regress-holdout2": (("regress", 300), ("regress", 301)),
 }
 TASKS = ("digits", "regress")
 RUNS = 24
