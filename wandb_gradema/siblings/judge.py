@@ -196,7 +196,7 @@ class SiblingJudge:
         )
         reason = (
             f"loss {_fmt(loss)} at step {point.step} (started at {_fmt(self.start)}); {len(names)} healthy "
-            f"{'sibling was' if len(names) == 1 else 'siblings were'} at {_fmt(float(at.loss[clear].min()))}-{_fmt(float(at.loss[clear].max()))} ({shown}){stayers}; "
+            f"{'sibling was' if len(names) == 1 else 'siblings were'} at {_span(at.loss[clear])} ({shown}){stayers}; "
             f"behind since step {self.streak_from}, {grads}."
         )
         prune = point.step - self.streak_from >= needed
@@ -261,6 +261,12 @@ def _med(values: np.ndarray) -> float:
     ordered = np.sort(values, axis=None)
     n = len(ordered)
     return float(ordered[n // 2]) if n % 2 else 0.5 * float(ordered[n // 2 - 1] + ordered[n // 2])
+
+
+def _span(values: np.ndarray) -> str:
+    """``lo-hi`` of the values, or the one value."""
+    lo, hi = _fmt(float(values.min())), _fmt(float(values.max()))
+    return lo if lo == hi else f"{lo}-{hi}"
 
 
 def _fmt(value: float) -> str:
