@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -411,3 +412,35 @@ def test_a_stall_is_judged_only_when_its_noise_resolves_the_gap(noise: float, pr
     assert (fired is not None) is pruned_expected
     if fired is not None:
         assert fired.step < 60 and "3 healthy siblings were at" in fired.reasons[0]
+
+
+# ---------------------------------------------------------------------------- concurrent agents
+def test_running_siblings_count_as_far_as_they_got_and_a_running_late_learner_vetoes() -> None:
+    from wandb_gradema.siblings import Reference
+
+    store = _Memory()
+    # one finished learner and one stuck sibling: two answer, below K
+    store.save(_synthetic("learner", lambda s: max(0.3, 2.3 - 0.05 * s), 0.05, 20, steps=400))
+    store.save(_synthetic("stuck0", lambda s: 2.3, 0.02, 21, steps=400))
+    fired, _ = _judged(store, lambda s: 2.3, 0.02)
+    assert fired is None
+    # a concurrent agent's run, at step 300 of its budget and learning clearly: the third answer
+    store.save(_synthetic("running", lambda s: max(0.4, 2.3 - 0.04 * s), 0.05, 22, state="running", steps=300))
+    fired, peers = _judged(store, lambda s: 2.3, 0.02)
+    assert fired is not None and fired.step < STEPS // 2 and "running" in peers.latest.compared
+    # ... unless it is to be compared with finished siblings only
+    from wandb_gradema.siblings import SweepPeers
+
+    alone = SweepPeers(store, "run", background=False, live_siblings=False)
+    assert "running" not in alone.reference.run_ids
+    # a running sibling that sat where this run sits and has learned since is a late learner:
+    # this step is not late enough to tell
+    store.save(_synthetic("late", lambda s: 2.3 if s < 150 else max(0.2, 2.3 - 0.05 * (s - 150)), 0.02, 23, state="running", steps=260))
+    fired, _ = _judged(store, lambda s: 2.3, 0.02)
+    assert fired is None
+    # a running sibling gone non-finite is no sibling; a running one never "ended well"
+    broken = _synthetic("broken", lambda s: 2.3, 0.02, 24, state="running", steps=200)
+    broken.points[-1] = dataclasses.replace(broken.points[-1], nonfinite=True)
+    ref = Reference([*store.records, broken])
+    at = ref.at(50)
+    assert "broken" not in ref.run_ids and not at.good[list(at.run_ids).index("running")]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from benchmarks.detection.trace import Trace
 
-from .replay import EXTRA, METHODS, Stops
+from .replay import EXTRA, METHODS, PARALLEL, Stops
 from .space import SPLITS, final_level, load_sweep
 
 
@@ -64,9 +64,14 @@ class Score:
 
 
 def run_split(
-    sweeps: Sequence[tuple[str, int]], orders: int, progress: bool, extra: bool = False, misses: list[str] | None = None
+    sweeps: Sequence[tuple[str, int]],
+    orders: int,
+    progress: bool,
+    extra: bool = False,
+    misses: list[str] | None = None,
+    parallel: bool = False,
 ) -> dict[str, Score]:
-    methods = {**METHODS, **EXTRA} if extra else METHODS
+    methods = {**METHODS, **(EXTRA if extra else {}), **(PARALLEL if parallel else {})}
     scores = {name: Score() for name in methods}
     for task, seed in sweeps:
         traces = load_sweep(seed, progress=print if progress else None, task=task)
@@ -76,7 +81,7 @@ def run_split(
             for name, method in methods.items():
                 stops = method(order)
                 scores[name].add(order, stops)
-                if misses is not None and name.startswith("sweep-aware"):
+                if misses is not None and name.startswith("sweep-aware (defaults)"):
                     misses.extend(miss_lines(order, stops, f"{task} {seed} order {k}"))
     return scores
 
@@ -133,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", choices=(*SPLITS, "all"), default="all")
     parser.add_argument("--orders", type=int, default=3, help="random orders per sweep (default 3)")
     parser.add_argument("--quiet", action="store_true", help="no training progress lines")
+    parser.add_argument("--parallel", action="store_true", help="also the sweep-aware replay with 4 concurrent agents")
     parser.add_argument("--misses", action="store_true", help="list sweep-aware's misses and good runs stopped")
     parser.add_argument("--extra", action="store_true", help="also hyperband checked every 200 steps and on a per-step loss (slow)")
     args = parser.parse_args(argv)
@@ -140,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for split, sweeps in SPLITS.items():
         if args.split in (split, "all"):
             misses: list[str] | None = [] if args.misses else None
-            scores = run_split(sweeps, args.orders, not args.quiet, args.extra, misses)
+            scores = run_split(sweeps, args.orders, not args.quiet, args.extra, misses, args.parallel)
             named = ", ".join(f"{task} {seed}" for task, seed in sweeps)
             print(table(f"{split} sweeps ({named}; {args.orders} orders each)", scores))
             if misses:

@@ -11,13 +11,14 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from benchmarks.detection.detectors import fire, product
 from benchmarks.detection.trace import Trace
 from wandb_gradema import AnomalyDetector, EscalationPolicy
 from wandb_gradema.siblings import SiblingRecord, SweepPeers
 
-__all__ = ["EVERY", "EXTRA", "METHODS", "hyperband", "optuna_pruner", "per_run", "sweep_aware"]
+__all__ = ["EVERY", "EXTRA", "METHODS", "PARALLEL", "hyperband", "optuna_pruner", "per_run", "sweep_aware"]
 
 EVERY = 10
 Stops = list[int | None]
@@ -81,6 +82,46 @@ def sweep_aware(traces: Sequence[Trace], min_siblings: int | None = None) -> Sto
                 break
         peers.finish("finished" if stop is None else "pruned")
         stops.append(stop)
+    return stops
+
+
+def sweep_aware_parallel(traces: Sequence[Trace], agents: int = 4, sync: int = 20, live: bool = True) -> Stops:
+    """The sweep-aware replay with ``agents`` runs at a time (concurrent agents, one step per
+    tick each): every ``sync`` steps a run writes its record (state ``running``) to the shared
+    store and reloads its siblings' records, as ``SweepPeers``' background thread does; a run
+    starts when an agent is free, in the sweep's order. ``live`` False compares with finished
+    siblings only."""
+    from dataclasses import replace
+
+    store = ListStore()
+    stops: Stops = [None] * len(traces)
+    waiting = list(range(len(traces)))
+    running: dict[int, tuple[SweepPeers, AnomalyDetector, EscalationPolicy, Any]] = {}
+    while waiting or running:
+        while waiting and len(running) < agents:
+            i = waiting.pop(0)
+            trace = traces[i]
+            peers = SweepPeers(
+                store, trace.name, {"batch_size": trace.spec["batch_size"]}, background=False, live_siblings=live
+            )
+            running[i] = (peers, AnomalyDetector(), EscalationPolicy(), iter(trace.observations()))
+        for i in list(running):
+            peers, detector, policy, observations = running[i]
+            obs = next(observations, None)
+            if obs is None:
+                peers.finish("finished")
+                del running[i]
+                continue
+            events = [policy.update(detector.check(obs))]
+            events.append(peers.observe(obs.step, obs.loss, obs.grad_norm, obs.active_share, obs.lr))
+            if any(e is not None and peers.review(e).confirmed for e in events):
+                stops[i] = obs.step
+                peers.finish("pruned")
+                del running[i]
+            elif (obs.step + 1) % sync == 0:
+                record = peers.builder.record
+                store.save(replace(record, points=list(record.points)))
+                peers.refresh()
     return stops
 
 
@@ -190,4 +231,11 @@ METHODS: dict[str, Callable[[Sequence[Trace]], Stops]] = {
 EXTRA: dict[str, Callable[[Sequence[Trace]], Stops]] = {
     "W&B hyperband, checked every 200 steps": functools.partial(hyperband, check=200),
     "W&B hyperband, loss logged every step": functools.partial(hyperband, every=1),
+}
+
+#: Concurrent agents (``--parallel``): the sweep-aware replay with 4 runs at a time, comparing
+#: with running siblings' records or with finished siblings only.
+PARALLEL: dict[str, Callable[[Sequence[Trace]], Stops]] = {
+    "sweep-aware, 4 agents, running siblings too": functools.partial(sweep_aware_parallel, agents=4),
+    "sweep-aware, 4 agents, finished siblings only": functools.partial(sweep_aware_parallel, agents=4, live=False),
 }

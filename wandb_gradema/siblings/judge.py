@@ -158,7 +158,7 @@ class SiblingJudge:
         resolved = progress + 3 * spread_p < RESOLVED * gain
         behind = bool(top.any()) and loss > float(at.loss[top].max()) + 3 * noise
         recovered = [
-            rid for rid, p, good in zip(at.run_ids, at.progress, at.good, strict=True) if good and p <= progress + 3 * noise
+            rid for rid, p, ok in zip(at.run_ids, at.progress, at.recovered(), strict=True) if ok and p <= progress + 3 * noise
         ]
         window = max(self.min_window, int(0.1 * point.step))
         moving = self._dropped(point.step - window) > 3 * noise  # leaving its plateau now
