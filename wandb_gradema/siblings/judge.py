@@ -25,8 +25,10 @@ that reached ``s``:
 
 A streak of such points prunes once it spans ``window`` steps (``max(MIN_WINDOW, 10% of s)``)
 when the gradients corroborate (silent tensors: an active share below every clearly learning
-sibling's; or a norm outside every one's band, a factor 3 either way) or the stall is sharp
-(progress plus its noise under a tenth of the learners'), else twice that. The cause picks the
+sibling's; or a norm outside every one's band, a factor 3 either way; a band only K learners
+define) or the stall is sharp (progress plus its noise under a tenth of the learners'), else
+twice that. With fewer than K learners (the cold start) only a sharp stall is judged. Siblings
+still running count as far as they got (see ``Reference``). The cause picks the
 run's end: non-finite values or a loss far above its start: ``diverged``; silent gradients:
 ``dead``; otherwise ``behind``.
 """
@@ -189,7 +191,7 @@ class SiblingJudge:
         )
         stuck_ids = [rid for rid, h in zip(at.run_ids, held.tolist(), strict=True) if h]
         stayers = (
-            f"; {len(stuck_ids)} that had not learned by this step never did ({', '.join(stuck_ids[:3])}"
+            f"; {len(stuck_ids)} that had not learned by this step stayed that way ({', '.join(stuck_ids[:3])}"
             f"{f' and {len(stuck_ids) - 3} more' if len(stuck_ids) > 3 else ''})"
             if stuck_ids
             else ""
