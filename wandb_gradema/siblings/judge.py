@@ -17,8 +17,8 @@ that reached ``s``:
   learners' median progress. A loss as noisy as the gap (tiny batches on a regression) cannot
   tell a stuck run from a late learner that has begun to move: only the gradients may then
   corroborate;
-- **nobody recovered from here**: no healthy sibling that ended well was as far behind at
-  ``s`` (a deep net's plateau, Adam's early jump: what siblings showed and left is not
+- **nobody recovered from here**: no healthy sibling that ended well (nor a running one that
+  has learned since) was as far behind at ``s`` (a deep net's plateau, Adam's early jump: what siblings showed and left is not
   prune-grade);
 - **it is not leaving its plateau now**: its level did not fall by more than ``3 n`` over the
   last ``window`` steps (a late learner is spared from the moment it starts to move).
