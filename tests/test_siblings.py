@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -310,3 +311,136 @@ def test_what_healthy_siblings_showed_at_the_same_step_is_not_prune_grade(tmp_pa
     assert peers.review(event(100, "stalled")).confirmed  # by step 100 all three had learned
     assert peers.review(event(7, "nonfinite")).confirmed  # never excused
     assert peers.review(event(7, "siblings_behind")).confirmed
+
+
+# ---------------------------------------------------------------------------- cold start
+_STUCK: list[SiblingRecord] = []
+
+
+def _stuck_siblings(store: Any, n: int) -> None:
+    """``n`` finished siblings that never left the untrained level (one tiny-LR run, judged
+    alone, saved under ``n`` ids)."""
+    from dataclasses import replace
+
+    if not _STUCK:
+        _, peers, pruned = _train(1e-6, store=_Memory(), run_id="stuck")
+        assert pruned is None and peers.builder.record.state == "finished"
+        _STUCK.append(peers.builder.record)
+    for i in range(n):
+        store.save(replace(_STUCK[0], run_id=f"stuck{i}"))
+
+
+def _cold_start(store: Any, extra: SiblingRecord | None = None) -> None:
+    """One learner (2.3 -> 0.3 by step 40, ending well) and two siblings that sat at the
+    untrained level to their end: three siblings answer, one of them learning."""
+    store.save(_synthetic("learner", lambda s: max(0.3, 2.3 - 0.05 * s), 0.05, 20, steps=400))
+    for i in range(2):
+        store.save(_synthetic(f"stuck{i}", lambda s: 2.3, 0.02, 21 + i, steps=400))
+    if extra is not None:
+        store.save(extra)
+
+
+def _judged(store: Any, levels: Any, noise: float, run_id: str = "run", norm: float = 1.0) -> Any:
+    """Feed a run whose loss follows ``levels`` through the monitor's ``SweepPeers``; its
+    sibling escalation (or None) and the peers."""
+    from wandb_gradema.siblings import SweepPeers
+
+    peers = SweepPeers(store, run_id, background=False)
+    gen = torch.Generator().manual_seed(7)
+    fired = None
+    for step in range(STEPS):
+        fired = fired or peers.observe(step, levels(step) + noise * float(torch.randn(1, generator=gen)), norm, 1.0, 1e-3)
+    return fired, peers
+
+
+def test_cold_start_one_learner_and_two_siblings_that_stayed_stuck_stop_a_sharp_stall() -> None:
+    store = _Memory()
+    _cold_start(store)
+    fired, _ = _judged(store, lambda s: 2.3, 0.02)
+    assert fired is not None and fired.step < STEPS // 2
+    assert "1 healthy sibling was at" in fired.reasons[0] and "(learner)" in fired.reasons[0]
+    assert "2 that had not learned by this step stayed that way (stuck0, stuck1)" in fired.reasons[0]
+    # a run that learns beside the same three is spared
+    fired, peers = _judged(store, lambda s: max(0.5, 2.3 - 0.03 * s), 0.02, "ok")
+    assert fired is None and peers.latest is not None and not peers.latest.behind
+    # with one or two learners only a sharp stall is judged: a stall as noisy as a fifth of the
+    # gap is left to the per-run rules (one learner's gradients are no band either)
+    fired, _ = _judged(store, lambda s: 2.3, 0.3)
+    assert fired is None
+    fired, _ = _judged(store, lambda s: 2.3, 0.3, norm=10.0)  # outside the one learner's norm
+    assert fired is None
+
+
+def test_a_stuck_sibling_that_learned_later_keeps_the_cold_start_from_judging() -> None:
+    store = _Memory()
+    # a sibling that sat at the untrained level until step 70, then learned and ended well
+    _cold_start(store, _synthetic("late", lambda s: 2.3 if s < 70 else max(0.05, 2.3 - 0.06 * (s - 70)), 0.02, 3, steps=400))
+    fired, _ = _judged(store, lambda s: 2.3, 0.02)
+    assert fired is None or fired.step > 70
+
+
+def test_cold_start_fewer_than_k_answering_siblings_judge_nothing(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    _healthy_siblings(store, 1)
+    _stuck_siblings(store, 1)  # one learner and one stuck sibling: 2 < K answer
+    monitor, peers, pruned = _train(1e-6, store=store, run_id="tiny")
+    assert pruned is None and not monitor.events and peers.latest is None
+    # stuck siblings alone (no learner) never set a bar either
+    store = DirectoryStore(tmp_path / "only-stuck")
+    _stuck_siblings(store, 3)
+    monitor, peers, pruned = _train(1e-6, store=store, run_id="tiny")
+    assert pruned is None and not monitor.events and peers.latest is not None and not peers.latest.behind
+
+
+def _synthetic(run_id: str, levels: Any, noise: float, seed: int, state: str = "finished", steps: int = STEPS) -> SiblingRecord:
+    """A record of a run whose loss follows ``levels(step)`` plus Gaussian noise ``noise``."""
+    gen = torch.Generator().manual_seed(seed)
+    builder = RecordBuilder(run_id)
+    for step in range(steps):
+        builder.observe(step, levels(step) + noise * float(torch.randn(1, generator=gen)), 1.0, 1.0, 1e-3)
+    builder.record.state = state
+    return builder.record
+
+
+@pytest.mark.parametrize(("noise", "pruned_expected"), [(0.02, True), (0.3, False)])
+def test_a_stall_is_judged_only_when_its_noise_resolves_the_gap(noise: float, pruned_expected: bool) -> None:
+    store = _Memory()
+    for i in range(3):  # three learners, 2.3 -> 1.5 by step 40, ending well
+        store.save(_synthetic(f"l{i}", lambda s: max(1.5, 2.3 - 0.02 * s), 0.05, 10 + i))
+    fired, _ = _judged(store, lambda s: 2.3, noise)  # flat at the untrained level, gradients like theirs
+    # a loss as noisy as the gap cannot tell a stall from a late learner that began to move
+    assert (fired is not None) is pruned_expected
+    if fired is not None:
+        assert fired.step < 60 and "3 healthy siblings were at" in fired.reasons[0]
+
+
+# ---------------------------------------------------------------------------- concurrent agents
+def test_running_siblings_count_as_far_as_they_got_and_a_running_late_learner_vetoes() -> None:
+    from wandb_gradema.siblings import Reference
+
+    store = _Memory()
+    # one finished learner and one stuck sibling: two answer, below K
+    store.save(_synthetic("learner", lambda s: max(0.3, 2.3 - 0.05 * s), 0.05, 20, steps=400))
+    store.save(_synthetic("stuck0", lambda s: 2.3, 0.02, 21, steps=400))
+    fired, _ = _judged(store, lambda s: 2.3, 0.02)
+    assert fired is None
+    # a concurrent agent's run, at step 300 of its budget and learning clearly: the third answer
+    store.save(_synthetic("running", lambda s: max(0.4, 2.3 - 0.04 * s), 0.05, 22, state="running", steps=300))
+    fired, peers = _judged(store, lambda s: 2.3, 0.02)
+    assert fired is not None and fired.step < STEPS // 2 and "running" in peers.latest.compared
+    # ... unless it is to be compared with finished siblings only
+    from wandb_gradema.siblings import SweepPeers
+
+    alone = SweepPeers(store, "run", background=False, live_siblings=False)
+    assert "running" not in alone.reference.run_ids
+    # a running sibling that sat where this run sits and has learned since is a late learner:
+    # this step is not late enough to tell
+    store.save(_synthetic("late", lambda s: 2.3 if s < 150 else max(0.2, 2.3 - 0.05 * (s - 150)), 0.02, 23, state="running", steps=260))
+    fired, _ = _judged(store, lambda s: 2.3, 0.02)
+    assert fired is None
+    # a running sibling gone non-finite is no sibling; a running one never "ended well"
+    broken = _synthetic("broken", lambda s: 2.3, 0.02, 24, state="running", steps=200)
+    broken.points[-1] = dataclasses.replace(broken.points[-1], nonfinite=True)
+    ref = Reference([*store.records, broken])
+    at = ref.at(50)
+    assert "broken" not in ref.run_ids and not at.good[list(at.run_ids).index("running")]

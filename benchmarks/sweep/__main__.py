@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from benchmarks.detection.trace import Trace
 
-from .replay import METHODS, Stops
+from .replay import EXTRA, METHODS, PARALLEL, Stops
 from .space import SPLITS, final_level, load_sweep
 
 
@@ -63,16 +63,51 @@ class Score:
                 self.ideal += n - n // 20
 
 
-def run_split(seeds: Sequence[int], orders: int, progress: bool) -> dict[str, Score]:
-    scores = {name: Score() for name in METHODS}
-    for seed in seeds:
-        traces = load_sweep(seed, progress=print if progress else None)
+def run_split(
+    sweeps: Sequence[tuple[str, int]],
+    orders: int,
+    progress: bool,
+    extra: bool = False,
+    misses: list[str] | None = None,
+    parallel: bool = False,
+) -> dict[str, Score]:
+    methods = {**METHODS, **(EXTRA if extra else {}), **(PARALLEL if parallel else {})}
+    scores = {name: Score() for name in methods}
+    for task, seed in sweeps:
+        traces = load_sweep(seed, progress=print if progress else None, task=task)
         rng = random.Random(seed)
         for k in range(orders):
             order = list(traces) if k == 0 else rng.sample(traces, len(traces))
-            for name, method in METHODS.items():
-                scores[name].add(order, method(order))
+            for name, method in methods.items():
+                stops = method(order)
+                scores[name].add(order, stops)
+                if misses is not None and name.startswith("sweep-aware (defaults)"):
+                    misses.extend(miss_lines(order, stops, f"{task} {seed} order {k}"))
     return scores
+
+
+def miss_lines(traces: Sequence[Trace], stops: Stops, where: str) -> list[str]:
+    """Runs ending at chance not stopped by half budget and good runs stopped, with their place
+    in the order and the siblings that had ended before them (healthy: ran to the end)."""
+    finals = [final_level(t) for t in traces]
+    best = min(f for f in finals if math.isfinite(f))
+    chance = traces[0].chance_loss
+    span = chance - best
+    healthy = good_before = 0
+    out = []
+    for i, (trace, final, stop) in enumerate(zip(traces, finals, stops, strict=True)):
+        good = final <= best + 0.25 * span
+        at_chance = not math.isfinite(final) or final >= chance - 0.1 * span
+        spec = trace.spec
+        config = f"lr {spec['lr']:.2g} {spec['optimizer']} {spec['act']} depth {spec['depth']} batch {spec['batch_size']}"
+        if at_chance and (stop is None or stop >= trace.steps // 2):
+            out.append(f"missed  {where} #{i:2d} {trace.name} ({config}): stop {stop}, final {final:.3g}; {healthy} healthy siblings before, {good_before} good")
+        if good and stop is not None:
+            out.append(f"GOOD STOPPED {where} #{i:2d} {trace.name} ({config}) at step {stop}")
+        if stop is None:
+            healthy += 1
+            good_before += good
+    return out
 
 
 def table(title: str, scores: dict[str, Score]) -> str:
@@ -90,6 +125,11 @@ def table(title: str, scores: dict[str, Score]) -> str:
             f"{s.chance_by_half} / {s.chance} ({s.chance_by_half / max(s.chance, 1):.0%}) | "
             f"{s.saved / s.budget:.0%} | {s.saved / max(s.ideal, 1):.0%} | {vs} |"
         )
+    any_score = next(iter(scores.values()))
+    ideal = any_score.ideal / max(any_score.budget, 1)
+    hb_part = f"; twice hyperband's saving: {2 * hb.saved / max(hb.budget, 1):.0%}" if hb is not None else ""
+    lines.append("")
+    lines.append(f"Ideal saving (every run that ends at chance stopped at 5% of its budget): {ideal:.0%} of the steps{hb_part}.")
     return "\n".join(lines)
 
 
@@ -98,12 +138,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", choices=(*SPLITS, "all"), default="all")
     parser.add_argument("--orders", type=int, default=3, help="random orders per sweep (default 3)")
     parser.add_argument("--quiet", action="store_true", help="no training progress lines")
+    parser.add_argument("--parallel", action="store_true", help="also the sweep-aware replay with 4 concurrent agents")
+    parser.add_argument("--misses", action="store_true", help="list sweep-aware's misses and good runs stopped")
+    parser.add_argument("--extra", action="store_true", help="also hyperband checked every 200 steps and on a per-step loss (slow)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    for split, seeds in SPLITS.items():
+    for split, sweeps in SPLITS.items():
         if args.split in (split, "all"):
-            scores = run_split(seeds, args.orders, not args.quiet)
-            print(table(f"{split} sweeps (seeds {', '.join(map(str, seeds))}; {args.orders} orders each)", scores))
+            misses: list[str] | None = [] if args.misses else None
+            scores = run_split(sweeps, args.orders, not args.quiet, args.extra, misses, args.parallel)
+            named = ", ".join(f"{task} {seed}" for task, seed in sweeps)
+            print(table(f"{split} sweeps ({named}; {args.orders} orders each)", scores))
+            if misses:
+                print("\n" + "\n".join(misses))
             print()
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0

@@ -7,16 +7,18 @@ loss over those steps (NaN once a loss is non-finite), as a script would log a r
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from benchmarks.detection.detectors import fire, product
 from benchmarks.detection.trace import Trace
 from wandb_gradema import AnomalyDetector, EscalationPolicy
 from wandb_gradema.siblings import SiblingRecord, SweepPeers
 
-__all__ = ["EVERY", "METHODS", "hyperband", "optuna_pruner", "per_run", "sweep_aware"]
+__all__ = ["EVERY", "EXTRA", "METHODS", "PARALLEL", "hyperband", "optuna_pruner", "per_run", "sweep_aware"]
 
 EVERY = 10
 Stops = list[int | None]
@@ -35,13 +37,13 @@ class ListStore:
         self.records = [r for r in self.records if r.run_id != record.run_id] + [record]
 
 
-def val_series(trace: Trace) -> list[tuple[int, float]]:
-    """``(step, value)`` every ``EVERY`` steps: the mean loss of those steps (NaN if any is not finite)."""
+def val_series(trace: Trace, every: int = EVERY) -> list[tuple[int, float]]:
+    """``(step, value)`` every ``every`` steps: the mean loss of those steps (NaN if any is not finite)."""
     losses = [float(v) for v in trace.arrays["loss"]]
     out = []
-    for end in range(EVERY, len(losses) + 1, EVERY):
-        chunk = losses[end - EVERY : end]
-        out.append((end - 1, sum(chunk) / EVERY if all(math.isfinite(v) for v in chunk) else math.nan))
+    for end in range(every, len(losses) + 1, every):
+        chunk = losses[end - every : end]
+        out.append((end - 1, sum(chunk) / every if all(math.isfinite(v) for v in chunk) else math.nan))
     return out
 
 
@@ -83,8 +85,55 @@ def sweep_aware(traces: Sequence[Trace], min_siblings: int | None = None) -> Sto
     return stops
 
 
-def hyperband(traces: Sequence[Trace], min_iter: int = 3, eta: int = 2) -> Stops:
-    """W&B's hyperband (``sweeps.stop_runs``), applied at every logged value of the running run."""
+def sweep_aware_parallel(traces: Sequence[Trace], agents: int = 4, sync: int = 20, live: bool = True) -> Stops:
+    """The sweep-aware replay with ``agents`` runs at a time (concurrent agents, one step per
+    tick each): every ``sync`` steps a run writes its record (state ``running``) to the shared
+    store and reloads its siblings' records, as ``SweepPeers``' background thread does; a run
+    starts when an agent is free, in the sweep's order. ``live`` False compares with finished
+    siblings only."""
+    from dataclasses import replace
+
+    store = ListStore()
+    stops: Stops = [None] * len(traces)
+    waiting = list(range(len(traces)))
+    running: dict[int, tuple[SweepPeers, AnomalyDetector, EscalationPolicy, Any]] = {}
+    while waiting or running:
+        while waiting and len(running) < agents:
+            i = waiting.pop(0)
+            trace = traces[i]
+            peers = SweepPeers(
+                store, trace.name, {"batch_size": trace.spec["batch_size"]}, background=False, live_siblings=live
+            )
+            running[i] = (peers, AnomalyDetector(), EscalationPolicy(), iter(trace.observations()))
+        for i in list(running):
+            peers, detector, policy, observations = running[i]
+            obs = next(observations, None)
+            if obs is None:
+                peers.finish("finished")
+                del running[i]
+                continue
+            events = [policy.update(detector.check(obs))]
+            events.append(peers.observe(obs.step, obs.loss, obs.grad_norm, obs.active_share, obs.lr))
+            if any(e is not None and peers.review(e).confirmed for e in events):
+                stops[i] = obs.step
+                peers.finish("pruned")
+                del running[i]
+            elif (obs.step + 1) % sync == 0:
+                record = peers.builder.record
+                store.save(replace(record, points=list(record.points)))
+                peers.refresh()
+    return stops
+
+
+def hyperband(traces: Sequence[Trace], min_iter: int = 3, eta: int = 2, every: int = EVERY, check: int = 0) -> Stops:
+    """W&B's hyperband (``sweeps.stop_runs``) on ``val`` logged every ``every`` steps.
+
+    ``check`` 0 applies it at every logged value of the running run, the moment it is logged
+    (the most it can do). ``check`` N > 0 applies it every N steps of the running run, as W&B's
+    controller does on a wall clock (the local ``wandb controller`` reads the runs' sampled
+    history every 5 s, the server every few minutes, and the agent polls for the stop every
+    5 s): the stop lands at the first check after the value that crosses the threshold.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import sweeps
@@ -99,17 +148,23 @@ def hyperband(traces: Sequence[Trace], min_iter: int = 3, eta: int = 2) -> Stops
     done: list[SweepRun] = []
     stops: Stops = []
     for trace in traces:
+        series = val_series(trace, every)
+        checks = [step for step, _ in series] if not check else list(range(check - 1, trace.steps, check))
         history: list[dict[str, float]] = []
         stop = None
-        for step, value in val_series(trace):
-            history.append({"val": value, "_step": step})
-            running = SweepRun(name=trace.name, state=RunState.running, history=list(history), config={"x": {"value": 1}})
+        for at in checks:
+            history = [{"val": value, "_step": step} for step, value in series if step <= at]
+            if not history:
+                continue
+            running = SweepRun(name=trace.name, state=RunState.running, history=history, config={"x": {"value": 1}})
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 stopped = sweeps.stop_runs(config, [*done, running])
-            if any(r.name == trace.name for r in stopped):
-                stop = step
+            if any(r.name == trace.name for r in stopped) and at < trace.steps - 1:
+                stop = at
                 break
+        if stop is None:
+            history = [{"val": value, "_step": step} for step, value in series]
         state = RunState.killed if stop is not None else RunState.finished
         done.append(SweepRun(name=trace.name, state=state, history=history, config={"x": {"value": 1}}))
         stops.append(stop)
@@ -165,6 +220,22 @@ METHODS: dict[str, Callable[[Sequence[Trace]], Stops]] = {
     "per-run only (defaults)": per_run,
     "sweep-aware (defaults)": sweep_aware,
     "W&B hyperband (min_iter 3, eta 2)": hyperband,
+    "W&B hyperband, checked every 100 steps": functools.partial(hyperband, check=100),
     "Optuna MedianPruner": optuna_pruner(_median),
     "Optuna WilcoxonPruner": optuna_pruner(_wilcoxon),
+}
+
+#: Further hyperband replays (``--extra``): a coarser controller cadence (a check every 200
+#: steps: a 1 s loop on runs of ~5 ms per step) and the training loss logged every step as the
+#: metric (bands at steps 2, 5, 11, 23...). Slow: ``stop_runs`` at every step.
+EXTRA: dict[str, Callable[[Sequence[Trace]], Stops]] = {
+    "W&B hyperband, checked every 200 steps": functools.partial(hyperband, check=200),
+    "W&B hyperband, loss logged every step": functools.partial(hyperband, every=1),
+}
+
+#: Concurrent agents (``--parallel``): the sweep-aware replay with 4 runs at a time, comparing
+#: with running siblings' records or with finished siblings only.
+PARALLEL: dict[str, Callable[[Sequence[Trace]], Stops]] = {
+    "sweep-aware, 4 agents, running siblings too": functools.partial(sweep_aware_parallel, agents=4),
+    "sweep-aware, 4 agents, finished siblings only": functools.partial(sweep_aware_parallel, agents=4, live=False),
 }

@@ -1,24 +1,36 @@
 """SiblingJudge: is this run hopelessly behind its healthy siblings at the same step?
 
 At each point of the run's thinned trajectory (step ``s``, its loss level ``L``, its own level
-noise ``n``, its first level ``L0``) against the healthy siblings that reached ``s``:
+noise ``n``, its first level ``L0`` with that level's noise ``n0``) against the healthy siblings
+that reached ``s``:
 
-- **siblings learned**: at least ``min_siblings`` healthy siblings had made clear progress by
-  ``s`` (start minus level beyond 4 of their level noises and 5% of their start);
-- **the run did not**: its progress ``L0 - L`` is within ``3 n`` (its own noise, which already
-  reflects its batch size) or under a tenth of those siblings' median progress, and ``L`` is
-  above every one of them by ``3 n``;
-- **nobody recovered from here**: no healthy sibling was as far behind at ``s`` and then
-  learned (a deep net's plateau, Adam's early jump: what siblings showed and left is not
+- **enough siblings answer**: the siblings that say whether a run this far behind at ``s`` can
+  still end well number at least ``min_siblings``: each one *learning clearly* by ``s`` (start
+  minus level beyond 4 of their level noises and 5% of their start) says this sweep's runs can
+  learn by then; each one that *sat at its untrained level at s and stayed there* (no clear
+  progress by its end, which came at ``2 s`` or later) says runs stuck here stay stuck. At
+  least one must be learning. So the first runs of a sweep, with one or two learners, are
+  judged once runs that sat where this one sits have shown where that leads;
+- **the run did not learn**: its progress ``L0 - L`` is within ``3 n`` or under a tenth of the
+  learners' median progress, and ``L`` is above every learner that ended well by ``3 n``;
+- **the stall is resolved**: its progress plus ``3 sqrt(n^2 + n0^2)`` is under half the
+  learners' median progress. A loss as noisy as the gap (tiny batches on a regression) cannot
+  tell a stuck run from a late learner that has begun to move: only the gradients may then
+  corroborate;
+- **nobody recovered from here**: no healthy sibling that ended well (nor a running one that
+  has learned since) was as far behind at ``s`` (a deep net's plateau, Adam's early jump: what siblings showed and left is not
   prune-grade);
 - **it is not leaving its plateau now**: its level did not fall by more than ``3 n`` over the
   last ``window`` steps (a late learner is spared from the moment it starts to move).
 
 A streak of such points prunes once it spans ``window`` steps (``max(MIN_WINDOW, 10% of s)``)
 when the gradients corroborate (silent tensors: an active share below every clearly learning
-sibling's; or a norm outside every one's band, a factor 3 either way), else twice that. The
-cause picks the run's end: non-finite values or a loss far above its start: ``diverged``;
-silent gradients: ``dead``; otherwise ``behind``.
+sibling's; or a norm outside every one's band, a factor 3 either way; a band only K learners
+define) or the stall is sharp (progress plus its noise under a tenth of the learners'), else
+twice that. With fewer than K learners (the cold start) only a sharp stall is judged. Siblings
+still running count as far as they got (see ``Reference``). The cause picks the
+run's end: non-finite values or a loss far above its start: ``diverged``; silent gradients:
+``dead``; otherwise ``behind``.
 """
 
 from __future__ import annotations
@@ -31,16 +43,23 @@ from typing import Any
 
 import numpy as np
 
-from .record import SiblingPoint
+from .record import LEVEL_OF, SiblingPoint
 from .reference import Reference, level_noise
 
 __all__ = ["MIN_SIBLINGS", "MIN_WINDOW", "SiblingJudge", "SiblingVerdict"]
 
-#: Healthy siblings that must have learned clearly by the step before a run is judged against
-#: them. Fewer and one lucky config sets the bar; with 3 the bar is the least of three learners.
+#: Healthy siblings that must answer (learning clearly at the step, or stuck there and stayed
+#: stuck) before a run is judged against them, at least one of them learning. Fewer and one
+#: lucky config sets the bar (on the dev sweeps 2 learners stopped good runs, 3 none).
 MIN_SIBLINGS = 3
 #: Shortest streak (in optimizer steps) that prunes, with gradient corroboration.
 MIN_WINDOW = 20
+#: The run's progress plus three of its level noises must stay under this share of the
+#: learners' median progress: the judgement needs a loss whose noise resolves the gap.
+RESOLVED = 0.5
+#: ... under this share, the run's stall is sharp: one window suffices, as with gradient
+#: corroboration (a loss resolved to a tenth of the gap does not dip into "stuck" by chance).
+SHARP = 0.1
 #: Norm band around the siblings' norm levels (a factor either way).
 NORM_BAND = 3.0
 #: Active share below the least of the learning siblings' by this much: silent tensors.
@@ -89,6 +108,7 @@ class SiblingJudge:
         self.min_siblings = min_siblings
         self.min_window = min_window
         self.start: float | None = None
+        self.start_noise = 0.0
         self.streak_from: int | None = None
         self._levels: deque[tuple[int, float]] = deque(maxlen=64)  # the run's recent (step, level)
 
@@ -96,6 +116,8 @@ class SiblingJudge:
         """Judge one point; None when there is nothing to compare with."""
         if self.start is None and math.isfinite(point.loss) and not point.nonfinite:
             self.start = point.loss
+            # The first level is a median of fewer losses than ``LEVEL_OF``: its own noise.
+            self.start_noise = level_noise(point.noise) * math.sqrt(LEVEL_OF / min(point.step + 1, LEVEL_OF))
         self._levels.append((point.step, point.loss if math.isfinite(point.loss) and not point.nonfinite else math.inf))
         if reference is None or len(reference) < self.min_siblings or self.start is None:
             self.streak_from = None
@@ -114,15 +136,31 @@ class SiblingJudge:
         # From the run's own start, or from where untrained siblings start when the run's first
         # steps already blew up (a loss still above that is no progress at all).
         progress = min(self.start, float(_med(at.start))) - loss
-        if int(clear.sum()) < self.min_siblings:
+        # The siblings that answer "does a run this far behind at this step end well?": each one
+        # learning clearly here says a run of this sweep can; each one that sat at the untrained
+        # level here and stayed there as long again says such runs stay. (One that was as far
+        # behind and ended well says the opposite, and vetoes below.)
+        held = at.stayed()
+        evidence = int(clear.sum()) + int(held.sum())
+        if not clear.any() or evidence < self.min_siblings:
             self.streak_from = None
             return verdict
         learners = at.progress[clear]
         top = clear & at.good  # learning clearly now, and ended well
-        stuck = progress < max(3 * noise, 0.1 * float(_med(learners)))
+        gain = float(_med(learners))
+        # The progress's noise: the level's and the run's first level's (a median of fewer
+        # losses). A run whose first level is beyond doubt above its siblings' usual start (it
+        # blew up at once) is measured from their start, whose median over runs is sharp.
+        above = self.start - 3 * self.start_noise > float(_med(at.start))
+        spread_p = noise if above or not math.isfinite(self.start_noise) else math.hypot(noise, self.start_noise)
+        stuck = progress < max(3 * noise, 0.1 * gain)
+        # Resolved: even its progress plus three noises is a small share of what the learners
+        # made. A loss as noisy as the gap cannot tell a stuck run from a late learner that has
+        # begun to move: then only the gradients may corroborate (below).
+        resolved = progress + 3 * spread_p < RESOLVED * gain
         behind = bool(top.any()) and loss > float(at.loss[top].max()) + 3 * noise
         recovered = [
-            rid for rid, p, good in zip(at.run_ids, at.progress, at.good, strict=True) if good and p <= progress + 3 * noise
+            rid for rid, p, ok in zip(at.run_ids, at.progress, at.recovered(), strict=True) if ok and p <= progress + 3 * noise
         ]
         window = max(self.min_window, int(0.1 * point.step))
         moving = self._dropped(point.step - window) > 3 * noise  # leaving its plateau now
@@ -131,11 +169,19 @@ class SiblingJudge:
             return verdict
         if self.streak_from is None:
             self.streak_from = point.step
-        silent = math.isfinite(point.active) and point.active < float(at.active[clear].min()) - ACTIVE_GAP
+        # The gradients corroborate against a band that K learners define (one or two learners'
+        # norms are their configs' scale, not the sweep's).
+        banded = int(clear.sum()) >= self.min_siblings
+        silent = banded and math.isfinite(point.active) and point.active < float(at.active[clear].min()) - ACTIVE_GAP
         lo, hi = float(at.norm[clear].min()) / NORM_BAND, float(at.norm[clear].max()) * NORM_BAND
-        off_band = not (math.isfinite(point.norm) and lo <= point.norm <= hi)
+        off_band = banded and not (math.isfinite(point.norm) and lo <= point.norm <= hi)
         corroborated = silent or off_band
-        needed = window if corroborated else 2 * window
+        sharp = progress + 3 * spread_p < SHARP * gain
+        # With fewer than K learners (the cold start) only a sharp stall is judged.
+        if not (sharp if not banded else corroborated or resolved):
+            self.streak_from = None
+            return verdict
+        needed = window if corroborated or sharp else 2 * window
         cause = self._cause(point, loss, silent)
         clear = top
         names = [rid for rid, c in zip(at.run_ids, clear, strict=True) if c]
@@ -143,9 +189,16 @@ class SiblingJudge:
         grads = (
             "gradients silent" if silent else "norm outside every learning sibling's band" if off_band else "gradients look alive"
         )
+        stuck_ids = [rid for rid, h in zip(at.run_ids, held.tolist(), strict=True) if h]
+        stayers = (
+            f"; {len(stuck_ids)} that had not learned by this step stayed that way ({', '.join(stuck_ids[:3])}"
+            f"{f' and {len(stuck_ids) - 3} more' if len(stuck_ids) > 3 else ''})"
+            if stuck_ids
+            else ""
+        )
         reason = (
             f"loss {_fmt(loss)} at step {point.step} (started at {_fmt(self.start)}); {len(names)} healthy "
-            f"{'sibling was' if len(names) == 1 else 'siblings were'} at {_fmt(float(at.loss[clear].min()))}-{_fmt(float(at.loss[clear].max()))} ({shown}); "
+            f"{'sibling was' if len(names) == 1 else 'siblings were'} at {_span(at.loss[clear])} ({shown}){stayers}; "
             f"behind since step {self.streak_from}, {grads}."
         )
         prune = point.step - self.streak_from >= needed
@@ -210,6 +263,12 @@ def _med(values: np.ndarray) -> float:
     ordered = np.sort(values, axis=None)
     n = len(ordered)
     return float(ordered[n // 2]) if n % 2 else 0.5 * float(ordered[n // 2 - 1] + ordered[n // 2])
+
+
+def _span(values: np.ndarray) -> str:
+    """``lo-hi`` of the values, or the one value."""
+    lo, hi = _fmt(float(values.min())), _fmt(float(values.max()))
+    return lo if lo == hi else f"{lo}-{hi}"
 
 
 def _fmt(value: float) -> str:

@@ -61,6 +61,8 @@ class SweepPeers:
         refresh_s: seconds between loads of the siblings' records.
         write_s: at most one write of this run's record per this many seconds.
         background: False loads once, now, and writes only at ``finish`` (tests, replays).
+        live_siblings: compare with siblings still running too (concurrent agents whose
+            records the store holds), as far as they got; False: finished siblings only.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class SweepPeers:
         refresh_s: float = 30.0,
         write_s: float = 10.0,
         background: bool = True,
+        live_siblings: bool = True,
     ) -> None:
         if not isinstance(store, SiblingStore):
             raise TypeError(f"`store` must have load() and save() (a SiblingStore), got {type(store).__name__}.")
@@ -83,6 +86,7 @@ class SweepPeers:
         self.reference: Reference | None = None
         self.latest: SiblingVerdict | None = None
         self.fired: SiblingVerdict | None = None
+        self.live_siblings = live_siblings
         self.refresh_s = refresh_s
         self.write_s = write_s
         self._dirty = False
@@ -100,7 +104,7 @@ class SweepPeers:
     def refresh(self) -> None:
         """Load the records and swap in a new reference (errors: one warning)."""
         try:
-            self.reference = Reference(self.store.load(), exclude=self.run_id)
+            self.reference = Reference(self.store.load(), exclude=self.run_id, live=self.live_siblings)
         except Exception as exc:  # noqa: BLE001 - a failing store never stops training
             self._warn(exc)
 

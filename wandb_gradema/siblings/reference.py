@@ -43,6 +43,8 @@ class SiblingsAt:
     end_progress: np.ndarray  # start minus final loss level
     end_noise: np.ndarray  # level noise at the end
     good: np.ndarray  # ended within a quarter of the best sibling's progress (``GOOD_SHARE``)
+    last: np.ndarray | None = None  # each sibling's last recorded step
+    live: np.ndarray | None = None  # still running (its "end" is its latest point; never ``good``)
 
     @property
     def progress(self) -> np.ndarray:
@@ -55,6 +57,19 @@ class SiblingsAt:
     def learned(self) -> np.ndarray:
         """Which siblings made clear progress by their end."""
         return self.end_progress > np.maximum(4 * self.end_noise, 0.05 * np.abs(self.start))
+
+    def recovered(self) -> np.ndarray:
+        """Which siblings may show that a run behind here can still end well: those that ended
+        well, and running ones that have learned clearly since (their end is not known yet)."""
+        live = self.live if self.live is not None else np.zeros(len(self.run_ids), dtype=bool)
+        return self.good | (live & self.learned())
+
+    def stayed(self) -> np.ndarray:
+        """Which siblings had made no clear progress by this step, nor by their end, and ran on
+        for at least as long again (their record reaches twice this step): runs that sat at the
+        untrained level here and stayed there."""
+        last = self.last if self.last is not None else np.full(len(self.run_ids), np.inf)
+        return ~self.clear() & ~self.learned() & (last >= 2 * self.step)
 
 
 class _Sibling:
@@ -73,6 +88,7 @@ class _Sibling:
         self.end_noise = float(self.noise[-1]) if len(pts) else math.nan
         self.end = float(self.loss[-1]) if len(pts) else math.nan
         self.good = False
+        self.live = record.state == "running"
 
     def covers(self, step: int) -> bool:
         return len(self.steps) >= 2 and self.steps[0] <= step <= self.steps[-1]
@@ -83,27 +99,35 @@ MAX_GRID = 4096
 
 
 class Reference:
-    """The healthy siblings of a run (finished, not pruned, finite end), ready to query.
+    """The healthy siblings of a run (finished, not pruned, finite end), ready to query; with
+    ``live``, also its siblings still running (concurrent agents), as far as they got.
 
     Built off the per-step path: every sibling is interpolated once onto one grid (the union of
     their points' steps, on which each sibling's piecewise-linear curve is exact), so ``at``
     is a bisection and a handful of vector operations, whatever the number of siblings.
 
+    A running sibling is a fact up to its latest point: it counts as learning clearly at a step
+    it has passed, as having stayed stuck when it is still stuck at twice the step, and vetoes
+    when it was as far behind and has learned since; it never *ended well* (so it never sets the
+    bar a run must be behind) and never sets what "ended well" means.
+
     Args:
-        records: the sweep's records (any state; only healthy ones are kept).
+        records: the sweep's records (any state; only healthy and, with ``live``, running ones
+            with a finite latest point are kept).
         exclude: the run's own id (never its own sibling).
+        live: keep running siblings too.
     """
 
-    def __init__(self, records: Iterable[SiblingRecord], exclude: str | None = None) -> None:
-        kept = [r for r in records if r.healthy and r.run_id != exclude]
+    def __init__(self, records: Iterable[SiblingRecord], exclude: str | None = None, live: bool = True) -> None:
+        kept = [r for r in records if r.run_id != exclude and (r.healthy or (live and _alive(r)))]
         self._siblings = [s for s in (_Sibling(r) for r in kept) if len(s.steps) >= 2]
         # Ended well: a final level within a quarter of the range from the siblings' usual start
         # (their median first level: robust to a run whose first steps blew up) to the best end.
-        ends = [s.end for s in self._siblings if math.isfinite(s.end)]
+        ends = [s.end for s in self._siblings if math.isfinite(s.end) and not s.live]
         if ends:
             best, start = min(ends), float(np.median([s.start for s in self._siblings]))
             for s in self._siblings:
-                s.good = start > best and s.end <= best + (1 - GOOD_SHARE) * (start - best)
+                s.good = not s.live and start > best and s.end <= best + (1 - GOOD_SHARE) * (start - best)
         sibs = self._siblings
         steps = np.unique(np.concatenate([s.steps for s in sibs])) if sibs else np.zeros(1)
         if len(steps) > MAX_GRID:
@@ -116,6 +140,7 @@ class Reference:
         self._end_progress = np.array([s.end_progress for s in sibs])
         self._end_noise = np.array([s.end_noise for s in sibs])
         self._good = np.array([s.good for s in sibs], dtype=bool)
+        self._live = np.array([s.live for s in sibs], dtype=bool)
         self._first_norm = np.array([np.exp(s.lognorm[0]) for s in sibs])
 
         def on_grid(field: str) -> np.ndarray:  # (grid nodes, siblings)
@@ -163,4 +188,11 @@ class Reference:
             end_progress=self._end_progress[mask],
             end_noise=self._end_noise[mask],
             good=self._good[mask],
+            last=self._last[mask],
+            live=self._live[mask],
         )
+
+
+def _alive(record: SiblingRecord) -> bool:
+    """A running record whose latest points are finite (a sibling still training normally)."""
+    return record.state == "running" and bool(record.points) and not any(p.nonfinite for p in record.points[-3:])
