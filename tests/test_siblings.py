@@ -252,7 +252,7 @@ class _RecordedRun:
         self.id, self.state, self.summary = run_id, state, summary
 
 
-def test_the_wandb_store_reads_the_sweeps_finished_runs_through_the_public_api() -> None:
+def test_the_wandb_store_reads_the_sweeps_ended_and_running_runs_through_the_public_api() -> None:
     from wandb.apis import public
 
     from wandb_gradema.siblings.stores import SUMMARY_KEY, WandbStore
@@ -268,18 +268,27 @@ def test_the_wandb_store_reads_the_sweeps_finished_runs_through_the_public_api()
 
     store = WandbStore("ent/proj/sw1", run=Run())
     running = SiblingRecord.from_json(_HEALTHY[0].to_json())
-    running.state = "running"
+    running.run_id, running.state = "live", "running"
     store.save(running)
-    assert written == {}  # only an end is written
+    live_body = written.pop(SUMMARY_KEY)  # a running record goes into the summary...
+    store.save(running)
+    assert written == {}  # ...at most once a minute
     for record in _HEALTHY:
-        store.save(record)
+        store.save(record)  # an end always does
     body = written[SUMMARY_KEY]
+    quiet = WandbStore("ent/proj/sw1", run=Run(), running_every_s=None)
+    written.clear()
+    quiet.save(running)
+    assert written == {}
+    with pytest.raises(ValueError, match="running_every_s"):
+        WandbStore("ent/proj/sw1", running_every_s=-1)
     pruned = SiblingRecord.from_json(_HEALTHY[1].to_json())
     pruned.state = "pruned"
     runs = [
         _RecordedRun("good0", "finished", {SUMMARY_KEY: body}),
         _RecordedRun("p", "failed", {SUMMARY_KEY: json.dumps(pruned.to_json())}),
-        _RecordedRun("r", "running", {SUMMARY_KEY: body}),
+        _RecordedRun("live", "running", {SUMMARY_KEY: live_body}),
+        _RecordedRun("queued", "pending", {SUMMARY_KEY: live_body}),
         _RecordedRun("old", "finished", {"loss": 1.0}),
         _RecordedRun("bad", "finished", {SUMMARY_KEY: "{not json"}),
     ]
@@ -290,9 +299,33 @@ def test_the_wandb_store_reads_the_sweeps_finished_runs_through_the_public_api()
             return type("Sweep", (), {"runs": runs})()
 
     records = WandbStore("ent/proj/sw1", api=Api()).load()
-    assert [(r.run_id, r.state) for r in records] == [("good2", "finished"), ("good1", "pruned")]
+    assert [(r.run_id, r.state) for r in records] == [("good2", "finished"), ("good1", "pruned"), ("live", "running")]
+    live = records[-1]
+    assert live.points and live.points[-1].step == running.points[-1].step  # as far as it got
     with pytest.raises(ValueError, match="ENTITY/PROJECT/SWEEP_ID"):
         WandbStore("sw1")
+
+
+def test_a_running_record_written_from_the_background_thread_reaches_the_runs_summary(wandb_offline: Any) -> None:
+    """What agents on other machines read: the record as far as the run got, in its W&B summary,
+    written by SweepPeers' background thread (a real offline run, read back with the CLI)."""
+    import threading
+
+    from wandb_gradema.siblings.stores import SUMMARY_KEY, WandbStore
+
+    if not _HEALTHY:
+        _healthy_siblings(_Memory())
+    run = wandb_offline.init()
+    running = SiblingRecord.from_json(_HEALTHY[0].to_json())
+    running.state = "running"
+    writer = threading.Thread(target=WandbStore("ent/proj/sw1", run=run).save, args=(running,))
+    writer.start()
+    writer.join()
+    run.finish()
+    summary = wandb_offline.read(run, history=False).summary
+    body = summary[SUMMARY_KEY]
+    back = SiblingRecord.from_json(json.loads(body) if isinstance(body, str) else body)
+    assert back.state == "running" and [p.step for p in back.points] == [p.step for p in running.points]
 
 
 def test_what_healthy_siblings_showed_at_the_same_step_is_not_prune_grade(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Where a sweep's sibling records live: one small interface, stores where sweeps already are.
 
-``WandbStore``: each run's final record in its W&B summary, the sweep's runs read through
-the public API (a sweep spread over machines and agents, nothing to set up).
+``WandbStore``: each run's record in its W&B summary (rewritten now and then while it runs,
+at its end for good), the sweep's runs read through the public API (a sweep spread over machines and agents, nothing to set up).
 ``DirectoryStore``: one JSON file per run in a shared directory (the offline runner's default;
 any agents that share a filesystem). Writes go to a temporary file in the same directory, then
 ``os.replace``: a reader sees the old record or the new one, never half of one, and concurrent
@@ -18,6 +18,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -133,35 +134,50 @@ class OptunaStore:
         self.trial.set_user_attr(TRIAL_ATTR, record.to_json())
 
 
-#: The summary key a run's final sibling record is written under (as JSON text).
+#: The summary key a run's sibling record is written under (as JSON text).
 SUMMARY_KEY = "gradema/sibling_record"
 #: W&B run states and the record state they give a record (gradema's own prune wins).
 _WANDB_STATES = {"finished": "finished", "failed": "failed", "crashed": "failed", "killed": "failed"}
 
 
 class WandbStore:
-    """Records from W&B itself: each run writes its final record into its summary
-    (``SUMMARY_KEY``), and ``load`` reads the sweep's runs through the public API.
+    """Records from W&B itself: each run keeps its record in its summary (``SUMMARY_KEY``),
+    and ``load`` reads the sweep's runs through the public API.
 
     Only the sweep's run list and summaries are fetched (``wandb.Api(timeout=...).sweep(path)``,
     then ``.runs``, each run's ``.id``, ``.state`` and ``.summary``): one request, no history
     scan. ``SweepPeers`` calls ``load`` from its background thread only, and caches the result
-    between refreshes. A W&B *failed* run whose record says *pruned* stays pruned.
+    between refreshes. A W&B *failed* run whose record says *pruned* stays pruned. A running run
+    rewrites its record at most every ``running_every_s`` seconds (W&B sends summaries of live
+    runs to the server as they change), so agents on other machines see it as far as it got.
 
     Args:
         sweep_path: ``ENTITY/PROJECT/SWEEP_ID``.
         run: this process's run (``save`` writes into its summary); None to only read.
         api: a ``wandb.Api`` (default: one made on first use with ``timeout``).
         timeout: seconds for the API's requests.
+        running_every_s: at most one write of a running record per this many seconds (the end
+            is always written); None writes ends only.
     """
 
-    def __init__(self, sweep_path: str, run: Any = None, api: Any = None, timeout: int = 20) -> None:
+    def __init__(
+        self,
+        sweep_path: str,
+        run: Any = None,
+        api: Any = None,
+        timeout: int = 20,
+        running_every_s: float | None = 60.0,
+    ) -> None:
         if not isinstance(sweep_path, str) or sweep_path.count("/") != 2 or not all(sweep_path.split("/")):
             raise ValueError(f"`sweep_path` must be ENTITY/PROJECT/SWEEP_ID, got {sweep_path!r}.")
+        if running_every_s is not None and not (isinstance(running_every_s, (int, float)) and running_every_s >= 0):
+            raise ValueError(f"`running_every_s` must be a number of seconds >= 0 or None, got {running_every_s!r}.")
         self.sweep_path = sweep_path
         self.run = run
         self.api = api
         self.timeout = timeout
+        self.running_every_s = running_every_s
+        self._last_running: float | None = None
 
     def __repr__(self) -> str:
         return f"WandbStore({self.sweep_path!r})"
@@ -178,15 +194,25 @@ class WandbStore:
                 record = SiblingRecord.from_json(json.loads(body) if isinstance(body, str) else body)
             except (ValueError, TypeError, KeyError, IndexError, AttributeError):
                 continue
-            state = _WANDB_STATES.get(str(run.state))
-            if state is None:
-                continue  # running, pending...: not an end yet
+            state = str(run.state)
+            if state == "running":
+                records.append(record)  # as far as it got (its own record says if it was pruned)
+                continue
+            ended = _WANDB_STATES.get(state)
+            if ended is None:
+                continue  # pending, preempting...: no record of its own yet
             if record.state != "pruned":
-                record.state = state
+                record.state = ended
             records.append(record)
         return records
 
     def save(self, record: SiblingRecord) -> None:
-        if self.run is None or record.state == "running":
-            return  # only the end goes into the summary: the judgement needs ended runs only
+        if self.run is None:
+            return
+        if record.state == "running":
+            now = time.monotonic()
+            every = self.running_every_s
+            if every is None or (self._last_running is not None and now - self._last_running < every):
+                return
+            self._last_running = now
         self.run.summary[SUMMARY_KEY] = json.dumps(record.to_json(), separators=(",", ":"))
