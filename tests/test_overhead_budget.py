@@ -280,3 +280,39 @@ def test_lean_step_decides_what_the_general_path_decides(every: int, monkeypatch
     assert repr(events) == repr(general[0])
     assert repr(lean[1]) == repr(general[1])  # repr: NaN compares unequal to itself; floats round-trip
     assert repr(lean[2]) == repr(general[2])
+
+
+def test_stacked_read_back_gives_what_the_field_by_field_one_gives() -> None:
+    """The deferred queue read back in one go (norms and tensor scalars concatenated, one
+    transfer) gives exactly the values of the field-by-field read-back: float32 losses, other
+    dtypes, float, missing, tensor learning rates of any shape, NaN and Inf norms, averaged
+    losses; queues it cannot take (other shapes, device rows, overflow flags) are left to the
+    field-by-field one."""
+    from wandb_gradema.readback import PendingStep, _read_fields, _read_stacked, read_back
+
+    gen = torch.Generator().manual_seed(0)
+    losses: list[Any] = [
+        torch.tensor(0.7), torch.tensor(1.3, dtype=torch.float64), torch.tensor(2.5, dtype=torch.bfloat16), 0.25,
+        None, torch.tensor([0.9]).reshape(()), torch.tensor(float("nan")),
+    ]  # fmt: skip
+    lrs: list[Any] = [0.1, torch.tensor(0.01), torch.tensor([0.02]), None, 0.3, torch.tensor(1e-3, dtype=torch.float64), 0.1]
+    queue = []
+    for i, (loss, lr) in enumerate(zip(losses, lrs)):
+        norms = torch.rand(5, generator=gen)
+        if i == 3:
+            norms[1] = float("inf")
+        if i == 4:
+            norms[0] = float("nan")
+        queue.append(PendingStep(i, None, loss, lr, norms, range(5), param_groups=1 + i % 2))
+    stacked = _read_stacked(queue)
+    assert stacked is not None and len(stacked) == len(queue)
+    assert repr(stacked) == repr(_read_fields(queue)) == repr(read_back(queue))
+    assert stacked[1].loss == float(torch.tensor(1.3, dtype=torch.float64).float())  # read as float32, as before
+    floats = [PendingStep(i, None, 0.5 * i, 0.1, torch.rand(3, generator=gen), range(3)) for i in range(4)]
+    assert repr(_read_stacked(floats)) == repr(_read_fields(floats))
+    other_shape = [*queue[:2], PendingStep(9, None, None, 0.1, torch.rand(4, generator=gen), range(4))]
+    with_row = [*queue[:2], PendingStep(9, torch.ones(4), None, 0.1, torch.rand(5, generator=gen), range(5))]
+    with_flag = [*queue[:2], PendingStep(9, None, None, 0.1, torch.rand(5, generator=gen), range(5), torch.tensor(0.0))]
+    for other in (other_shape, with_row, with_flag):
+        assert _read_stacked(other) is None
+        assert len(read_back(other)) == 3
