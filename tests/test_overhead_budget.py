@@ -51,7 +51,7 @@ PLUMBING = (
 
 
 def test_per_step_python_work_does_not_grow_with_the_number_of_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An MLP with 4x the tensors (more, narrower layers) costs the same calls in the monitor's
+    """An MLP with 4x the tensors (more, narrower layers) costs the same calls and bytecode in the monitor's
     plumbing (the rules' branches follow the run's values, not its tensors) and the same torch
     operations: no Python loop over parameters per step (the foreach kernels walk them)."""
     from benchmarks.overhead import models
@@ -67,6 +67,10 @@ def test_per_step_python_work_does_not_grow_with_the_number_of_tensors(monkeypat
     few, many = counts[3], counts[12]
     plumbing = {depth: sum(c.by_file.get(name, 0.0) for name in PLUMBING) for depth, c in counts.items()}
     assert plumbing[3] > 20 and plumbing[12] == plumbing[3], (few.by_file, many.by_file)
+    # ... nor its bytecode: no loop over the tensors inside a function either (``map`` walks them in C)
+    code = {depth: sum(c.bytecodes_by_file.get(name, 0.0) for name in PLUMBING) for depth, c in counts.items()}
+    # (within less than one instruction per added tensor: ``aggregate.add``'s maxima follow the data)
+    assert code[3] > 500 and abs(code[12] - code[3]) < 10, (few.bytecodes_by_file, many.bytecodes_by_file)
     assert many.torch_ops == few.torch_ops, counts
 
 

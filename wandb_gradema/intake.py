@@ -9,7 +9,9 @@ to the host except on CPU, where that is free.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from typing import Any
 
 import torch
@@ -24,6 +26,9 @@ __all__ = ["DEFAULT_SYNC_EVERY", "StepIntake"]
 #: ``sync_every`` when not given: on the CPU reading values back is free (every step decided);
 #: on an accelerator a read-back is a host-device sync, so 16 steps share one.
 DEFAULT_SYNC_EVERY = {"cpu": 1, "accelerator": 16}
+
+_GRAD = operator.attrgetter("grad")
+_IS_NONE = functools.partial(operator.is_, None)
 
 
 class StepIntake:
@@ -143,9 +148,12 @@ class StepIntake:
             return False
         if self._pending is not None:  # measured by measure() / clip_grad_norm_()
             return False
-        raw = [p.grad for p in watched.params]
-        grads = [g for g in raw if g is not None]
-        if not grads or len(grads) != len(raw) or grads[0].dtype is not torch.float32 or grads[0].layout is not torch.strided:
+        # No Python loop over the parameters: ``map`` walks them in C.
+        grads = list(map(_GRAD, watched.params))
+        if not grads or any(map(_IS_NONE, grads)):
+            return False
+        first = grads[0]
+        if first.dtype is not torch.float32 or first.layout is not torch.strided:
             return False
         enabled = torch.is_grad_enabled()
         if enabled:  # gradients built with create_graph=True must not grow graphs here
@@ -163,14 +171,14 @@ class StepIntake:
             self.queue.append(
                 StepValues(
                     step, norms.host_row(values), None if loss is None else float(loss),
-                    largest_lr(optimizer, host=True), values, range(len(raw)),  # type: ignore[arg-type]
+                    largest_lr(optimizer, host=True), values, range(len(grads)),  # type: ignore[arg-type]
                     len(optimizer.param_groups),
                 )
             )  # fmt: skip
         else:
             self.queue.append(
                 PendingStep(
-                    step, None, loss, largest_lr(optimizer, host=False), stacked, range(len(raw)),
+                    step, None, loss, largest_lr(optimizer, host=False), stacked, range(len(grads)),
                     param_groups=len(optimizer.param_groups),
                 )
             )  # fmt: skip

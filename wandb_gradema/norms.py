@@ -58,6 +58,7 @@ COUNT_FIELDS = slice(2, 4)
 
 #: A parameter tensor whose gradient norm is at or below this counts as vanished.
 VANISH_EPS = 1e-10
+_ABOVE_VANISH = VANISH_EPS.__lt__  # v > VANISH_EPS, as a C callable
 
 #: Device types with foreach kernels.
 FOREACH_DEVICES = frozenset({"cpu", "cuda", "xpu", "mps", "hpu", "mtia"})
@@ -232,9 +233,8 @@ def host_row(values: Sequence[float]) -> StatsRow:
     if not values:
         return StatsRow(0.0, 0.0, 0.0, 0.0)
     total = math.hypot(*values)  # Inf if any is Inf, else NaN if any is NaN
-    if math.isfinite(total):
-        active = len([v for v in values if v > VANISH_EPS])
-        return StatsRow(total, max(values), float(active), float(len(values)))
+    if math.isfinite(total):  # counted in C (``map``): no Python loop over the tensors
+        return StatsRow(total, max(values), float(sum(map(_ABOVE_VANISH, values))), float(len(values)))
     finite = [v for v in values if math.isfinite(v)]
     active = len([v for v in finite if v > VANISH_EPS])
     return StatsRow(total, total, float(active), float(len(finite)))
