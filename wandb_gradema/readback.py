@@ -88,34 +88,43 @@ def _read_pending(queue: Sequence[PendingStep]) -> list[StepValues]:
 
 def _read_stacked(queue: Sequence[PendingStep]) -> list[StepValues] | None:
     """The common deferred queue in one go, or None when it is not one: every step's
-    per-tensor norms a float32 device tensor of one shape on one device (no stats row computed
-    on the device, no overflow flag, nothing skipped). The norms of all steps, then their tensor
+    per-tensor norms a float32 tensor of one shape on one device (no stats row computed on the
+    device, no overflow flag, nothing skipped). The norms of all steps, then their tensor
     losses and learning rates, are concatenated and read back with one transfer (two device
     operations per queue: the scalars stacked, everything concatenated, whatever its length);
     each step's values are slices of that one list. Exactly what ``_read_fields`` gives (the
-    same float32 values, the same stats rows), with a fraction of its operations per step."""
-    if any(p.row is not None or p.found_inf is not None or p.skipped for p in queue):
+    same float32 values, the same stats rows), with a fraction of its work per step."""
+    first = queue[0].layer_norms
+    if not isinstance(first, Tensor) or first.dim() != 1 or not first.numel():
         return None
-    norms = [p.layer_norms for p in queue]
-    first = norms[0]
-    if not isinstance(first, Tensor) or first.dim() != 1 or not first.numel() or first.dtype != torch.float32:
+    shape, f32 = first.shape, torch.float32
+    parts: list[Tensor] = []
+    scalars: list[Tensor] = []
+    for p in queue:  # one pass: what the queue holds, gathered
+        t, loss, lr = p.layer_norms, p.loss, p.lr
+        if p.row is not None or p.found_inf is not None or p.skipped or not isinstance(t, Tensor):
+            return None
+        if t.shape != shape or t.dtype != f32:
+            return None
+        parts.append(t)
+        if isinstance(loss, Tensor):
+            scalars.append(loss if loss.dtype == f32 and not loss.dim() else loss.reshape(()).float())
+        if isinstance(lr, Tensor):
+            scalars.append(lr if lr.dtype == f32 and not lr.dim() else lr.reshape(()).float())
+    dev = first.device
+    if scalars:
+        parts.append(torch.stack([v if v.device == dev else v.to(dev) for v in scalars]))
+    try:
+        flat: list[float] = torch.cat(parts).tolist()  # the one sync
+    except RuntimeError:  # norms on another device
         return None
-    dev, shape = first.device, first.shape
-    if any(not isinstance(t, Tensor) or t.shape != shape or t.device != dev or t.dtype != first.dtype for t in norms):
-        return None
-    scalars = [
-        v if v.dim() == 0 and v.dtype == torch.float32 and v.device == dev else v.reshape(()).float().to(dev)
-        for p in queue
-        for v in (p.loss, p.lr)
-        if isinstance(v, Tensor)
-    ]
-    parts: list[Tensor] = norms  # type: ignore[assignment]
-    flat: list[float] = torch.cat([*parts, torch.stack(scalars)] if scalars else parts).tolist()  # the one sync
     n = shape[0]
     at = len(queue) * n  # the scalars follow the norms, in queue order (loss, then lr)
     values = []
-    for i, p in enumerate(queue):
-        step_norms = flat[i * n : i * n + n]
+    i = 0
+    for p in queue:
+        step_norms = flat[i : i + n]
+        i += n
         loss, lr = p.loss, p.lr
         if isinstance(loss, Tensor):
             loss, at = flat[at], at + 1

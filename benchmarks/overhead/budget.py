@@ -250,8 +250,12 @@ def check(measured: Mapping[str, Counts], budget: Mapping[str, Mapping[str, floa
     return [f"{key}: {line}" for key, c in measured.items() if key in budget for line in c.over(budget[key])]
 
 
+#: The detector's files: the rules' share of the bytecode, against the monitor's plumbing.
+DETECTOR_FILES = ("detector.py", "rules/")
+
+
 def lines(measured: Mapping[str, Counts], budget: Mapping[str, Mapping[str, float]]) -> list[str]:
-    """The counts against their ceilings, one line per case."""
+    """The counts against their ceilings, one line per case, and where its bytecode runs."""
     out = []
     for key, c in measured.items():
         b = budget.get(key, {})
@@ -260,4 +264,12 @@ def lines(measured: Mapping[str, Counts], budget: Mapping[str, Mapping[str, floa
         ]
         verdict = "over" if c.over(b) else "ok" if b else "no budget"
         out.append(f"  [{verdict}] {key} ({CASES[key].label}): " + ", ".join(parts))
+        code = c.bytecodes_by_file
+        if code:
+            rules = sum(n for name, n in code.items() if name.startswith(DETECTOR_FILES))
+            top = ", ".join(f"{name} {n:.0f}" for name, n in sorted(code.items(), key=lambda kv: -kv[1])[:6])
+            out.append(
+                f"      bytecode per step: detector and rules {rules:.0f}, the monitor's plumbing "
+                f"{c.package_bytecodes - rules:.0f}; most in {top}"
+            )
     return out
