@@ -27,6 +27,7 @@ __all__ = ["DEFAULT_SYNC_EVERY", "StepIntake"]
 #: on an accelerator a read-back is a host-device sync, so 16 steps share one.
 DEFAULT_SYNC_EVERY = {"cpu": 1, "accelerator": 16}
 
+#: ``p.grad`` and ``g is None`` as C callables: ``map`` walks the parameters without Python bytecode.
 _GRAD = operator.attrgetter("grad")
 _IS_NONE = functools.partial(operator.is_, None)
 
