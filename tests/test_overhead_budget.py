@@ -8,6 +8,7 @@ tensors, and the faster paths decide exactly what the straightforward ones do.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import sys
@@ -50,7 +51,7 @@ PLUMBING = (
 
 
 def test_per_step_python_work_does_not_grow_with_the_number_of_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An MLP with 4x the tensors (more, narrower layers) costs the same calls in the monitor's
+    """An MLP with 4x the tensors (more, narrower layers) costs the same calls and bytecode in the monitor's
     plumbing (the rules' branches follow the run's values, not its tensors) and the same torch
     operations: no Python loop over parameters per step (the foreach kernels walk them)."""
     from benchmarks.overhead import models
@@ -66,6 +67,10 @@ def test_per_step_python_work_does_not_grow_with_the_number_of_tensors(monkeypat
     few, many = counts[3], counts[12]
     plumbing = {depth: sum(c.by_file.get(name, 0.0) for name in PLUMBING) for depth, c in counts.items()}
     assert plumbing[3] > 20 and plumbing[12] == plumbing[3], (few.by_file, many.by_file)
+    # ... nor its bytecode: no loop over the tensors inside a function either (``map`` walks them in C)
+    code = {depth: sum(c.bytecodes_by_file.get(name, 0.0) for name in PLUMBING) for depth, c in counts.items()}
+    # (within less than one instruction per added tensor: ``aggregate.add``'s maxima follow the data)
+    assert code[3] > 500 and abs(code[12] - code[3]) < 10, (few.bytecodes_by_file, many.bytecodes_by_file)
     assert many.torch_ops == few.torch_ops, counts
 
 
@@ -210,3 +215,108 @@ def test_detector_work_per_step_does_not_grow_with_the_run(name: str, loss: Call
     early = _detector_lines_per_step(obs, range(400, 600))
     late = _detector_lines_per_step(obs, range(4000, 4200))
     assert 30 < late <= 1.02 * early, (early, late)  # the branches taken vary a little with the data
+
+
+def _lean_or_general(sync_every: int, lean: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
+    """A run through every fork of the per-step intake: a tensor frozen for the first steps (a
+    missing gradient), ``clip_grad_norm_`` on some steps (measured ahead), ``add_param_group``
+    at step 70, an LR jump at step 100 and a NaN gradient at step 130. ``lean=False`` sends
+    every step down the general path. Returns the events, the last judged step, the monitor's
+    state and how many steps the lean call queued."""
+    from wandb_gradema.intake import StepIntake
+
+    taken = [0]
+    original = StepIntake.observe_lean
+
+    def counted(self: StepIntake, step: int, optimizer: torch.optim.Optimizer) -> bool:
+        queued = original(self, step, optimizer) if lean else False
+        taken[0] += queued
+        return queued
+
+    monkeypatch.setattr(StepIntake, "observe_lean", counted)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 4))
+    extra = nn.Parameter(torch.zeros(4))
+    model[0].bias.requires_grad_(False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(8, 4, generator=gen)
+    xs = [torch.randn(16, 8, generator=gen) for _ in range(16)]
+    batches = [(x, torch.tanh(x @ w) + 0.1 * torch.randn(16, 4, generator=gen)) for x in xs]
+    monitor = wandb_gradema.watch(opt, model=model, sync_every=sync_every, on_escalation="warn")
+    with pytest.warns(wandb_gradema.GrademaWarning):
+        for i in range(170):
+            if i == 20:
+                model[0].bias.requires_grad_(True)
+            if i == 70:
+                opt.add_param_group({"params": [extra], "lr": 0.02})
+            if i == 100:
+                for g in opt.param_groups:
+                    g["lr"] *= 200
+            x, y = batches[i % len(batches)]
+            loss = torch.nn.functional.mse_loss(model(x) + extra, y)
+            monitor.observe_loss(loss)
+            loss.backward()
+            if i == 130:
+                model[2].weight.grad.fill_(float("nan"))
+            if i % 9 == 4:
+                monitor.clip_grad_norm_(1e6)
+            opt.step()
+            opt.zero_grad()
+    state = monitor.state_dict()
+    last = monitor.last
+    monitor.remove()
+    return [dataclasses.asdict(e) for e in monitor.events], last, state, taken[0]
+
+
+@pytest.mark.parametrize("every", [1, 8], ids=["host", "deferred"])
+def test_lean_step_decides_what_the_general_path_decides(every: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lean per-step call (one foreach kernel, one stack, the step queued) takes the common
+    steps of both paths and feeds the judges exactly what the general path does: the same
+    escalations (steps, rules, sentences, scores), the same last step, the same statistics and
+    counters, bit for bit; the other steps (missing gradient, measured ahead, new param group)
+    fall back to the general path."""
+    lean = _lean_or_general(every, True, monkeypatch)
+    general = _lean_or_general(every, False, monkeypatch)
+    assert general[3] == 0 and 100 < lean[3] < 170 - 16, lean[3]  # the forks above took the rest
+    events = lean[0]
+    assert events and any("nonfinite" in e["anomaly_types"] for e in events), events
+    assert repr(events) == repr(general[0])
+    assert repr(lean[1]) == repr(general[1])  # repr: NaN compares unequal to itself; floats round-trip
+    assert repr(lean[2]) == repr(general[2])
+
+
+def test_stacked_read_back_gives_what_the_field_by_field_one_gives() -> None:
+    """The deferred queue read back in one go (norms and tensor scalars concatenated, one
+    transfer) gives exactly the values of the field-by-field read-back: float32 losses, other
+    dtypes, float, missing, tensor learning rates of any shape, NaN and Inf norms, averaged
+    losses; queues it cannot take (other shapes, device rows, overflow flags) are left to the
+    field-by-field one."""
+    from wandb_gradema.readback import PendingStep, _read_fields, _read_stacked, read_back
+
+    gen = torch.Generator().manual_seed(0)
+    losses: list[Any] = [
+        torch.tensor(0.7), torch.tensor(1.3, dtype=torch.float64), torch.tensor(2.5, dtype=torch.bfloat16), 0.25,
+        None, torch.tensor([0.9]).reshape(()), torch.tensor(float("nan")),
+    ]  # fmt: skip
+    lrs: list[Any] = [0.1, torch.tensor(0.01), torch.tensor([0.02]), None, 0.3, torch.tensor(1e-3, dtype=torch.float64), 0.1]
+    queue = []
+    for i, (loss, lr) in enumerate(zip(losses, lrs)):
+        norms = torch.rand(5, generator=gen)
+        if i == 3:
+            norms[1] = float("inf")
+        if i == 4:
+            norms[0] = float("nan")
+        queue.append(PendingStep(i, None, loss, lr, norms, range(5), param_groups=1 + i % 2))
+    stacked = _read_stacked(queue)
+    assert stacked is not None and len(stacked) == len(queue)
+    assert repr(stacked) == repr(_read_fields(queue)) == repr(read_back(queue))
+    assert stacked[1].loss == float(torch.tensor(1.3, dtype=torch.float64).float())  # read as float32, as before
+    floats = [PendingStep(i, None, 0.5 * i, 0.1, torch.rand(3, generator=gen), range(3)) for i in range(4)]
+    assert repr(_read_stacked(floats)) == repr(_read_fields(floats))
+    other_shape = [*queue[:2], PendingStep(9, None, None, 0.1, torch.rand(4, generator=gen), range(4))]
+    with_row = [*queue[:2], PendingStep(9, torch.ones(4), None, 0.1, torch.rand(5, generator=gen), range(5))]
+    with_flag = [*queue[:2], PendingStep(9, None, None, 0.1, torch.rand(5, generator=gen), range(5), torch.tensor(0.0))]
+    for other in (other_shape, with_row, with_flag):
+        assert _read_stacked(other) is None
+        assert len(read_back(other)) == 3

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 from . import _dist
 from .actions import EscalationActions
@@ -25,7 +25,7 @@ from .escalation import EscalationEvent, EscalationPolicy
 from .guard import InternalErrors
 from .intake import StepIntake
 from .judge import Row, StepJudge
-from .readback import read_back
+from .readback import StepValues, read_back
 from .wandb_sink import WandbSink
 
 __all__ = ["Decisions"]
@@ -87,7 +87,8 @@ class Decisions:
                 if self.peers is not None:  # the sweep's record of this run: pruned, and why
                     self.guard(self.peers.finish, "pruned", None, event.anomaly_types[0] if event.anomaly_types else "")
                 raise
-        self.guard(self.params_notice)
+        if self.judge.params_nonfinite_since >= 0:  # (``params_notice``'s own first test: most steps skip it)
+            self.guard(self.params_notice)
 
     def read(self) -> None:
         """Outside a decision step: judge the queue and write the rows, decide nothing."""
@@ -96,15 +97,19 @@ class Decisions:
 
     def judge_queue(self) -> None:
         """Read the queue back (one sync) and judge each step; nothing is decided here."""
-        queue = self.intake.take_queue()
+        intake = self.intake
+        queue = intake.queue
         if not queue:
             return
-        names = self.intake.watched.names
+        intake.queue = []  # ``take_queue``, inlined (every step on the host path)
+        names = intake.watched.names
         sink = self.sink
         # The run is looked up only when a row is due (W&B lookups cost more than judging), and
         # once per queue until one is attached (attach, or warn once; no run: no rows).
         logging: bool | Callable[[], bool] = sink.live() if sink.unattached else sink.live
-        for values in read_back(queue):
+        # The host path's one step of host values needs no read-back (``read_back``'s first case)
+        steps = cast("list[StepValues]", queue) if len(queue) == 1 and type(queue[0]) is StepValues else read_back(queue)
+        for values in steps:
             event, row = self.judge.judge(values, names, logging=logging)
             if event is not None:
                 self.undecided_events.append(event)

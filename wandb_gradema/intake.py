@@ -9,7 +9,9 @@ to the host except on CPU, where that is free.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from typing import Any
 
 import torch
@@ -24,6 +26,10 @@ __all__ = ["DEFAULT_SYNC_EVERY", "StepIntake"]
 #: ``sync_every`` when not given: on the CPU reading values back is free (every step decided);
 #: on an accelerator a read-back is a host-device sync, so 16 steps share one.
 DEFAULT_SYNC_EVERY = {"cpu": 1, "accelerator": 16}
+
+#: ``p.grad`` and ``g is None`` as C callables: ``map`` walks the parameters without Python bytecode.
+_GRAD = operator.attrgetter("grad")
+_IS_NONE = functools.partial(operator.is_, None)
 
 
 class StepIntake:
@@ -67,6 +73,14 @@ class StepIntake:
         # stats in Python (cheaper than half a dozen tiny tensor ops).
         self.read_at_once = watched.on_cpu and self.sync_every == 1 and not self.sharded
         self.one_group = watched.uniform  # one device and dtype: the foreach kernels need no grouping
+        # The common step of either path takes one lean call (``observe_lean``).
+        self.lean = (
+            not self.sharded
+            and self.one_group
+            and self.max_norm is None
+            and bool(watched.params)
+            and watched.params[0].device.type in norms.FOREACH_DEVICES
+        )
 
     # ------------------------------------------------------------------ before step()
     def observe_loss(self, loss: float | Tensor) -> None:
@@ -119,6 +133,57 @@ class StepIntake:
         if stats is not None:  # measured by measure() / clip_grad_norm_(): combined there
             return stats, True
         return norms.measure(self.watched.params, local=self.sharded, host=self.read_at_once, uniform=self.one_group), False
+
+    def observe_lean(self, step: int, optimizer: torch.optim.Optimizer) -> bool:
+        """Measure and queue step ``step`` in one call, the common step of both paths (``lean``:
+        unsharded, one device and dtype, no clipping; the caller checked there is no loss scale):
+        float32 dense gradients, every parameter's, measured with one foreach kernel and one
+        stack. On the CPU host path the norms are read at once and the step queued as host
+        values; on the deferred path they stay on the device (no sync) until the decision step
+        reads the queue back. False, with nothing done, when the general path must take the step
+        (``add_param_group``, a measurement taken ahead, a missing or other gradient)."""
+        watched = self.watched
+        if watched.refresh(optimizer):  # add_param_group since the last step
+            self.configure()
+            self._pending = None
+            return False
+        if self._pending is not None:  # measured by measure() / clip_grad_norm_()
+            return False
+        # No Python loop over the parameters: ``map`` walks them in C.
+        grads = list(map(_GRAD, watched.params))
+        if not grads or any(map(_IS_NONE, grads)):
+            return False
+        first = grads[0]
+        if first.dtype is not torch.float32 or first.layout is not torch.strided:
+            return False
+        enabled = torch.is_grad_enabled()
+        if enabled:  # gradients built with create_graph=True must not grow graphs here
+            torch._C._set_grad_enabled(False)
+        try:
+            stacked = torch.stack(torch._foreach_norm(grads, 2.0))
+        except (RuntimeError, NotImplementedError, TypeError):
+            return False  # unsupported here: the general path's fallback
+        finally:
+            if enabled:
+                torch._C._set_grad_enabled(True)
+        loss = self.take_loss()
+        if self.read_at_once:
+            values: list[float] = stacked.tolist()
+            self.queue.append(
+                StepValues(
+                    step, norms.host_row(values), None if loss is None else float(loss),
+                    largest_lr(optimizer, host=True), values, range(len(grads)),  # type: ignore[arg-type]
+                    len(optimizer.param_groups),
+                )
+            )  # fmt: skip
+        else:
+            self.queue.append(
+                PendingStep(
+                    step, None, loss, largest_lr(optimizer, host=False), stacked, range(len(grads)),
+                    param_groups=len(optimizer.param_groups),
+                )
+            )  # fmt: skip
+        return True
 
     def observe(
         self, step: int, optimizer: torch.optim.Optimizer, found_inf: Any, grad_scale: Any

@@ -391,6 +391,13 @@ class GradientMonitor:
         intake = self.intake
         step = self._step
         self._step += 1
+        if intake.lean and found_inf is None and grad_scale is None:  # the common step: one lean call
+            queued = self._guarded(intake.observe_lean, step, optimizer)
+            if queued is not False:  # queued (True), or failed (None): its loss goes with it
+                if queued is None:
+                    intake.take_loss()
+                self._tick()
+                return
         if not intake.sharded:  # measure and queue in one guarded call (every step: kept lean)
             out = self._guarded(intake.observe, step, optimizer, found_inf, grad_scale)
             if out is True or not intake.sharded:

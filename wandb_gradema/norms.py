@@ -58,8 +58,10 @@ COUNT_FIELDS = slice(2, 4)
 
 #: A parameter tensor whose gradient norm is at or below this counts as vanished.
 VANISH_EPS = 1e-10
+_ABOVE_VANISH = VANISH_EPS.__lt__  # v > VANISH_EPS, as a C callable
 
-_FOREACH_DEVICES = {"cpu", "cuda", "xpu", "mps", "hpu", "mtia"}
+#: Device types with foreach kernels.
+FOREACH_DEVICES = frozenset({"cpu", "cuda", "xpu", "mps", "hpu", "mtia"})
 
 
 @dataclass(slots=True)
@@ -138,7 +140,7 @@ def _norms_of_group(grads: list[Tensor], device: torch.device) -> list[Tensor]:
     ones are reduced in float64 and then cast.
     """
     dtype = torch.float32 if grads[0].dtype in (torch.float16, torch.bfloat16) else None
-    if device.type in _FOREACH_DEVICES and not grads[0].is_sparse:
+    if device.type in FOREACH_DEVICES and not grads[0].is_sparse:
         try:
             out = list(torch._foreach_norm(grads, 2.0, dtype=dtype))
             return out if out[0].dtype == torch.float32 else [n.float() for n in out]
@@ -231,9 +233,8 @@ def host_row(values: Sequence[float]) -> StatsRow:
     if not values:
         return StatsRow(0.0, 0.0, 0.0, 0.0)
     total = math.hypot(*values)  # Inf if any is Inf, else NaN if any is NaN
-    if math.isfinite(total):
-        active = len([v for v in values if v > VANISH_EPS])
-        return StatsRow(total, max(values), float(active), float(len(values)))
+    if math.isfinite(total):  # counted in C (``map``): no Python loop over the tensors
+        return StatsRow(total, max(values), float(sum(map(_ABOVE_VANISH, values))), float(len(values)))
     finite = [v for v in values if math.isfinite(v)]
     active = len([v for v in finite if v > VANISH_EPS])
     return StatsRow(total, total, float(active), float(len(finite)))
@@ -283,7 +284,7 @@ def clip_grads_(grads: list[Tensor], total_norm: Tensor | float, max_norm: float
     for device, idx in _group(grads):
         group = [grads[i] for i in idx]
         c = coef.to(device, non_blocking=True) if isinstance(coef, Tensor) else coef
-        if device.type in _FOREACH_DEVICES and not group[0].is_sparse:
+        if device.type in FOREACH_DEVICES and not group[0].is_sparse:
             try:
                 torch._foreach_mul_(group, c)
                 continue

@@ -9,6 +9,10 @@ detector window, then counts, over ``COUNTED_STEPS`` steps and only inside the m
 * ``package_calls``: Python function calls in wandb_gradema's own files;
 * ``package_c_calls``: calls of built-in (C) functions made from those files (``len``,
   ``math.log``, tensor methods...);
+* ``package_bytecodes``: Python bytecode instructions executed in those files (a third pass,
+  traced with ``sys.settrace``): work inside a function (a loop over the parameter tensors, a
+  comprehension) that the call counts do not see. Bytecode differs between Python versions:
+  these ceilings hold only for the version they were counted on;
 * ``torch_ops``: torch operations dispatched (a ``TorchDispatchMode``; counted in a second pass,
   so the mode's own Python calls are not counted as the monitor's).
 
@@ -45,6 +49,7 @@ BUDGET_FILE = Path(__file__).with_name("budget.json")
 WARMUP_STEPS = 120
 COUNTED_STEPS = 64
 _TORCH = torch.__version__.split("+")[0]
+_PYTHON = ".".join(map(str, sys.version_info[:2]))
 #: Headroom written into the budget above the measured counts (``--update-budget``).
 HEADROOM = 0.05
 
@@ -85,10 +90,17 @@ class Counts:
     package_c_calls: float
     torch_ops: float
     by_file: Mapping[str, float] = field(default_factory=dict, compare=False, repr=False)
+    package_bytecodes: float = 0.0
+    bytecodes_by_file: Mapping[str, float] = field(default_factory=dict, compare=False, repr=False)
 
     def budgeted(self) -> dict[str, float]:
         """The budgeted counts by name."""
-        return {"package_calls": self.package_calls, "package_c_calls": self.package_c_calls, "torch_ops": self.torch_ops}
+        return {
+            "package_calls": self.package_calls,
+            "package_c_calls": self.package_c_calls,
+            "package_bytecodes": self.package_bytecodes,
+            "torch_ops": self.torch_ops,
+        }
 
     def over(self, budget: Mapping[str, float]) -> list[str]:
         """The counts above ``budget``, as sentences (empty: within budget)."""
@@ -116,6 +128,27 @@ class _CallCounter:
                 else:
                     self.c_calls += 1
                 self.by_file[filename[len(PACKAGE_DIR) + 1 :]] += 1
+
+
+class _BytecodeCounter:
+    """``sys.settrace`` callback counting the bytecode instructions executed in the package's
+    files (and per file); frames elsewhere are not traced."""
+
+    def __init__(self) -> None:
+        self.bytecodes = 0
+        self.by_file: Counter[str] = Counter()
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(PACKAGE_DIR):
+            return None
+        if event == "call":
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+        elif event == "opcode":
+            self.bytecodes += 1
+            self.by_file[filename[len(PACKAGE_DIR) + 1 :]] += 1
+        return self
 
 
 class _OpCounter(TorchDispatchMode):
@@ -164,6 +197,10 @@ def count(case: Case, root: Path | None = None, steps: int | None = None) -> Cou
         t.profiler = _Probe(ops.__enter__, lambda: ops.__exit__(None, None, None))  # type: ignore[assignment]
         for _ in range(steps):
             t.step()
+        code = _BytecodeCounter()
+        t.profiler = _Probe(lambda: sys.settrace(code), lambda: sys.settrace(None))  # type: ignore[assignment]
+        for _ in range(steps):
+            t.step()
         t.profiler = None
     finally:
         t.close()
@@ -171,18 +208,25 @@ def count(case: Case, root: Path | None = None, steps: int | None = None) -> Cou
             run.finish()
         torch.set_num_threads(threads)
     by_file = {name: n / steps for name, n in sorted(calls.by_file.items())}
-    return Counts(calls.calls / steps, calls.c_calls / steps, ops.ops / steps, by_file)
+    bytecodes_by_file = {name: n / steps for name, n in sorted(code.by_file.items())}
+    return Counts(
+        calls.calls / steps, calls.c_calls / steps, ops.ops / steps, by_file, code.bytecodes / steps, bytecodes_by_file
+    )
 
 
 def load_budget(path: Path | None = None) -> dict[str, dict[str, float]]:
     """The stored budget: case -> count name -> ceiling. ``torch_ops`` ceilings hold only for
-    the torch version they were counted on (another version may dispatch a call differently):
-    with another one they are left out; the Python counts are the package's own and always hold."""
+    the torch version they were counted on (another version may dispatch a call differently),
+    ``package_bytecodes`` only for the Python version: with another one they are left out; the
+    call counts are the package's own and always hold."""
     doc = json.loads((path or BUDGET_FILE).read_text())
     cases: dict[str, dict[str, float]] = doc["cases"]
+    dropped = set()
     if doc.get("torch", _TORCH) != _TORCH:
-        cases = {key: {k: v for k, v in c.items() if k != "torch_ops"} for key, c in cases.items()}
-    return cases
+        dropped.add("torch_ops")
+    if doc.get("python", _PYTHON) != _PYTHON:
+        dropped.add("package_bytecodes")
+    return {key: {k: v for k, v in c.items() if k not in dropped} for key, c in cases.items()}
 
 
 def save_budget(measured: Mapping[str, Counts], path: Path | None = None) -> None:
@@ -195,7 +239,7 @@ def save_budget(measured: Mapping[str, Counts], path: Path | None = None) -> Non
         "about": "Per-step operation ceilings of the monitor's hot path (benchmarks/overhead/budget.py); "
         "regenerate with python -m benchmarks.overhead --update-counts after a deliberate change.",
         "torch": _TORCH,
-        "python": ".".join(map(str, sys.version_info[:2])),
+        "python": _PYTHON,
         "cases": cases,
     }
     (path or BUDGET_FILE).write_text(json.dumps(doc, indent=2) + "\n")
@@ -206,8 +250,12 @@ def check(measured: Mapping[str, Counts], budget: Mapping[str, Mapping[str, floa
     return [f"{key}: {line}" for key, c in measured.items() if key in budget for line in c.over(budget[key])]
 
 
+#: The detector's files: the rules' share of the bytecode, against the monitor's plumbing.
+DETECTOR_FILES = ("detector.py", "rules/")
+
+
 def lines(measured: Mapping[str, Counts], budget: Mapping[str, Mapping[str, float]]) -> list[str]:
-    """The counts against their ceilings, one line per case."""
+    """The counts against their ceilings, one line per case, and where its bytecode runs."""
     out = []
     for key, c in measured.items():
         b = budget.get(key, {})
@@ -216,4 +264,12 @@ def lines(measured: Mapping[str, Counts], budget: Mapping[str, Mapping[str, floa
         ]
         verdict = "over" if c.over(b) else "ok" if b else "no budget"
         out.append(f"  [{verdict}] {key} ({CASES[key].label}): " + ", ".join(parts))
+        code = c.bytecodes_by_file
+        if code:
+            rules = sum(n for name, n in code.items() if name.startswith(DETECTOR_FILES))
+            top = ", ".join(f"{name} {n:.0f}" for name, n in sorted(code.items(), key=lambda kv: -kv[1])[:6])
+            out.append(
+                f"      bytecode per step: detector and rules {rules:.0f}, the monitor's plumbing "
+                f"{c.package_bytecodes - rules:.0f}; most in {top}"
+            )
     return out

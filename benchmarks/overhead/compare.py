@@ -1,4 +1,4 @@
-"""``python -m benchmarks.overhead.compare REV [--models M ...] [--budget S] [--clock cpu]``.
+"""``python -m benchmarks.overhead.compare REV [--models M ...] [--budget S] [--clock cpu] [--sync-every N ...]``.
 
 Before and after, side by side: the package as it was at git revision ``REV`` (exported with
 ``git archive`` into a temporary directory and imported as ``wandb_gradema_rev``: its modules
@@ -6,7 +6,8 @@ import each other relatively) and the working tree's, each ``watch()``-ed at def
 ``observe_loss``, timed interleaved with the bare step and the foreach floor in one process
 (the same chain and estimates as ``python -m benchmarks.overhead``). No W&B run: hook, norms and
 judging, not rows. Prints per model the ratio to the bare step with its 95% interval and the
-in-step time of each.
+in-step time of each; ``--sync-every 16`` also times the working tree's monitor with
+``sync_every=16`` (on CPU: the deferred path, judging a queue of steps at a time).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import types
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,9 +52,9 @@ def load_revision(rev: str, root: Path) -> types.ModuleType:
     return importlib.import_module("wandb_gradema_rev")
 
 
-def _watched(package: types.ModuleType) -> Callable[[Trainer], None]:
+def _watched(package: types.ModuleType, **options: Any) -> Callable[[Trainer], None]:
     def install(t: Trainer) -> None:
-        monitor = t.bracket(lambda: package.watch(t.optimizer, model=t.model))
+        monitor = t.bracket(lambda: package.watch(t.optimizer, model=t.model, **options))
         t.monitor = monitor
         t.before_step = monitor.observe_loss
         t.on_close(monitor.remove)
@@ -64,8 +66,11 @@ def _floor(t: Trainer) -> None:
     t.before_step = lambda loss: foreach_floor(t.params)
 
 
-def compare(key: str, rev: str, old: types.ModuleType, budget_s: float, seed: int = 0) -> list[str]:
-    """Lines of the side-by-side table for model ``key``."""
+def compare(
+    key: str, rev: str, old: types.ModuleType, budget_s: float, seed: int = 0, sync_every: Sequence[int] = ()
+) -> list[str]:
+    """Lines of the side-by-side table for model ``key`` (``sync_every``: the working tree's
+    monitor again at each of these ``sync_every``, e.g. the deferred path on CPU)."""
     spec = MODELS[key]
     torch.manual_seed(seed)
     base = spec.build()
@@ -75,6 +80,8 @@ def compare(key: str, rev: str, old: types.ModuleType, budget_s: float, seed: in
     step_s = float(np.median([bare.timed(1)[0] for _ in range(7)])) / 1e9
     block = max(1, int(np.ceil(0.02 / step_s)))
     installs = {"floor": _floor, f"watch() at {rev}": _watched(old), "watch() now": _watched(wandb_gradema)}
+    for n in sync_every:
+        installs[f"now, sync_every={n}"] = _watched(wandb_gradema, sync_every=n)
     trainers = {name: Trainer(base, spec, batches) for name in installs}
     try:
         for name, t in trainers.items():
@@ -111,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["mlp-100k"])
     parser.add_argument("--budget", type=float, default=60.0, help="timing seconds per model")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument(
+        "--sync-every", type=int, nargs="*", default=[], help="also time the working tree's monitor at these sync_every"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")  # "no run", escalations: both monitors alike
@@ -120,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         old = load_revision(args.rev, Path(root))
         print(f"# watch() at {args.rev} vs now, interleaved ({args.clock} time, one torch thread, no W&B run)")
         for key in args.models:
-            print("\n".join(compare(key, args.rev, old, args.budget)), flush=True)
+            print("\n".join(compare(key, args.rev, old, args.budget, sync_every=args.sync_every)), flush=True)
     return 0
 
 
