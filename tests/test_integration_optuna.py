@@ -74,7 +74,9 @@ def test_a_run_started_in_the_objective_ends_failed_when_its_trial_is_pruned(tin
     study.optimize(objective, n_trials=3)
     assert study.trials[1].user_attrs[TRIAL_ATTR]["step"] == stop
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
-    runs = {r.config["trial"]: r for r in (read_run(p, history=True) for p in find_runs(tmp_path))}
+    read = [read_run(p, history=True) for p in find_runs(tmp_path)]
+    assert all("trial" in r.config for r in read), [(r.path.name, r.state, r.config) for r in read]  # a rare flake: say what was read
+    runs = {r.config["trial"]: r for r in read}
     assert [(runs[n].state, runs[n].exit_code) for n in range(3)] == [("finished", 0), ("failed", 1), ("finished", 0)]
     assert runs[1].summary["gradema/pruned_step"] == stop and PRUNED_TAG in runs[1].tags
     assert runs[0].column("gradema/step")  # gradema's charts are in each trial's run
