@@ -26,7 +26,10 @@ __all__ = ["DEV_SEEDS", "HOLDOUT_SEEDS", "SPLITS", "RUNS", "STEPS", "TASKS", "dr
 #: ``regress-holdout``, first run after that design, showed a late learner stopped against one
 #: learner's norm band, which the cold-start gate (no gradient band below K learners) fixed: it
 #: has been looked at since. ``holdout3`` and ``regress-holdout2`` (seeds 300 and 301) were drawn
-#: after every rule of that pass was fixed, and run once, at the end.
+#: after every rule of that pass was fixed, and run once, at the end. ``holdout4`` and
+#: ``regress-holdout3`` (seeds 400 and 401) were drawn before the third pass (high-LR Adam
+#: bouncing around chance, the regression sweeps' late learners) changed anything: trained
+#: once, never replayed until every rule of that pass was fixed.
 DEV_SEEDS = (0, 1)
 HOLDOUT_SEEDS = (100, 101)
 SPLITS: dict[str, tuple[tuple[str, int], ...]] = {
@@ -37,6 +40,8 @@ SPLITS: dict[str, tuple[tuple[str, int], ...]] = {
     "regress-dev": (("regress", 0), ("regress", 1)),
     "regress-holdout": (("regress", 100), ("regress", 101)),
     "regress-holdout2": (("regress", 300), ("regress", 301)),
+    "holdout4": (("digits", 400), ("digits", 401)),
+    "regress-holdout3": (("regress", 400), ("regress", 401)),
 }
 TASKS = ("digits", "regress")
 RUNS = 24

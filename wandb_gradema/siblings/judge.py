@@ -110,14 +110,17 @@ class SiblingJudge:
         self.start: float | None = None
         self.start_noise = 0.0
         self.streak_from: int | None = None
+        self._start_scale = 1.0
         self._levels: deque[tuple[int, float]] = deque(maxlen=64)  # the run's recent (step, level)
 
     def check(self, point: SiblingPoint, reference: Reference | None) -> SiblingVerdict | None:
         """Judge one point; None when there is nothing to compare with."""
         if self.start is None and math.isfinite(point.loss) and not point.nonfinite:
             self.start = point.loss
-            # The first level is a median of fewer losses than ``LEVEL_OF``: its own noise.
-            self.start_noise = level_noise(point.noise) * math.sqrt(LEVEL_OF / min(point.step + 1, LEVEL_OF))
+            # The first level is a median of fewer losses than ``LEVEL_OF``: its own noise (the
+            # factor also scales the run's later noise to that level, see below).
+            self._start_scale = math.sqrt(LEVEL_OF / min(point.step + 1, LEVEL_OF))
+            self.start_noise = level_noise(point.noise) * self._start_scale
         self._levels.append((point.step, point.loss if math.isfinite(point.loss) and not point.nonfinite else math.inf))
         if reference is None or len(reference) < self.min_siblings or self.start is None:
             self.streak_from = None
@@ -151,8 +154,12 @@ class SiblingJudge:
         # The progress's noise: the level's and the run's first level's (a median of fewer
         # losses). A run whose first level is beyond doubt above its siblings' usual start (it
         # blew up at once) is measured from their start, whose median over runs is sharp.
+        # A loss that jumps in its first steps (Adam at a high LR) has successive differences that
+        # are its trend, not its noise: the first level's noise is then no more than its current
+        # per-step noise gives a median of that few losses.
+        start_noise = min(self.start_noise, noise * self._start_scale)
         above = self.start - 3 * self.start_noise > float(_med(at.start))
-        spread_p = noise if above or not math.isfinite(self.start_noise) else math.hypot(noise, self.start_noise)
+        spread_p = noise if above or not math.isfinite(start_noise) else math.hypot(noise, start_noise)
         stuck = progress < max(3 * noise, 0.1 * gain)
         # Resolved: even its progress plus three noises is a small share of what the learners
         # made. A loss as noisy as the gap cannot tell a stuck run from a late learner that has
