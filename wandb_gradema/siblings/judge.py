@@ -16,7 +16,8 @@ that reached ``s``:
 - **the stall is resolved**: its progress plus ``3 sqrt(n^2 + n0^2)`` is under half the
   learners' median progress. A loss as noisy as the gap (tiny batches on a regression) cannot
   tell a stuck run from a late learner that has begun to move: only the gradients may then
-  corroborate;
+  corroborate. The first level's noise ``n0`` is at most what the run's current noise gives a
+  median of that few losses (a loss that jumps in its first steps has a trend, not a noise);
 - **nobody recovered from here**: no healthy sibling that ended well (nor a running one that
   has learned since) was as far behind at ``s`` (a deep net's plateau, Adam's early jump: what siblings showed and left is not
   prune-grade);
