@@ -490,3 +490,21 @@ def test_a_loss_that_jumps_at_its_start_and_then_bounces_at_chance_is_judged_on_
     # the same jump followed by learning like the siblings is spared
     fired, peers = _judged(store, lambda s: jump.get(s, max(1.5, 2.3 - 0.02 * s)), 0.1, "ok")
     assert fired is None and peers.latest is not None and not peers.latest.behind
+
+
+def test_a_stall_is_counted_from_the_end_of_the_runs_first_window() -> None:
+    import re
+
+    from wandb_gradema.siblings.judge import MIN_WINDOW
+
+    store = _Memory()
+    for i in range(3):  # three fast learners: clear progress from the first steps
+        store.save(_synthetic(f"fast{i}", lambda s: max(0.3, 2.3 - 0.1 * s), 0.02, 30 + i))
+    # a deep net that sits at the untrained level until step 35, then learns: spared
+    fired, peers = _judged(store, lambda s: 2.3 if s < 35 else max(0.3, 2.3 - 0.05 * (s - 35)), 0.02, "late")
+    assert fired is None and peers.latest is not None and not peers.latest.behind
+    # a run that never leaves it is still stopped, one window after its first window
+    fired, _ = _judged(store, lambda s: 2.3, 0.02)
+    assert fired is not None and 2 * MIN_WINDOW <= fired.step < STEPS // 2
+    since = re.search(r"behind since step (\d+)", fired.reasons[0])
+    assert since is not None and int(since.group(1)) >= MIN_WINDOW

@@ -172,7 +172,9 @@ class SiblingJudge:
         ]
         window = max(self.min_window, int(0.1 * point.step))
         moving = self._dropped(point.step - window) > 3 * noise  # leaving its plateau now
-        if not (stuck and behind) or recovered or moving:
+        # The run's first window is its start, not a stall: a streak begins after it (a deep
+        # net that leaves the untrained level at step 60 was stopped at step 27 otherwise).
+        if not (stuck and behind) or recovered or moving or point.step < self.min_window:
             self.streak_from = None
             return verdict
         if self.streak_from is None:
