@@ -16,15 +16,15 @@ that reached ``s``:
 - **the stall is resolved**: its progress plus ``3 sqrt(n^2 + n0^2)`` is under half the
   learners' median progress. A loss as noisy as the gap (tiny batches on a regression) cannot
   tell a stuck run from a late learner that has begun to move: only the gradients may then
-  corroborate. The first level's noise ``n0`` is at most what the run's current noise gives a
-  median of that few losses (a loss that jumps in its first steps has a trend, not a noise);
+  corroborate;
 - **nobody recovered from here**: no healthy sibling that ended well (nor a running one that
   has learned since) was as far behind at ``s`` (a deep net's plateau, Adam's early jump: what siblings showed and left is not
   prune-grade);
 - **it is not leaving its plateau now**: its level did not fall by more than ``3 n`` over the
   last ``window`` steps (a late learner is spared from the moment it starts to move).
 
-A streak of such points prunes once it spans ``window`` steps (``max(MIN_WINDOW, 10% of s)``)
+A streak of such points (from the end of the run's first ``MIN_WINDOW`` steps: its start is no
+stall) prunes once it spans ``window`` steps (``max(MIN_WINDOW, 10% of s)``)
 when the gradients corroborate (silent tensors: an active share below every clearly learning
 sibling's; or a norm outside every one's band, a factor 3 either way; a band only K learners
 define) or the stall is sharp (progress plus its noise under a tenth of the learners'), else
@@ -111,17 +111,14 @@ class SiblingJudge:
         self.start: float | None = None
         self.start_noise = 0.0
         self.streak_from: int | None = None
-        self._start_scale = 1.0
         self._levels: deque[tuple[int, float]] = deque(maxlen=64)  # the run's recent (step, level)
 
     def check(self, point: SiblingPoint, reference: Reference | None) -> SiblingVerdict | None:
         """Judge one point; None when there is nothing to compare with."""
         if self.start is None and math.isfinite(point.loss) and not point.nonfinite:
             self.start = point.loss
-            # The first level is a median of fewer losses than ``LEVEL_OF``: its own noise (the
-            # factor also scales the run's later noise to that level, see below).
-            self._start_scale = math.sqrt(LEVEL_OF / min(point.step + 1, LEVEL_OF))
-            self.start_noise = level_noise(point.noise) * self._start_scale
+            # The first level is a median of fewer losses than ``LEVEL_OF``: its own noise.
+            self.start_noise = level_noise(point.noise) * math.sqrt(LEVEL_OF / min(point.step + 1, LEVEL_OF))
         self._levels.append((point.step, point.loss if math.isfinite(point.loss) and not point.nonfinite else math.inf))
         if reference is None or len(reference) < self.min_siblings or self.start is None:
             self.streak_from = None
@@ -155,12 +152,8 @@ class SiblingJudge:
         # The progress's noise: the level's and the run's first level's (a median of fewer
         # losses). A run whose first level is beyond doubt above its siblings' usual start (it
         # blew up at once) is measured from their start, whose median over runs is sharp.
-        # A loss that jumps in its first steps (Adam at a high LR) has successive differences that
-        # are its trend, not its noise: the first level's noise is then no more than its current
-        # per-step noise gives a median of that few losses.
-        start_noise = min(self.start_noise, noise * self._start_scale)
         above = self.start - 3 * self.start_noise > float(_med(at.start))
-        spread_p = noise if above or not math.isfinite(start_noise) else math.hypot(noise, start_noise)
+        spread_p = noise if above or not math.isfinite(self.start_noise) else math.hypot(noise, self.start_noise)
         stuck = progress < max(3 * noise, 0.1 * gain)
         # Resolved: even its progress plus three noises is a small share of what the learners
         # made. A loss as noisy as the gap cannot tell a stuck run from a late learner that has
