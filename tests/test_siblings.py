@@ -477,3 +477,21 @@ def test_running_siblings_count_as_far_as_they_got_and_a_running_late_learner_ve
     ref = Reference([*store.records, broken])
     at = ref.at(50)
     assert "broken" not in ref.run_ids and not at.good[list(at.run_ids).index("running")]
+
+
+def test_a_stall_is_counted_from_the_end_of_the_runs_first_window() -> None:
+    import re
+
+    from wandb_gradema.siblings.judge import MIN_WINDOW
+
+    store = _Memory()
+    for i in range(3):  # three fast learners: clear progress from the first steps
+        store.save(_synthetic(f"fast{i}", lambda s: max(0.3, 2.3 - 0.1 * s), 0.02, 30 + i))
+    # a deep net that sits at the untrained level until step 35, then learns: spared
+    fired, peers = _judged(store, lambda s: 2.3 if s < 35 else max(0.3, 2.3 - 0.05 * (s - 35)), 0.02, "late")
+    assert fired is None and peers.latest is not None and not peers.latest.behind
+    # a run that never leaves it is still stopped, one window after its first window
+    fired, _ = _judged(store, lambda s: 2.3, 0.02)
+    assert fired is not None and 2 * MIN_WINDOW <= fired.step < STEPS // 2
+    since = re.search(r"behind since step (\d+)", fired.reasons[0])
+    assert since is not None and int(since.group(1)) >= MIN_WINDOW

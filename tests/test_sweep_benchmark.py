@@ -41,6 +41,9 @@ def test_the_sweeps_are_task_and_seed_and_keep_digits_draws() -> None:
     assert sweep_name("digits", 0) == "s0" and sweep_name("regress", 1) == "regress-s1"
     with pytest.raises(ValueError, match="`task` must be one of"):
         draw(0, task="nope")
+    # a holdout never shares a sweep with another split (the fresh ones included)
+    sweeps = [sweep for split in SPLITS.values() for sweep in split]
+    assert len(sweeps) == len(set(sweeps)) and ("digits", 400) in SPLITS["holdout4"] and ("regress", 401) in SPLITS["regress-holdout3"]
 
 
 def test_one_agent_replays_the_sweep_in_order_and_concurrent_agents_share_running_records() -> None:

@@ -26,7 +26,13 @@ __all__ = ["DEV_SEEDS", "HOLDOUT_SEEDS", "SPLITS", "RUNS", "STEPS", "TASKS", "dr
 #: ``regress-holdout``, first run after that design, showed a late learner stopped against one
 #: learner's norm band, which the cold-start gate (no gradient band below K learners) fixed: it
 #: has been looked at since. ``holdout3`` and ``regress-holdout2`` (seeds 300 and 301) were drawn
-#: after every rule of that pass was fixed, and run once, at the end.
+#: after every rule of that pass was fixed, and run once, at the end. ``holdout4`` and
+#: ``regress-holdout3`` (seeds 400 and 401) were drawn before the third pass changed anything
+#: and replayed once after its first change: ``holdout4`` showed a good late learner stopped at
+#: step 27 (by the second pass's rules too); the first-window rule was designed on it, so both
+#: are looked at since. ``holdout5`` and ``regress-holdout4`` (seeds 500 and 501) were drawn and
+#: trained before that rule and replayed once after it (``regress-holdout4``'s replay stopped a
+#: good run with the third pass's cap on the start's noise, which was then dropped).
 DEV_SEEDS = (0, 1)
 HOLDOUT_SEEDS = (100, 101)
 SPLITS: dict[str, tuple[tuple[str, int], ...]] = {
@@ -37,6 +43,10 @@ SPLITS: dict[str, tuple[tuple[str, int], ...]] = {
     "regress-dev": (("regress", 0), ("regress", 1)),
     "regress-holdout": (("regress", 100), ("regress", 101)),
     "regress-holdout2": (("regress", 300), ("regress", 301)),
+    "holdout4": (("digits", 400), ("digits", 401)),
+    "regress-holdout3": (("regress", 400), ("regress", 401)),
+    "holdout5": (("digits", 500), ("digits", 501)),
+    "regress-holdout4": (("regress", 500), ("regress", 501)),
 }
 TASKS = ("digits", "regress")
 RUNS = 24

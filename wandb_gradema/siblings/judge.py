@@ -23,7 +23,8 @@ that reached ``s``:
 - **it is not leaving its plateau now**: its level did not fall by more than ``3 n`` over the
   last ``window`` steps (a late learner is spared from the moment it starts to move).
 
-A streak of such points prunes once it spans ``window`` steps (``max(MIN_WINDOW, 10% of s)``)
+A streak of such points (from the end of the run's first ``MIN_WINDOW`` steps: its start is no
+stall) prunes once it spans ``window`` steps (``max(MIN_WINDOW, 10% of s)``)
 when the gradients corroborate (silent tensors: an active share below every clearly learning
 sibling's; or a norm outside every one's band, a factor 3 either way; a band only K learners
 define) or the stall is sharp (progress plus its noise under a tenth of the learners'), else
@@ -164,7 +165,9 @@ class SiblingJudge:
         ]
         window = max(self.min_window, int(0.1 * point.step))
         moving = self._dropped(point.step - window) > 3 * noise  # leaving its plateau now
-        if not (stuck and behind) or recovered or moving:
+        # The run's first window is its start, not a stall: a streak begins after it (a deep
+        # net that leaves the untrained level at step 60 was stopped at step 27 otherwise).
+        if not (stuck and behind) or recovered or moving or point.step < self.min_window:
             self.streak_from = None
             return verdict
         if self.streak_from is None:
