@@ -189,18 +189,16 @@ def count(case: Case, root: Path | None = None, steps: int | None = None) -> Cou
         t.on_close(monitor.remove)
         for _ in range(WARMUP_STEPS):
             t.step()
-        calls = _CallCounter()
-        t.profiler = _Probe(lambda: sys.setprofile(calls), lambda: sys.setprofile(None))  # type: ignore[assignment]
-        for _ in range(steps):
-            t.step()
-        ops = _OpCounter()
-        t.profiler = _Probe(ops.__enter__, lambda: ops.__exit__(None, None, None))  # type: ignore[assignment]
-        for _ in range(steps):
-            t.step()
-        code = _BytecodeCounter()
-        t.profiler = _Probe(lambda: sys.settrace(code), lambda: sys.settrace(None))  # type: ignore[assignment]
-        for _ in range(steps):
-            t.step()
+        calls, ops, code = _CallCounter(), _OpCounter(), _BytecodeCounter()
+        probes = (
+            _Probe(lambda: sys.setprofile(calls), lambda: sys.setprofile(None)),
+            _Probe(ops.__enter__, lambda: ops.__exit__(None, None, None)),
+            _Probe(lambda: sys.settrace(code), lambda: sys.settrace(None)),
+        )
+        for probe in probes:  # one counter at a time: each would count the others' work
+            t.profiler = probe  # type: ignore[assignment]
+            for _ in range(steps):
+                t.step()
         t.profiler = None
     finally:
         t.close()
