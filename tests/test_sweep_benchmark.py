@@ -78,6 +78,6 @@ def test_plateaus_sets_late_learners_against_never_learners_with_what_the_record
     # the learners had left the untrained level by step 43: only the two plateaus are compared
     assert set(rows) == {"late", "never"}
     assert rows["late"][0] == "late" and rows["never"][0] == "never"
-    # the LR against the learners' median, in decades; the loss moved by less than its noise on both
+    # the LR against the learners' median, in decades; neither loss moved by 5 of its noises
     assert abs(rows["late"][1]["lr"]) < 1e-9 and abs(rows["never"][1]["lr"] + 3) < 1e-9
     assert abs(rows["late"][1]["moved"]) < 5 and abs(rows["never"][1]["moved"]) < 5
