@@ -58,3 +58,26 @@ def test_one_agent_replays_the_sweep_in_order_and_concurrent_agents_share_runnin
     # five agents at once: nothing has finished when the stuck runs are judged; the learners'
     # running records are all there is, and they never set the bar alone
     assert sweep_aware_parallel(sweep, agents=5) == [None] * 5
+
+
+def test_plateaus_sets_late_learners_against_never_learners_with_what_the_record_shows() -> None:
+    from benchmarks.sweep.plateaus import sweep_rows
+
+    rng = np.random.default_rng(1)
+    steps = np.arange(400)
+
+    def run(name: str, loss: np.ndarray, lr: float) -> Trace:
+        trace = _trace(name, loss + 0.01 * rng.standard_normal(400))
+        trace.arrays["lr"] = np.full(400, lr)
+        return trace
+
+    learners = [run(f"l{i}", 2.3 * np.exp(-steps / (20 + 5 * i)) + 0.1, 0.01) for i in range(3)]
+    late = run("late", np.where(steps < 150, 2.3, 2.3 * np.exp(-(steps - 150) / 20) + 0.1), 0.01)
+    never = run("never", np.full(400, 2.3), 1e-5)
+    rows = {name: (cls, feats) for name, cls, feats in sweep_rows([*learners, late, never], 43)}
+    # the learners had left the untrained level by step 43: only the two plateaus are compared
+    assert set(rows) == {"late", "never"}
+    assert rows["late"][0] == "late" and rows["never"][0] == "never"
+    # the LR against the learners' median, in decades; neither loss moved by 5 of its noises
+    assert abs(rows["late"][1]["lr"]) < 1e-9 and abs(rows["never"][1]["lr"] + 3) < 1e-9
+    assert abs(rows["late"][1]["moved"]) < 5 and abs(rows["never"][1]["moved"]) < 5

@@ -32,7 +32,10 @@ __all__ = ["DEV_SEEDS", "HOLDOUT_SEEDS", "SPLITS", "RUNS", "STEPS", "TASKS", "dr
 #: step 27 (by the second pass's rules too); the first-window rule was designed on it, so both
 #: are looked at since. ``holdout5`` and ``regress-holdout4`` (seeds 500 and 501) were drawn and
 #: trained before that rule and replayed once after it (``regress-holdout4``'s replay stopped a
-#: good run with the third pass's cap on the start's noise, which was then dropped).
+#: good run with the third pass's cap on the start's noise, which was then dropped). The fourth
+#: pass added ``dev2`` and ``regress-dev2`` (seeds 600, 601) to tune on, and ``holdout6`` and
+#: ``regress-holdout5`` (seeds 700, 701), trained before any rule changed and replayed once at
+#: its end.
 DEV_SEEDS = (0, 1)
 HOLDOUT_SEEDS = (100, 101)
 SPLITS: dict[str, tuple[tuple[str, int], ...]] = {
@@ -47,6 +50,10 @@ SPLITS: dict[str, tuple[tuple[str, int], ...]] = {
     "regress-holdout3": (("regress", 400), ("regress", 401)),
     "holdout5": (("digits", 500), ("digits", 501)),
     "regress-holdout4": (("regress", 500), ("regress", 501)),
+    "dev2": (("digits", 600), ("digits", 601)),
+    "regress-dev2": (("regress", 600), ("regress", 601)),
+    "holdout6": (("digits", 700), ("digits", 701)),
+    "regress-holdout5": (("regress", 700), ("regress", 701)),
 }
 TASKS = ("digits", "regress")
 RUNS = 24
