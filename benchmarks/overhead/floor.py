@@ -66,6 +66,11 @@ def _parts() -> list[Part]:
         with torch.no_grad():
             return torch.stack(torch._foreach_norm(grads, 2.0)).tolist()
 
+    def floats(params: list[Tensor]) -> Any:
+        grads = list(map(_GRAD, params))
+        with torch.no_grad():
+            return list(map(float, torch._foreach_norm(grads, 2.0)))
+
     def one_norm(params: list[Tensor]) -> Any:
         grads = list(map(_GRAD, params))  # one kernel over one tensor of the same size
         with torch.no_grad():
@@ -76,6 +81,7 @@ def _parts() -> list[Part]:
         ("_foreach_norm", norms),
         ("_foreach_norm + stack", stacked),
         ("_foreach_norm + stack + tolist (the host path's norms)", host),
+        ("_foreach_norm + float() of each (one read per tensor: not used)", floats),
         ("the benchmark's floor (group + _foreach_norm)", foreach_floor),
         ("vector_norm of one tensor (the largest)", one_norm),
     ]
