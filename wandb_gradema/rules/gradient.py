@@ -34,28 +34,26 @@ class Ema:
     ``mean`` and ``std`` are kept as attributes (read several times per step, written once).
     """
 
-    __slots__ = ("decay", "rate", "m", "v", "w", "mean", "std")
+    __slots__ = ("decay", "m", "v", "w", "mean", "std")
 
     def __init__(self, decay: float) -> None:
         self.decay = decay
-        self.rate = 1 - decay  # the weight of a new value (computed once: the same float every step)
         self.m = 0.0  # uncorrected EMA of x
         self.v = 0.0  # uncorrected EMA of squared deviation
         self.w = 0.0  # 1 - decay**n: the bias correction
         self.mean = self.std = math.nan  # m / w and sqrt(v / w) (NaN before any value)
 
     def update(self, x: float) -> None:
-        d, r, w = self.decay, self.rate, self.w
-        if w == 0.0:
-            m, v = r * x, 0.0
+        d = self.decay
+        if self.w == 0.0:
+            self.m, self.v = (1 - d) * x, 0.0
         else:
             delta = x - self.mean
-            m = d * self.m + r * x
-            v = d * self.v + r * delta * delta
-        self.m, self.v = m, v
-        self.w = w = d * w + r  # > 0 from the first value on
-        self.mean = m / w
-        self.std = math.sqrt(v / w)
+            self.m = d * self.m + (1 - d) * x
+            self.v = d * self.v + (1 - d) * delta * delta
+        w = self.w = d * self.w + (1 - d)  # > 0 from the first value on
+        self.mean = self.m / w
+        self.std = math.sqrt(self.v / w)
 
     def state(self) -> list[float]:
         return [self.m, self.v, self.w]
