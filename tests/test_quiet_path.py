@@ -82,6 +82,25 @@ def test_quiet_path_gives_what_the_object_path_gives(log_every: int | None) -> N
     assert quiet > 250 and events >= 2 and (rows > 50 or log_every is None)
 
 
+def test_a_quiet_step_with_no_run_to_take_its_row_builds_nothing() -> None:
+    """No W&B run (``logging`` says no) and the adaptive cadence, whose rows are due every step
+    until one is written: a quiet step still builds no object, and decides as the object path."""
+    lean, full = _judge(AnomalyDetector(), None), _judge(ObjectPathDetector(), None)
+    asked = []
+
+    def no_run() -> bool:
+        asked.append(1)
+        return False
+
+    built = 0
+    for v in _steps():
+        a, b = lean.judge(v, NAMES, logging=no_run), full.judge(v, NAMES, logging=no_run)
+        assert a == b and a[1] is None, v.step
+        built += lean._quiet is None  # its objects were built (an anomalous step)
+    assert built < 150 and len(asked) == 2 * len(_steps())  # asked as before: every due step, both paths
+    assert lean.last == full.last and lean.state_dict() == full.state_dict()
+
+
 def test_a_check_set_on_the_detector_itself_is_called() -> None:
     """A fault injected into ``detector.check`` (as tests and users do) is still honoured."""
     judge = _judge(AnomalyDetector(), 1)

@@ -153,9 +153,11 @@ class StepJudge:
                 telemetry = self.policy.telemetry_active(step)
                 if not telemetry and not self.cadence.due(step):
                     return None, None
+                if not (logging() if callable(logging) else logging):  # no run takes rows: nothing built
+                    return None, None
                 last = self.last
                 assert last is not None
-                return None, self._row(v, names, last[0], last[1], last[2], None, telemetry, logging)
+                return None, self._row(v, names, last[0], last[1], last[2], None, telemetry, True)
             obs = Observation(step, grad_norm, health, loss, lr, active, n_nonfinite, groups, n_tensors)
             drift = DriftUpdate(*fields)
             if report is None:
