@@ -364,7 +364,7 @@ class AnomalyDetector:
         critical = False
         self._swing = False
         lr = self._lr
-        lr.observe(lr_value, param_groups, warmup_steps=self.warmup_steps, jump_ratio=self.lr_jump_ratio)
+        lr.observe(lr_value, param_groups, self.warmup_steps, self.lr_jump_ratio)  # positional: every step
         jumped = lr.jumped
         immediate = jumped and not lr.jump_added
 
@@ -393,7 +393,7 @@ class AnomalyDetector:
                     norm_z = loss.rise_z(grads.first, later, loss.DEPART_STEPS)
                 early = not (grads.warm or losses.n > self.warmup_steps)
                 log_norm = grads.norms.values[-1] if grads_ok else math.nan
-                losses.observe(x, norm_rise, norm_z, early=early, log_norm=log_norm)
+                losses.observe(x, norm_rise, norm_z, early, log_norm)  # positional: every step
                 if losses.spike_z >= loss.SPIKE_Z:  # ``losses.spiking``, inlined
                     loss.judge_spike(losses, found)
                 ready = view.update(losses)
@@ -401,9 +401,7 @@ class AnomalyDetector:
             gradient.judge_norm_spike(grads, found)
             self._gradient_rules.judge(grads, found, ready and view.holds)
         if ready:
-            self._swing = view.judge(
-                losses, found, new_high=lr.new_high, warm=grads.warm or losses.n > self.warmup_steps
-            )
+            self._swing = view.judge(losses, found, lr.new_high, grads.warm or losses.n > self.warmup_steps)
             if lr.clock * s >= self.stall_steps:  # ``stalled`` scores the clock: before, it cannot fire
                 loss.judge_stall(
                     losses,

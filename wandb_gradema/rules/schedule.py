@@ -54,7 +54,7 @@ class ScheduleStats:
         self.jump_level = math.nan  # loss level just before the jump
         self.jump_norm = math.nan  # median log norm just before the jump
 
-    def observe(self, lr: float | None, groups: int, *, warmup_steps: int, jump_ratio: float) -> None:
+    def observe(self, lr: float | None, groups: int, warmup_steps: int, jump_ratio: float) -> None:
         """Fold in one step's largest LR (None: none) and its number of param groups."""
         self.jumped = False
         recent = self.recent
