@@ -81,7 +81,7 @@ def _parts() -> list[Part]:
         ("_foreach_norm", norms),
         ("_foreach_norm + stack", stacked),
         ("_foreach_norm + stack + tolist (the host path's norms)", host),
-        ("_foreach_norm + float() of each (one read per tensor: not used)", floats),
+        ("_foreach_norm + float() per tensor (not used)", floats),
         ("the benchmark's floor (group + _foreach_norm)", foreach_floor),
         ("vector_norm of one tensor (the largest)", one_norm),
     ]
