@@ -77,6 +77,10 @@ CASES: dict[str, Case] = {
     c.key: c
     for c in (
         Case("hot", "CPU host path (sync_every=1), no row logged", {"log_every": NEVER}),
+        # The defaults without a W&B run: the adaptive cadence finds a row due on every step
+        # (none is written to move it on), so a quiet step must check that a run takes it before
+        # building anything for it.
+        Case("norun", "CPU host path at defaults (adaptive cadence), no W&B run", {}),
         Case("deferred", "deferred path (sync_every=8), no row logged", {"log_every": NEVER, "sync_every": 8}),
         Case("rows", "CPU host path, a row every step to an offline run", {"log_every": 1}, needs_run=True),
     )
