@@ -163,3 +163,35 @@ class _View:
 
     def __init__(self, st: ScheduleStats) -> None:
         self.state = repr(st.state())
+
+
+def _health_with_min_max(n_tensors: int, n_active: float, grad_norm: float, max_tensor_norm: float) -> tuple:
+    """``health_score`` as it was written with ``min``/``max`` (before they were inlined)."""
+    if n_tensors == 0 or not math.isfinite(grad_norm):
+        return 0.0, (n_active / n_tensors if n_tensors else 0.0), math.nan
+    active = n_active / n_tensors
+    if grad_norm <= 0.0:
+        return 0.0, active, math.nan
+    conc = min(1.0, (max_tensor_norm / grad_norm) ** 2)
+    spread = 1.0 if n_tensors == 1 else max(0.0, (1.0 - conc) / (1.0 - 1.0 / n_tensors))
+    return active * spread, active, conc
+
+
+def test_health_score_gives_what_its_min_max_form_gives() -> None:
+    """Bit for bit (``repr``: NaN, -0.0), on edge values and random ones, errors included."""
+    from wandb_gradema.norms import health_score
+
+    def outcome(f, *args):  # type: ignore[no-untyped-def]
+        try:
+            return repr(f(*args))
+        except ArithmeticError as exc:
+            return type(exc).__name__
+
+    rng = random.Random(0)
+    edges = [0.0, -0.0, 1e-300, 0.5, 1.0, 2.0, 1e300, math.inf, math.nan, -1.0]
+    for n_tensors in (0, 1, 2, 7):
+        for g in edges + [rng.random() for _ in range(5)]:
+            for m in edges + [3 * rng.random() for _ in range(5)]:
+                for active in (0.0, 1.0, float(n_tensors)):
+                    args = (n_tensors, active, g, m)
+                    assert outcome(health_score, *args) == outcome(_health_with_min_max, *args), args
