@@ -117,6 +117,34 @@ def test_a_check_set_on_the_detector_itself_is_called() -> None:
     assert seen == [0, 1, 2, 3, 4]
 
 
+def test_stand_ins_of_another_kind_take_the_object_path() -> None:
+    """A tracker with only ``update`` (no ``fold``) and a detector with only ``check`` (no
+    ``check_fields``) still judge every step, through the object path."""
+
+    class Tracker:
+        def __init__(self) -> None:
+            self.inner, self.seen = GradientEMATracker(), 0
+
+        def update(self, grad_norm: float, health: float):  # type: ignore[no-untyped-def]
+            self.seen += 1
+            return self.inner.update(grad_norm, health)
+
+    class Detector:
+        def __init__(self) -> None:
+            self.inner, self.seen = AnomalyDetector(), 0
+
+        def check(self, obs: Observation):  # type: ignore[no-untyped-def]
+            self.seen += 1
+            return self.inner.check(obs)
+
+    tracker, detector = Tracker(), Detector()
+    judge = StepJudge(tracker, detector, EscalationPolicy(), LogCadence(None), 8)  # type: ignore[arg-type]
+    assert not judge._lean
+    for v in _steps(40):
+        judge.judge(v, NAMES, logging=False)
+    assert tracker.seen == detector.seen == 40 and judge.last is not None and judge.last[0].step == 39
+
+
 def test_check_fields_is_check_without_the_quiet_report() -> None:
     a, b = AnomalyDetector(), AnomalyDetector()
     for v in _steps():

@@ -75,12 +75,16 @@ class StepJudge:
         self._last_norm = math.nan  # the last judged step's gradient norm
         # The package's own judges (not subclasses): a quiet step goes through their field-wise
         # calls and builds its Observation, DriftUpdate and AnomalyReport only when asked for.
-        self._lean = (
-            type(tracker).fold is GradientEMATracker.fold
-            and type(tracker).update is GradientEMATracker.update
-            and type(detector).check is AnomalyDetector.check
-            and type(detector).check_fields is AnomalyDetector.check_fields
-            and type(policy).update is EscalationPolicy.update
+        # (Any object with the methods the object path calls may stand in: looked up with a default.)
+        self._lean = all(
+            getattr(type(obj), name, None) is getattr(cls, name)
+            for obj, cls, name in (
+                (tracker, GradientEMATracker, "fold"),
+                (tracker, GradientEMATracker, "update"),
+                (detector, AnomalyDetector, "check"),
+                (detector, AnomalyDetector, "check_fields"),
+                (policy, EscalationPolicy, "update"),
+            )
         )
         self._same_norm = 0  # steps in a row with exactly the previous norm (clipping before step())
         self._hinted = False
