@@ -35,7 +35,7 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("case", ["hot", "deferred"])
+@pytest.mark.parametrize("case", ["hot", "norun", "deferred"])
 def test_per_step_operation_counts_stay_within_the_budget(case: str) -> None:
     counts = budget.count(budget.CASES[case])
     ceilings = budget.load_budget()[case]

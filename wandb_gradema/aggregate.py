@@ -57,21 +57,24 @@ class LogAggregator:
         self._health_min = values["health_min"]
 
     def add(self, obs: Observation, drift: DriftUpdate, report: AnomalyReport) -> None:
-        """Fold one processed step in (``_max`` inlined: NaN loses, Inf wins)."""
-        a, b = self._norm_drift_max, drift.norm_drift
-        if a != a or b > a:
-            self._norm_drift_max = b
-        a, b = self._health_drift_max, drift.health_drift
-        if a != a or b > a:
-            self._health_drift_max = b
-        a, b = self._score_max, report.score
-        if a != a or b > a:
-            self._score_max = b
-        g = obs.grad_norm
+        """Fold one processed step in."""
+        self.add_values(obs.grad_norm, obs.health, drift.norm_drift, drift.health_drift, report.score)
+
+    def add_values(self, g: float, health: float, norm_drift: float, health_drift: float, score: float) -> None:
+        """``add`` from the fields it reads (``_max`` inlined: NaN loses, Inf wins)."""
+        a = self._norm_drift_max
+        if a != a or norm_drift > a:
+            self._norm_drift_max = norm_drift
+        a = self._health_drift_max
+        if a != a or health_drift > a:
+            self._health_drift_max = health_drift
+        a = self._score_max
+        if a != a or score > a:
+            self._score_max = score
         a = self._grad_norm_max
         if a != a or g > a:
             self._grad_norm_max = g
-        h, health = self._health_min, obs.health
+        h = self._health_min
         if h != h or health < h:
             self._health_min = health
         counters = self.counters

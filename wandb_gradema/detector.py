@@ -287,6 +287,7 @@ class AnomalyDetector:
         self._agree = 0  # ... of which, the last ones in a row with both families at once
         self._jump_norm = 0.0  # this step's lr_jump score from the gradient norm alone
         self._swing = False  # this step's progress_lost is a relapse that has not held yet
+        self.score = 0.0  # the latest step's score (the report's; ``check_fields`` gives no quiet report)
 
     def state_dict(self) -> dict[str, Any]:
         """Every running statistic, as plain Python values."""
@@ -345,6 +346,16 @@ class AnomalyDetector:
         view are kept, each rule reads only what its gate lets through, and a quiet step builds
         no sentence, closure or dict of findings (``Findings``).
         """
+        report = self.check_fields(obs.step, obs.grad_norm, obs.active_share, obs.loss, obs.lr, obs.param_groups)
+        return report if report is not None else AnomalyReport(obs.step, False, (), {}, self.score)
+
+    def check_fields(
+        self, step: int, g: float, active_share: float, x: float | None, lr_value: float | None, param_groups: int
+    ) -> AnomalyReport | None:
+        """``check`` of one observation given by its fields, without building it, and without a
+        report on a quiet step (None; its score is ``score``): the monitor's per-step call,
+        which builds a quiet step's objects only when they are asked for. The same verdicts,
+        bit for bit: ``check`` is this plus the quiet report."""
         found = self._found
         found.top = 0.0  # ``found.reset()``, inlined
         if found.fired:
@@ -353,7 +364,7 @@ class AnomalyDetector:
         critical = False
         self._swing = False
         lr = self._lr
-        lr.observe(obs.lr, obs.param_groups, warmup_steps=self.warmup_steps, jump_ratio=self.lr_jump_ratio)
+        lr.observe(lr_value, param_groups, self.warmup_steps, self.lr_jump_ratio)  # positional: every step
         jumped = lr.jumped
         immediate = jumped and not lr.jump_added
 
@@ -361,19 +372,17 @@ class AnomalyDetector:
         if jumped:  # what the loss and gradients looked like before the jump
             lr.jump_level = losses.level if len(losses.short) else math.nan
             lr.jump_norm = grads.med if len(grads.norms) else math.nan
-        g = obs.grad_norm
         grads_ok = math.isfinite(g)
         if not grads_ok:
-            found.note("nonfinite", math.inf, lambda: f"Non-finite gradient norm ({g}) at step {obs.step}.")
+            found.note("nonfinite", math.inf, lambda: f"Non-finite gradient norm ({g}) at step {step}.")
             critical = True
         else:
-            grads.observe(g, obs.active_share)
-        x = obs.loss
+            grads.observe(g, active_share)
         view = self._view
         ready = False  # the loss rules can judge (``view`` is this step's)
         if x is not None:
             if not math.isfinite(x):
-                found.note("nonfinite", math.inf, lambda: f"Non-finite loss ({x}) at step {obs.step}.")
+                found.note("nonfinite", math.inf, lambda: f"Non-finite loss ({x}) at step {step}.")
                 critical = True
             else:
                 norm_rise = norm_z = 0.0
@@ -384,7 +393,7 @@ class AnomalyDetector:
                     norm_z = loss.rise_z(grads.first, later, loss.DEPART_STEPS)
                 early = not (grads.warm or losses.n > self.warmup_steps)
                 log_norm = grads.norms.values[-1] if grads_ok else math.nan
-                losses.observe(x, norm_rise, norm_z, early=early, log_norm=log_norm)
+                losses.observe(x, norm_rise, norm_z, early, log_norm)  # positional: every step
                 if losses.spike_z >= loss.SPIKE_Z:  # ``losses.spiking``, inlined
                     loss.judge_spike(losses, found)
                 ready = view.update(losses)
@@ -392,9 +401,7 @@ class AnomalyDetector:
             gradient.judge_norm_spike(grads, found)
             self._gradient_rules.judge(grads, found, ready and view.holds)
         if ready:
-            self._swing = view.judge(
-                losses, found, new_high=lr.new_high, warm=grads.warm or losses.n > self.warmup_steps
-            )
+            self._swing = view.judge(losses, found, lr.new_high, grads.warm or losses.n > self.warmup_steps)
             if lr.clock * s >= self.stall_steps:  # ``stalled`` scores the clock: before, it cannot fire
                 loss.judge_stall(
                     losses,
@@ -420,8 +427,8 @@ class AnomalyDetector:
         if immediate:  # a jump in an existing param group: a schedule bug until shown otherwise
             schedule.judge_jump_itself(lr, found, log_jump=self._log_jump)
         elif lr.jump_at >= 0 and lr.armed(self.jump_window):  # no jump yet: nothing to judge
-            self._judge_jump(view if ready else None, found, obs.step)
-        return self._report(obs.step, found, critical, immediate)
+            self._judge_jump(view if ready else None, found, step)
+        return self._report(step, found, critical, immediate)
 
     def nonfinite_loss(self, step: int, value: float) -> AnomalyReport:
         """The verdict on a step with no gradients (the loop skipped backward) whose observed loss
@@ -461,13 +468,13 @@ class AnomalyDetector:
             step=step,
         )
 
-    def _report(self, step: int, found: Findings, critical: bool, immediate: bool) -> AnomalyReport:
+    def _report(self, step: int, found: Findings, critical: bool, immediate: bool) -> AnomalyReport | None:
         s = self.sensitivity
-        score = found.top * s
-        if score < 1.0:
+        self.score = score = found.top * s
+        if score < 1.0:  # quiet: no report (``check`` builds one)
             if self._episode or self._agree:
                 self._episode = self._agree = 0
-            return AnomalyReport(step, False, (), {}, score)  # positional: the quiet step's is the commonest call
+            return None
         # every rule with score x sensitivity >= 1 (the one scoring ``top`` at least)
         details = {k: why() for k, (_, why) in found.fired.items()}
         found.fired = {}  # no closure outlives the step (the detector stays picklable)

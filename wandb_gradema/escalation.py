@@ -81,6 +81,12 @@ class EscalationPolicy:
         """True while detailed telemetry is on for ``step``."""
         return step <= self._telemetry_until
 
+    def quiet(self) -> None:
+        """``update`` with a report of no anomaly (the monitor's quiet step: no report built)."""
+        self._streak = 0
+        if self._streak_reasons:
+            self._streak_reasons = {}
+
     def update(self, report: AnomalyReport) -> EscalationEvent | None:
         """Fold one report in; return an event when escalation fires on this step."""
         if not report.has_anomaly:

@@ -70,7 +70,22 @@ class StepJudge:
         self.max_skipped_steps = max_skipped_steps
         self.aggregator = LogAggregator()
         self.skip_streak = 0
-        self.last: tuple[Observation, DriftUpdate, AnomalyReport] | None = None
+        self._last: tuple[Observation, DriftUpdate, AnomalyReport] | None = None
+        self._quiet: tuple[Any, ...] | None = None  # the last step's values when it was quiet (built on demand)
+        self._last_norm = math.nan  # the last judged step's gradient norm
+        # The package's own judges (not subclasses): a quiet step goes through their field-wise
+        # calls and builds its Observation, DriftUpdate and AnomalyReport only when asked for.
+        # (Any object with the methods the object path calls may stand in: looked up with a default.)
+        self._lean = all(
+            getattr(type(obj), name, None) is getattr(cls, name)
+            for obj, cls, name in (
+                (tracker, GradientEMATracker, "fold"),
+                (tracker, GradientEMATracker, "update"),
+                (detector, AnomalyDetector, "check"),
+                (detector, AnomalyDetector, "check_fields"),
+                (policy, EscalationPolicy, "update"),
+            )
+        )
         self._same_norm = 0  # steps in a row with exactly the previous norm (clipping before step())
         self._hinted = False
         self.params_finite = params_finite
@@ -79,6 +94,25 @@ class StepJudge:
         self.params_nonfinite_since = -1  # the parameters are non-finite, since this step (-1: not)
         self.params_told = False  # ... and the user has been told (``Decisions.params_notice``)
         self.unrecorded: dict[int, str] = {}  # incidents' first steps -> source, for the summary
+
+    @property
+    def last(self) -> tuple[Observation, DriftUpdate, AnomalyReport] | None:
+        """The last judged step: its observation, drift indicators and anomaly report."""
+        quiet = self._quiet
+        if quiet is not None:  # a quiet step's objects, built now
+            self._quiet = None
+            step, g, health, loss, lr, active, n_nonfinite, groups, n_tensors, fields, score = quiet
+            self._last = (
+                Observation(step, g, health, loss, lr, active, n_nonfinite, groups, n_tensors),
+                DriftUpdate(*fields),
+                AnomalyReport(step, False, (), {}, score),
+            )
+        return self._last
+
+    @last.setter
+    def last(self, value: tuple[Observation, DriftUpdate, AnomalyReport] | None) -> None:
+        self._last, self._quiet = value, None
+        self._last_norm = value[0].grad_norm if value is not None else math.nan
 
     def judge(
         self, v: StepValues, names: Sequence[str], *, logging: bool | Callable[[], bool]
@@ -100,26 +134,44 @@ class StepJudge:
             return None, None
         grad_norm = row.grad_norm
         health, active, _ = norms.health_score(n_tensors, row.n_active, grad_norm, row.max_tensor_norm)
-        step = v.step
-        obs = Observation(
-            step=step,
-            grad_norm=grad_norm,
-            health=health,
-            loss=v.loss,
-            lr=v.lr,
-            active_share=active,
-            n_nonfinite=n_tensors - int(row.n_finite),
-            param_groups=v.param_groups,
-            n_tensors=n_tensors,
-        )
+        step, loss, lr, groups = v.step, v.loss, v.lr, v.param_groups
+        n_nonfinite = n_tensors - int(row.n_finite)
         if not self._hinted:  # the norm repeats exactly (clipping before step()): see _check_clipped
-            last = self.last
-            if last is not None and grad_norm > 0 and abs(grad_norm - last[0].grad_norm) <= 1e-6 * grad_norm:
+            if grad_norm > 0 and abs(grad_norm - self._last_norm) <= 1e-6 * grad_norm:
                 self._check_clipped(grad_norm)
             elif self._same_norm:
                 self._same_norm = 0
-        drift = self.tracker.update(grad_norm, health)
-        report = self.detector.check(obs)
+        detector = self.detector
+        # The package's own tracker, detector and policy (and no ``check`` set on the detector
+        # itself, as a test injecting a fault does): a quiet step builds no object.
+        if self._lean and "check" not in detector.__dict__:
+            fields = self.tracker.fold(grad_norm, health)
+            report: AnomalyReport | None = detector.check_fields(step, grad_norm, active, loss, lr, groups)
+            if report is None and self.nonfinite_since < 0:  # quiet: what ``update`` and ``add`` would do
+                score = detector.score
+                self.policy.quiet()
+                self.aggregator.add_values(grad_norm, health, fields[2], fields[3], score)
+                self._last = None
+                self._last_norm = grad_norm
+                self._quiet = (step, grad_norm, health, loss, lr, active, n_nonfinite, groups, n_tensors, fields, score)
+                telemetry = self.policy.telemetry_active(step)
+                if not telemetry and not self.cadence.due(step):
+                    return None, None
+                if not (logging() if callable(logging) else logging):  # no run takes rows: nothing built
+                    return None, None
+                last = self.last
+                assert last is not None
+                return None, self._row(v, names, last[0], last[1], last[2], None, telemetry, True)
+            obs = Observation(step, grad_norm, health, loss, lr, active, n_nonfinite, groups, n_tensors)
+            drift = DriftUpdate(*fields)
+            if report is None:
+                report = AnomalyReport(step, False, (), {}, detector.score)
+        else:
+            # Positional (step, grad_norm, health, loss, lr, active_share, n_nonfinite, param_groups,
+            # n_tensors): a frozen dataclass's keyword call costs a third more.
+            obs = Observation(step, grad_norm, health, loss, lr, active, n_nonfinite, groups, n_tensors)
+            drift = self.tracker.update(grad_norm, health)
+            report = detector.check(obs)
         if report.critical or self.nonfinite_since >= 0:
             event = self._nonfinite(report, v, names)
         else:
@@ -129,14 +181,28 @@ class StepJudge:
         telemetry = self.policy.telemetry_active(step)
         if event is None and not telemetry and not self.cadence.due(step):
             return event, None
+        return event, self._row(v, names, obs, drift, report, event, telemetry, logging)
+
+    def _row(
+        self,
+        v: StepValues,
+        names: Sequence[str],
+        obs: Observation,
+        drift: DriftUpdate,
+        report: AnomalyReport,
+        event: EscalationEvent | None,
+        telemetry: bool,
+        logging: bool | Callable[[], bool],
+    ) -> Row | None:
+        """The row of a judged step that is due one (None: no run takes rows)."""
         if not (logging() if callable(logging) else logging):
-            return event, None
+            return None
         extra: dict[str, Any] | None = _layer_metrics(v, names) if telemetry or event is not None else None
         if self.nonfinite_since == obs.step and self.nonfinite_source:
             extra = {**(extra or {}), "nonfinite_source": self.nonfinite_source}
         metrics = self.aggregator.row(obs, drift, report, escalated=telemetry, event=event is not None, extra=extra)
         self.cadence.logged(obs.step)
-        return event, (obs.step, metrics)
+        return obs.step, metrics
 
     def _nonfinite(self, report: AnomalyReport, v: StepValues, names: Sequence[str]) -> EscalationEvent | None:
         """Follow a run of non-finite steps (see the class docstring); the step's escalation."""
@@ -201,7 +267,7 @@ class StepJudge:
         """Warn once when the norm repeats exactly: the script clips before ``step()``."""
         if self._hinted:
             return
-        previous = self.last[0].grad_norm if self.last is not None else math.nan
+        previous = self._last_norm
         same = grad_norm > 0 and math.isfinite(grad_norm) and abs(grad_norm - previous) <= 1e-6 * grad_norm
         self._same_norm = self._same_norm + 1 if same else 0
         if self._same_norm >= CLIPPED_RUN:

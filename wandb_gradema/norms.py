@@ -310,8 +310,15 @@ def health_score(
     active = n_active / n_tensors
     if grad_norm <= 0.0:
         return 0.0, active, math.nan
-    conc = min(1.0, (max_tensor_norm / grad_norm) ** 2)
-    spread = 1.0 if n_tensors == 1 else max(0.0, (1.0 - conc) / (1.0 - 1.0 / n_tensors))
+    conc = (max_tensor_norm / grad_norm) ** 2
+    if not conc < 1.0:  # ``min(1.0, conc)`` inlined (every step): NaN gives 1.0 as ``min`` does
+        conc = 1.0
+    if n_tensors == 1:
+        spread = 1.0
+    else:
+        spread = (1.0 - conc) / (1.0 - 1.0 / n_tensors)
+        if not spread > 0.0:  # ``max(0.0, spread)``: -0.0 and NaN give 0.0 as ``max`` does
+            spread = 0.0
     return active * spread, active, conc
 
 

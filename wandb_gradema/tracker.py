@@ -69,27 +69,35 @@ class GradientEMATracker:
 
     def update(self, grad_norm: float, grad_health: float) -> DriftUpdate:
         """Fold one step's gradient norm and health score in; return EMAs and drift."""
+        return DriftUpdate(*self.fold(grad_norm, grad_health))
+
+    def fold(self, grad_norm: float, grad_health: float) -> tuple[float, float, float, float, bool]:
+        """``update`` with the ``DriftUpdate`` fields as a plain tuple: the monitor's per-step
+        call, which builds a quiet step's objects only when they are asked for."""
         grad_norm = float(grad_norm)
         grad_health = float(grad_health)
+        norm_ema, health_ema = self.norm_ema, self.health_ema
         if not (math.isfinite(grad_norm) and math.isfinite(grad_health)):
-            return DriftUpdate(
-                norm_ema=math.nan if self.norm_ema is None else self.norm_ema,
-                health_ema=math.nan if self.health_ema is None else self.health_ema,
-                norm_drift=math.inf,
-                health_drift=math.inf,
-                updated=False,
+            return (
+                math.nan if norm_ema is None else norm_ema,
+                math.nan if health_ema is None else health_ema,
+                math.inf,
+                math.inf,
+                False,
             )
-        if self.norm_ema is None or self.health_ema is None:
+        if norm_ema is None or health_ema is None:
             self.norm_ema, self.health_ema = grad_norm, grad_health
             self.count = 1
-            return DriftUpdate(grad_norm, grad_health, 0.0, 0.0, True)
-        norm_drift = abs(grad_norm - self.norm_ema) / (self.norm_ema + self.eps)
-        health_drift = abs(grad_health - self.health_ema) / (self.health_ema + self.eps)
+            return grad_norm, grad_health, 0.0, 0.0, True
+        eps = self.eps
+        norm_drift = abs(grad_norm - norm_ema) / (norm_ema + eps)
+        health_drift = abs(grad_health - health_ema) / (health_ema + eps)
         d = self.decay
-        self.norm_ema = d * self.norm_ema + (1.0 - d) * grad_norm
-        self.health_ema = d * self.health_ema + (1.0 - d) * grad_health
+        r = 1.0 - d
+        self.norm_ema = norm_ema = d * norm_ema + r * grad_norm
+        self.health_ema = health_ema = d * health_ema + r * grad_health
         self.count += 1
-        return DriftUpdate(self.norm_ema, self.health_ema, norm_drift, health_drift, True)
+        return norm_ema, health_ema, norm_drift, health_drift, True
 
     def state_dict(self) -> dict[str, Any]:
         """The EMAs and count, as plain Python values."""

@@ -216,7 +216,7 @@ class LossStats:
         self.exploded_at = -1
 
     def observe(
-        self, loss: float, norm_rise: float = 0.0, norm_z: float = 0.0, *, early: bool = True, log_norm: float = math.nan
+        self, loss: float, norm_rise: float = 0.0, norm_z: float = 0.0, early: bool = True, log_norm: float = math.nan
     ) -> None:
         """Fold in one finite loss; ``norm_rise``: log of the median gradient norm of steps 1 to
         ``DEPART_STEPS`` over the first one (read once, at that step); ``norm_z``: the rise of
@@ -481,7 +481,7 @@ class LossView:
         rise = level - (self.best if best is None else best)
         return rise / self.progress if self.progress > 0 and rise > band else 0.0
 
-    def judge(self, st: LossStats, found: Findings, *, new_high: bool, warm: bool) -> bool:
+    def judge(self, st: LossStats, found: Findings, new_high: bool, warm: bool) -> bool:
         """Score the loss rules into ``found``; True when ``progress_lost`` fired on a relapse
         that has not held (see ``relapse_held``): alone, it is a swing until it does.
 

@@ -54,15 +54,26 @@ class ScheduleStats:
         self.jump_level = math.nan  # loss level just before the jump
         self.jump_norm = math.nan  # median log norm just before the jump
 
-    def observe(self, lr: float | None, groups: int, *, warmup_steps: int, jump_ratio: float) -> None:
+    def observe(self, lr: float | None, groups: int, warmup_steps: int, jump_ratio: float) -> None:
+        """Fold in one step's largest LR (None: none) and its number of param groups."""
         self.jumped = False
+        recent = self.recent
+        if lr == self.lr_max and groups == self.groups and recent.count(lr) == RISE_LOOKBACK and lr > 0:
+            # A constant LR at its highest (most steps of most schedules), proved cheaply: the
+            # last ``RISE_LOOKBACK`` LRs are all this one, so it rises nowhere, appending it and
+            # dropping the oldest leaves ``recent`` as it is, and only the clock and the count move
+            # (unless it is a jump: ``jump_ratio`` so close to 1 that ``lr`` itself counts).
+            if not (self.n >= warmup_steps and lr >= jump_ratio * lr):
+                self.rising = self.new_high = False
+                self.clock += 1
+                self.n += 1
+                return
         added = 0 < self.groups < groups
         self.groups = groups
         if lr is None or not math.isfinite(lr):
             self.clock += 1  # no schedule to go by: every step counts
             self.rising = self.new_high = False
             return
-        recent = self.recent
         self.rising = bool(recent) and lr > recent[0] * (1 + _EPS)
         self.new_high = self.rising and lr > self.lr_max * (1 + _EPS)
         if self.n >= warmup_steps and self.lr_max > 0 and lr >= jump_ratio * self.lr_max:
