@@ -101,6 +101,23 @@ def test_a_quiet_step_with_no_run_to_take_its_row_builds_nothing() -> None:
     assert lean.last == full.last and lean.state_dict() == full.state_dict()
 
 
+def test_last_inputs_are_what_last_holds_without_building_it() -> None:
+    """The sweep-aware judgement reads each step's inputs through ``last_inputs``: the values
+    ``last`` would give, on quiet and anomalous steps, and a quiet step stays unbuilt."""
+    lean, full = _judge(AnomalyDetector(), None), _judge(ObjectPathDetector(), None)
+    assert lean.last_inputs() is None
+    unbuilt = 0
+    for v in _steps():
+        lean.judge(v, NAMES, logging=False)
+        full.judge(v, NAMES, logging=False)
+        got = lean.last_inputs()
+        unbuilt += lean._quiet is not None  # reading the inputs built nothing
+        assert full.last is not None
+        obs = full.last[0]
+        assert got == (obs.step, obs.loss, obs.grad_norm, obs.active_share, obs.lr), v.step
+    assert unbuilt > 250
+
+
 def test_a_check_set_on_the_detector_itself_is_called() -> None:
     """A fault injected into ``detector.check`` (as tests and users do) is still honoured."""
     judge = _judge(AnomalyDetector(), 1)

@@ -122,10 +122,10 @@ class Decisions:
 
     def _against_siblings(self, step: int, row: Row | None) -> EscalationEvent | None:
         """Feed the judged step to the sibling judgement (no I/O); its chart values join the row."""
-        obs = self.judge.last[0] if self.judge.last is not None else None
-        if obs is None or obs.step != step:
+        inputs = self.judge.last_inputs()
+        if inputs is None or inputs[0] != step:
             return None
-        event: EscalationEvent | None = self.peers.observe(obs.step, obs.loss, obs.grad_norm, obs.active_share, obs.lr)
+        event: EscalationEvent | None = self.peers.observe(*inputs)
         if row is not None:
             row[1].update(self.peers.chart())
         return event

@@ -109,6 +109,17 @@ class StepJudge:
             )
         return self._last
 
+    def last_inputs(self) -> tuple[int, float | None, float, float, float | None] | None:
+        """The last judged step's ``(step, loss, grad_norm, active_share, lr)``, without building
+        its objects (the sweep-aware judgement reads these on every step)."""
+        quiet = self._quiet
+        if quiet is not None:
+            return quiet[0], quiet[3], quiet[1], quiet[5], quiet[4]
+        if self._last is None:
+            return None
+        obs = self._last[0]
+        return obs.step, obs.loss, obs.grad_norm, obs.active_share, obs.lr
+
     @last.setter
     def last(self, value: tuple[Observation, DriftUpdate, AnomalyReport] | None) -> None:
         self._last, self._quiet = value, None
