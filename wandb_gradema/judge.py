@@ -109,6 +109,11 @@ class StepJudge:
             )
         return self._last
 
+    @last.setter
+    def last(self, value: tuple[Observation, DriftUpdate, AnomalyReport] | None) -> None:
+        self._last, self._quiet = value, None
+        self._last_norm = value[0].grad_norm if value is not None else math.nan
+
     def last_inputs(self) -> tuple[int, float | None, float, float, float | None] | None:
         """The last judged step's ``(step, loss, grad_norm, active_share, lr)``, without building
         its objects (the sweep-aware judgement reads these on every step)."""
@@ -119,11 +124,6 @@ class StepJudge:
             return None
         obs = self._last[0]
         return obs.step, obs.loss, obs.grad_norm, obs.active_share, obs.lr
-
-    @last.setter
-    def last(self, value: tuple[Observation, DriftUpdate, AnomalyReport] | None) -> None:
-        self._last, self._quiet = value, None
-        self._last_norm = value[0].grad_norm if value is not None else math.nan
 
     def judge(
         self, v: StepValues, names: Sequence[str], *, logging: bool | Callable[[], bool]
