@@ -495,3 +495,26 @@ def test_a_stall_is_counted_from_the_end_of_the_runs_first_window() -> None:
     assert fired is not None and 2 * MIN_WINDOW <= fired.step < STEPS // 2
     since = re.search(r"behind since step (\d+)", fired.reasons[0])
     assert since is not None and int(since.group(1)) >= MIN_WINDOW
+
+
+def test_reference_at_gives_the_same_siblings_whatever_was_asked_before() -> None:
+    """``Reference.at`` keeps each set of siblings' fixed fields between queries: asked in any
+    order (before, inside and past siblings of different lengths), it answers what a fresh
+    reference answers, and the shared arrays cannot be edited by whoever reads them."""
+    import numpy as np
+
+    from wandb_gradema.siblings import Reference
+
+    records = [
+        _synthetic(f"r{i}", lambda s, i=i: max(0.3, 2.3 - 0.01 * (i + 1) * s), 0.02, 40 + i, steps=120 + 60 * i)
+        for i in range(4)
+    ]
+    used = Reference(records)
+    for step in (5, 150, 60, 400, 150, 5, 230, 299, 300, 1000, 60):
+        got, fresh = used.at(step), Reference(records).at(step)
+        assert got.run_ids == fresh.run_ids, step
+        for name in ("start", "loss", "noise", "norm", "active", "end_progress", "end_noise", "good", "last", "live"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(fresh, name), err_msg=f"{name} at {step}")
+    assert len(used.at(1000).run_ids) < len(used.at(60).run_ids)  # the sets differ along the way
+    with pytest.raises(ValueError):
+        used.at(60).good[0] = True

@@ -130,8 +130,9 @@ class SiblingJudge:
         loss = point.loss if math.isfinite(point.loss) and not point.nonfinite else math.inf
         noise = level_noise(point.noise)
         rank = float(np.mean(at.loss < loss))
-        spread = 1.4826 * float(_med(np.abs(at.loss - _med(at.loss))))
-        z = (loss - float(_med(at.loss))) / max(spread, noise, 1e-12) if math.isfinite(loss) else math.inf
+        middle = _med(at.loss)
+        spread = 1.4826 * float(_med(np.abs(at.loss - middle)))
+        z = (loss - middle) / max(spread, noise, 1e-12) if math.isfinite(loss) else math.inf
         verdict = SiblingVerdict(point.step, at.run_ids, rank, z)
         clear = at.clear()
         # From the run's own start, or from where untrained siblings start when the run's first

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -142,6 +143,9 @@ class Reference:
         self._good = np.array([s.good for s in sibs], dtype=bool)
         self._live = np.array([s.live for s in sibs], dtype=bool)
         self._first_norm = np.array([np.exp(s.lognorm[0]) for s in sibs])
+        # ``at``'s per-sibling fields for each set of siblings that reached a step: the set
+        # changes only where a sibling begins or ends (at most twice per sibling).
+        self._masked: dict[bytes, tuple[Any, ...]] = {}
 
         def on_grid(field: str) -> np.ndarray:  # (grid nodes, siblings)
             cols = [np.interp(steps, s.steps, getattr(s, field)) for s in sibs]
@@ -168,7 +172,7 @@ class Reference:
         i = int(np.searchsorted(grid, step, side="right")) - 1
         i = min(max(i, 0), len(grid) - 2) if len(grid) > 1 else 0
         if len(grid) > 1:
-            w = float(np.clip((step - grid[i]) / (grid[i + 1] - grid[i]), 0.0, 1.0))
+            w = min(max(float((step - grid[i]) / (grid[i + 1] - grid[i])), 0.0), 1.0)  # ``np.clip``, scalar
         else:
             w = 0.0
         j = min(i + 1, len(grid) - 1)
@@ -177,19 +181,36 @@ class Reference:
         def row(values: np.ndarray) -> np.ndarray:
             return ((1 - w) * values[i] + w * values[j])[mask]
 
+        key = mask.tobytes()
+        fixed = self._masked.get(key)
+        if fixed is None:
+            if len(self._masked) >= 64:  # bounded, whatever the steps asked
+                self._masked.clear()
+            fixed = self._masked[key] = (
+                tuple(rid for rid, m in zip(self._ids, mask.tolist(), strict=True) if m),
+                self._start[mask],
+                self._end_progress[mask],
+                self._end_noise[mask],
+                self._good[mask],
+                self._last[mask],
+                self._live[mask],
+            )
+            for array in fixed[1:]:
+                array.setflags(write=False)  # shared by every ``at`` with this set: never edited
+        run_ids, start, end_progress, end_noise, good, last, live = fixed
         return SiblingsAt(
             step=step,
-            run_ids=tuple(rid for rid, m in zip(self._ids, mask.tolist(), strict=True) if m),
-            start=self._start[mask],
+            run_ids=run_ids,
+            start=start,
             loss=row(self._loss),
             noise=row(self._noise),
             norm=np.exp(row(self._lognorm)),
             active=row(self._active),
-            end_progress=self._end_progress[mask],
-            end_noise=self._end_noise[mask],
-            good=self._good[mask],
-            last=self._last[mask],
-            live=self._live[mask],
+            end_progress=end_progress,
+            end_noise=end_noise,
+            good=good,
+            last=last,
+            live=live,
         )
 
 
