@@ -244,6 +244,34 @@ def test_inside_a_sweep_the_directory_store_prunes_and_the_run_says_why(
     assert record.state == "pruned" and record.config["batch_size"] == 32
 
 
+def test_the_sweeps_patience_is_set_by_environment_and_a_bad_value_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wandb_gradema.siblings import PATIENCE
+    from wandb_gradema.siblings.peers import PATIENCE_ENV
+
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep123")
+    monkeypatch.setenv("WANDB_RUN_ID", "r1")
+    monkeypatch.setenv(SIBLINGS_DIR_ENV, str(tmp_path))
+
+    def peers_of_a_new_monitor() -> Any:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            monitor = wandb_gradema.watch(opt)
+        monitor.remove()
+        return monitor.decisions.peers, " ".join(str(w.message) for w in caught)
+
+    peers, _ = peers_of_a_new_monitor()
+    assert peers is not None and peers.judge.patience == PATIENCE == 0.4
+    monkeypatch.setenv(PATIENCE_ENV, "0")
+    peers, _ = peers_of_a_new_monitor()
+    assert peers is not None and peers.judge.patience == 0.0
+    monkeypatch.setenv(PATIENCE_ENV, "40%")
+    peers, said = peers_of_a_new_monitor()
+    assert peers is None and "`GRADEMA_SIBLINGS_PATIENCE` must be a share of the sweep's budget in [0, 1]" in said
+
+
 # ---------------------------------------------------------------------------- W&B public API
 class _RecordedRun:
     """A ``wandb.apis.public.Run`` as the API returned it: the three attributes the store reads."""
@@ -373,15 +401,17 @@ def _cold_start(store: Any, extra: SiblingRecord | None = None) -> None:
         store.save(extra)
 
 
-def _judged(store: Any, levels: Any, noise: float, run_id: str = "run", norm: float = 1.0) -> Any:
+def _judged(
+    store: Any, levels: Any, noise: float, run_id: str = "run", norm: float = 1.0, steps: int = STEPS, **kwargs: Any
+) -> Any:
     """Feed a run whose loss follows ``levels`` through the monitor's ``SweepPeers``; its
     sibling escalation (or None) and the peers."""
     from wandb_gradema.siblings import SweepPeers
 
-    peers = SweepPeers(store, run_id, background=False)
+    peers = SweepPeers(store, run_id, background=False, **kwargs)
     gen = torch.Generator().manual_seed(7)
     fired = None
-    for step in range(STEPS):
+    for step in range(steps):
         fired = fired or peers.observe(step, levels(step) + noise * float(torch.randn(1, generator=gen)), norm, 1.0, 1e-3)
     return fired, peers
 
@@ -389,26 +419,55 @@ def _judged(store: Any, levels: Any, noise: float, run_id: str = "run", norm: fl
 def test_cold_start_one_learner_and_two_siblings_that_stayed_stuck_stop_a_sharp_stall() -> None:
     store = _Memory()
     _cold_start(store)
-    fired, _ = _judged(store, lambda s: 2.3, 0.02)
-    assert fired is not None and fired.step < STEPS // 2
+    # a plateau (live gradients, a finite loss at its start) waits for 40% of the siblings' 400
+    # steps, then stops well before half of them
+    fired, _ = _judged(store, lambda s: 2.3, 0.02, steps=400)
+    assert fired is not None and 0.4 * 396 <= fired.step < 200
     assert "1 healthy sibling was at" in fired.reasons[0] and "(learner)" in fired.reasons[0]
     assert "2 that had not learned by this step stayed that way (stuck0, stuck1)" in fired.reasons[0]
+    assert "of the siblings' 39" in fired.reasons[0] and "steps run (a plateau waits for 40%)." in fired.reasons[0]
     # a run that learns beside the same three is spared
-    fired, peers = _judged(store, lambda s: max(0.5, 2.3 - 0.03 * s), 0.02, "ok")
+    fired, peers = _judged(store, lambda s: max(0.5, 2.3 - 0.03 * s), 0.02, "ok", steps=400)
     assert fired is None and peers.latest is not None and not peers.latest.behind
     # with one or two learners only a sharp stall is judged: a stall as noisy as a fifth of the
     # gap is left to the per-run rules (one learner's gradients are no band either)
-    fired, _ = _judged(store, lambda s: 2.3, 0.3)
+    fired, _ = _judged(store, lambda s: 2.3, 0.3, steps=400)
     assert fired is None
-    fired, _ = _judged(store, lambda s: 2.3, 0.3, norm=10.0)  # outside the one learner's norm
+    fired, _ = _judged(store, lambda s: 2.3, 0.3, norm=10.0, steps=400)  # outside the one learner's norm
     assert fired is None
+
+
+def test_a_plateau_waits_for_patience_of_the_budget_a_late_learner_leaves_it_before() -> None:
+    store = _Memory()
+    _cold_start(store)
+    # with no patience the same plateau is stopped once its streak spans a window (step 43):
+    # a late learner that leaves the untrained level at step 120 would have been stopped too
+    late = lambda s: 2.3 if s < 120 else max(0.3, 2.3 - 0.05 * (s - 120))  # noqa: E731
+    fired, _ = _judged(store, late, 0.02, steps=400, patience=0.0)
+    assert fired is not None and fired.step < 60
+    fired, peers = _judged(store, late, 0.02, steps=400)
+    assert fired is None and peers.latest is not None and not peers.latest.behind
+    # the wait is a share of what the siblings ran: siblings of 200 steps, a plateau prunes at 80+
+    short = _Memory()
+    short.save(_synthetic("learner", lambda s: max(0.3, 2.3 - 0.05 * s), 0.05, 20, steps=200))
+    for i in range(2):
+        short.save(_synthetic(f"stuck{i}", lambda s: 2.3, 0.02, 21 + i, steps=200))
+    fired, _ = _judged(short, lambda s: 2.3, 0.02, steps=200)
+    assert fired is not None and 0.4 * 196 <= fired.step < 100
+    # the budget is the longest finished sibling's; with every sibling still running, unknown
+    from wandb_gradema.siblings import Reference
+
+    assert Reference([*store.records, *short.records]).budget >= 396
+    assert math.isnan(Reference([dataclasses.replace(r, state="running") for r in store.records]).budget)
+    with pytest.raises(ValueError, match="`patience` must be a share of the sweep's budget in \\[0, 1\\], got 1.5"):
+        _judged(store, lambda s: 2.3, 0.02, patience=1.5)
 
 
 def test_a_stuck_sibling_that_learned_later_keeps_the_cold_start_from_judging() -> None:
     store = _Memory()
     # a sibling that sat at the untrained level until step 70, then learned and ended well
     _cold_start(store, _synthetic("late", lambda s: 2.3 if s < 70 else max(0.05, 2.3 - 0.06 * (s - 70)), 0.02, 3, steps=400))
-    fired, _ = _judged(store, lambda s: 2.3, 0.02)
+    fired, _ = _judged(store, lambda s: 2.3, 0.02, patience=0.0)  # the veto alone, no wait
     assert fired is None or fired.step > 70
 
 
@@ -459,7 +518,7 @@ def test_running_siblings_count_as_far_as_they_got_and_a_running_late_learner_ve
     assert fired is None
     # a concurrent agent's run, at step 300 of its budget and learning clearly: the third answer
     store.save(_synthetic("running", lambda s: max(0.4, 2.3 - 0.04 * s), 0.05, 22, state="running", steps=300))
-    fired, peers = _judged(store, lambda s: 2.3, 0.02)
+    fired, peers = _judged(store, lambda s: 2.3, 0.02, patience=0.0)  # the answers alone, no wait
     assert fired is not None and fired.step < STEPS // 2 and "running" in peers.latest.compared
     # ... unless it is to be compared with finished siblings only
     from wandb_gradema.siblings import SweepPeers
@@ -469,7 +528,7 @@ def test_running_siblings_count_as_far_as_they_got_and_a_running_late_learner_ve
     # a running sibling that sat where this run sits and has learned since is a late learner:
     # this step is not late enough to tell
     store.save(_synthetic("late", lambda s: 2.3 if s < 150 else max(0.2, 2.3 - 0.05 * (s - 150)), 0.02, 23, state="running", steps=260))
-    fired, _ = _judged(store, lambda s: 2.3, 0.02)
+    fired, _ = _judged(store, lambda s: 2.3, 0.02, patience=0.0)
     assert fired is None
     # a running sibling gone non-finite is no sibling; a running one never "ended well"
     broken = _synthetic("broken", lambda s: 2.3, 0.02, 24, state="running", steps=200)
@@ -490,8 +549,9 @@ def test_a_stall_is_counted_from_the_end_of_the_runs_first_window() -> None:
     # a deep net that sits at the untrained level until step 35, then learns: spared
     fired, peers = _judged(store, lambda s: 2.3 if s < 35 else max(0.3, 2.3 - 0.05 * (s - 35)), 0.02, "late")
     assert fired is None and peers.latest is not None and not peers.latest.behind
-    # a run that never leaves it is still stopped, one window after its first window
-    fired, _ = _judged(store, lambda s: 2.3, 0.02)
+    # a run that never leaves it is still stopped, one window after its first window (no wait
+    # for a share of the budget here: the window alone)
+    fired, _ = _judged(store, lambda s: 2.3, 0.02, patience=0.0)
     assert fired is not None and 2 * MIN_WINDOW <= fired.step < STEPS // 2
     since = re.search(r"behind since step (\d+)", fired.reasons[0])
     assert since is not None and int(since.group(1)) >= MIN_WINDOW

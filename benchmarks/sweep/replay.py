@@ -62,7 +62,7 @@ def per_run(traces: Sequence[Trace]) -> Stops:
     return [_per_run_stop(t) for t in traces]
 
 
-def sweep_aware(traces: Sequence[Trace], min_siblings: int | None = None) -> Stops:
+def sweep_aware(traces: Sequence[Trace], min_siblings: int | None = None, patience: float | None = None) -> Stops:
     """Per-run rules plus the sibling judgement against the runs that ended before, in the
     monitor's order: per step the detector, the policy, the sibling judgement; a per-run
     escalation goes through ``SweepPeers.review`` (what healthy siblings showed and recovered
@@ -70,7 +70,9 @@ def sweep_aware(traces: Sequence[Trace], min_siblings: int | None = None) -> Sto
     store = ListStore()
     stops: Stops = []
     for trace in traces:
-        kwargs = {} if min_siblings is None else {"min_siblings": min_siblings}
+        kwargs: dict[str, Any] = {} if min_siblings is None else {"min_siblings": min_siblings}
+        if patience is not None:
+            kwargs["patience"] = patience
         peers = SweepPeers(store, trace.name, {"batch_size": trace.spec["batch_size"]}, background=False, **kwargs)
         detector, policy = AnomalyDetector(), EscalationPolicy()
         stop = None
@@ -219,6 +221,7 @@ def _wilcoxon() -> object:
 METHODS: dict[str, Callable[[Sequence[Trace]], Stops]] = {
     "per-run only (defaults)": per_run,
     "sweep-aware (defaults)": sweep_aware,
+    "sweep-aware, plateaus judged at once (patience 0)": functools.partial(sweep_aware, patience=0.0),
     "W&B hyperband (min_iter 3, eta 2)": hyperband,
     "W&B hyperband, checked every 100 steps": functools.partial(hyperband, check=100),
     "Optuna MedianPruner": optuna_pruner(_median),

@@ -35,7 +35,9 @@ __all__ = ["DEV_SEEDS", "HOLDOUT_SEEDS", "SPLITS", "RUNS", "STEPS", "TASKS", "dr
 #: good run with the third pass's cap on the start's noise, which was then dropped). The fourth
 #: pass added ``dev2`` and ``regress-dev2`` (seeds 600, 601) to tune on, and ``holdout6`` and
 #: ``regress-holdout5`` (seeds 700, 701), trained before any rule changed and replayed once at
-#: its end.
+#: its end. The fifth pass added ``dev3`` and ``regress-dev3`` (seeds 800, 801) to tune on, and
+#: ``holdout7`` and ``regress-holdout6`` (seeds 900, 901), trained first and replayed once with
+#: its final rule (the plateau's wait).
 DEV_SEEDS = (0, 1)
 HOLDOUT_SEEDS = (100, 101)
 SPLITS: dict[str, tuple[tuple[str, int], ...]] = {
@@ -54,6 +56,10 @@ SPLITS: dict[str, tuple[tuple[str, int], ...]] = {
     "regress-dev2": (("regress", 600), ("regress", 601)),
     "holdout6": (("digits", 700), ("digits", 701)),
     "regress-holdout5": (("regress", 700), ("regress", 701)),
+    "dev3": (("digits", 800), ("digits", 801)),
+    "regress-dev3": (("regress", 800), ("regress", 801)),
+    "holdout7": (("digits", 900), ("digits", 901)),
+    "regress-holdout6": (("regress", 900), ("regress", 901)),
 }
 TASKS = ("digits", "regress")
 RUNS = 24

@@ -7,7 +7,7 @@ Optuna study's storage); ``reference`` aligns the healthy siblings on the optimi
 (background refresh, no I/O on the per-step path). See docs/sweep-aware.md.
 """
 
-from .judge import MIN_SIBLINGS, SiblingJudge, SiblingVerdict
+from .judge import MIN_SIBLINGS, PATIENCE, SiblingJudge, SiblingVerdict
 from .peers import SIBLINGS_DIR_ENV, SweepPeers, attach_siblings
 from .record import RecordBuilder, SiblingPoint, SiblingRecord
 from .reference import Reference
@@ -15,6 +15,7 @@ from .stores import DirectoryStore, OptunaStore, SiblingStore, WandbStore
 
 __all__ = [
     "MIN_SIBLINGS",
+    "PATIENCE",
     "SIBLINGS_DIR_ENV",
     "DirectoryStore",
     "OptunaStore",

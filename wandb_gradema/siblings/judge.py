@@ -28,7 +28,10 @@ stall) prunes once it spans ``window`` steps (``max(MIN_WINDOW, 10% of s)``)
 when the gradients corroborate (silent tensors: an active share below every clearly learning
 sibling's; or a norm outside every one's band, a factor 3 either way; a band only K learners
 define) or the stall is sharp (progress plus its noise under a tenth of the learners'), else
-twice that. With fewer than K learners (the cold start) only a sharp stall is judged. Siblings
+twice that. With fewer than K learners (the cold start) only a sharp stall is judged. A
+*plateau* (live units, a finite loss not far above its start) prunes only once the run has
+spent ``patience`` of the sweep's budget (the longest finished healthy sibling's steps; none
+finished: no plateau prune): until it moves, a late learner looks exactly like one. Siblings
 still running count as far as they got (see ``Reference``). The cause picks the
 run's end: non-finite values or a loss far above its start: ``diverged``; silent gradients:
 ``dead``; otherwise ``behind``.
@@ -47,7 +50,7 @@ import numpy as np
 from .record import LEVEL_OF, SiblingPoint
 from .reference import Reference, level_noise
 
-__all__ = ["MIN_SIBLINGS", "MIN_WINDOW", "SiblingJudge", "SiblingVerdict"]
+__all__ = ["MIN_SIBLINGS", "MIN_WINDOW", "PATIENCE", "SiblingJudge", "SiblingVerdict"]
 
 #: Healthy siblings that must answer (learning clearly at the step, or stuck there and stayed
 #: stuck) before a run is judged against them, at least one of them learning. Fewer and one
@@ -61,6 +64,14 @@ RESOLVED = 0.5
 #: ... under this share, the run's stall is sharp: one window suffices, as with gradient
 #: corroboration (a loss resolved to a tenth of the gap does not dip into "stuck" by chance).
 SHARP = 0.1
+#: Share of the sweep's budget (its longest finished healthy sibling's steps) a run must have
+#: spent before a *plateau* prunes it: a stall with live units and a loss that neither went
+#: non-finite nor rose far above its start. Late learners sit at the untrained level exactly as
+#: never-learners do until they move, and on our sweeps they moved as late as 40-55% of the
+#: budget (digits: 0.42; regression: 0.45-0.55); pruning plateaus from step 43 stopped 10 good
+#: runs in 51 replays, from 40% of the budget 1 (the sweep benchmark README, fifth pass).
+#: Dead units and divergence are judged at once.
+PATIENCE = 0.4
 #: Norm band around the siblings' norm levels (a factor either way).
 NORM_BAND = 3.0
 #: Active share below the least of the learning siblings' by this much: silent tensors.
@@ -101,11 +112,16 @@ class SiblingJudge:
     Args:
         min_siblings: ``MIN_SIBLINGS`` by default (>= 2, so a 2-run sweep is never judged).
         min_window: ``MIN_WINDOW`` by default.
+        patience: ``PATIENCE`` by default: the share of the sweep's budget before a plateau
+            (not dead, not diverged) may prune; 0 judges plateaus as soon as the streak is long.
     """
 
-    def __init__(self, min_siblings: int = MIN_SIBLINGS, min_window: int = MIN_WINDOW) -> None:
+    def __init__(self, min_siblings: int = MIN_SIBLINGS, min_window: int = MIN_WINDOW, patience: float = PATIENCE) -> None:
         if not isinstance(min_siblings, int) or min_siblings < 2:
             raise ValueError(f"`min_siblings` must be an int >= 2, got {min_siblings!r}.")
+        if isinstance(patience, bool) or not isinstance(patience, (int, float)) or not 0 <= patience <= 1:
+            raise ValueError(f"`patience` must be a share of the sweep's budget in [0, 1], got {patience!r}.")
+        self.patience = float(patience)
         self.min_siblings = min_siblings
         self.min_window = min_window
         self.start: float | None = None
@@ -205,7 +221,13 @@ class SiblingJudge:
             f"{'sibling was' if len(names) == 1 else 'siblings were'} at {_span(at.loss[clear])} ({shown}){stayers}; "
             f"behind since step {self.streak_from}, {grads}."
         )
-        prune = point.step - self.streak_from >= needed
+        # A plateau with live units and a finite loss is judged only past ``patience`` of the
+        # sweep's budget (a late learner looks like it until it moves); unknown budget, no prune.
+        budget = reference.budget
+        waited = cause != "behind" or self.patience == 0 or point.step >= self.patience * budget
+        if waited and cause == "behind" and self.patience > 0:
+            reason = reason[:-1] + f"; {point.step / budget:.0%} of the siblings' {budget:.0f} steps run (a plateau waits for {self.patience:.0%})."
+        prune = point.step - self.streak_from >= needed and waited
         return SiblingVerdict(point.step, at.run_ids, rank, z, True, prune, cause, reason, corroborated)
 
     def seen_and_recovered(self, event: Any, points: Sequence[SiblingPoint], reference: Reference) -> list[str]:

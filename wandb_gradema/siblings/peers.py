@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import warn
 from ..escalation import EscalationEvent
-from .judge import MIN_SIBLINGS, SiblingJudge, SiblingVerdict
+from .judge import MIN_SIBLINGS, PATIENCE, SiblingJudge, SiblingVerdict
 from .record import RecordBuilder
 from .reference import Reference
 from .stores import DirectoryStore, SiblingStore, WandbStore
@@ -31,6 +31,8 @@ __all__ = ["SIBLINGS_DIR_ENV", "SIBLINGS_ENV", "SweepPeers", "attach_siblings", 
 SIBLINGS_DIR_ENV = "GRADEMA_SIBLINGS_DIR"
 #: ``off`` turns the sweep-aware judgement off.
 SIBLINGS_ENV = "GRADEMA_SIBLINGS"
+#: The sibling judge's ``patience`` for the default stores (a share of the budget in [0, 1]).
+PATIENCE_ENV = "GRADEMA_SIBLINGS_PATIENCE"
 _KEY_CONFIG = 24
 
 
@@ -58,6 +60,8 @@ class SweepPeers:
         run_id: this run's id in the store.
         config: its key config (plain values).
         min_siblings: see ``SiblingJudge`` (default ``MIN_SIBLINGS``).
+        patience: see ``SiblingJudge`` (default ``PATIENCE``: a plateau prunes from 40% of
+            the budget its finished siblings ran).
         refresh_s: seconds between loads of the siblings' records.
         write_s: at most one write of this run's record per this many seconds.
         background: False loads once, now, and writes only at ``finish`` (tests, replays).
@@ -72,6 +76,7 @@ class SweepPeers:
         config: Mapping[str, Any] | None = None,
         *,
         min_siblings: int = MIN_SIBLINGS,
+        patience: float = PATIENCE,
         refresh_s: float = 30.0,
         write_s: float = 10.0,
         background: bool = True,
@@ -82,7 +87,7 @@ class SweepPeers:
         self.store = store
         self.run_id = str(run_id)
         self.builder = RecordBuilder(self.run_id, dict(config or {}))
-        self.judge = SiblingJudge(min_siblings=min_siblings)
+        self.judge = SiblingJudge(min_siblings=min_siblings, patience=patience)
         self.reference: Reference | None = None
         self.latest: SiblingVerdict | None = None
         self.fired: SiblingVerdict | None = None
@@ -237,9 +242,24 @@ def auto_peers(sink: Any) -> SweepPeers | None:
     if not in_sweep or not run_id:
         return None
     config = key_config(getattr(run, "config", None)) if run is not None else {}
+    patience = _patience_from_env()
     if path:
-        return SweepPeers(DirectoryStore(path), run_id, config)
+        return SweepPeers(DirectoryStore(path), run_id, config, patience=patience)
     if run is None or getattr(run, "offline", True):
         return None
     store = WandbStore(f"{run.entity}/{run.project}/{run.sweep_id}", run=run)
-    return SweepPeers(store, run_id, config, refresh_s=120.0)
+    return SweepPeers(store, run_id, config, refresh_s=120.0, patience=patience)
+
+
+def _patience_from_env() -> float:
+    """``GRADEMA_SIBLINGS_PATIENCE`` as a share in [0, 1] (``PATIENCE`` when unset)."""
+    text = os.environ.get(PATIENCE_ENV, "").strip()
+    if not text:
+        return PATIENCE
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise ValueError(f"`{PATIENCE_ENV}` must be a share of the sweep's budget in [0, 1] (e.g. 0.4), got {text!r}.")
+    return value

@@ -143,6 +143,8 @@ class Reference:
         self._good = np.array([s.good for s in sibs], dtype=bool)
         self._live = np.array([s.live for s in sibs], dtype=bool)
         self._first_norm = np.array([np.exp(s.lognorm[0]) for s in sibs])
+        done = self._last[~self._live] if sibs else self._last
+        self._budget = float(done.max()) if len(done) else math.nan
         # ``at``'s per-sibling fields for each set of siblings that reached a step: the set
         # changes only where a sibling begins or ends (at most twice per sibling).
         self._masked: dict[bytes, tuple[Any, ...]] = {}
@@ -160,6 +162,12 @@ class Reference:
     @property
     def run_ids(self) -> tuple[str, ...]:
         return self._ids
+
+    @property
+    def budget(self) -> float:
+        """The steps a run of this sweep gets, as far as the siblings show: the longest finished
+        sibling's last step (nan while none has finished)."""
+        return self._budget
 
     def first_norms(self, run_ids: tuple[str, ...]) -> list[float]:
         """Each named sibling's first norm level (its norm before training moved it)."""
