@@ -238,6 +238,8 @@ def test_inside_a_sweep_the_directory_store_prunes_and_the_run_says_why(
     assert s["gradema/pruned"] is True and s["gradema/prune_cause"] == "behind"
     assert s["gradema/siblings_compared"] == "good0, good1, good2" and s["gradema/siblings_healthy"] == 3
     assert "healthy siblings were at" in s["gradema/prune_reason"]
+    # a plateau: pruned once 40% of the siblings' steps were run, and the reason says so
+    assert pruned >= 0.4 * (STEPS - 1) and "steps run (a plateau waits for 40%)" in s["gradema/prune_reason"]
     ranks = [v for v in logged.column("gradema/siblings/rank") if v is not None]
     assert ranks and ranks[-1] == 1.0
     record = {r.run_id: r for r in DirectoryStore(siblings).load()}[run.id]
