@@ -25,7 +25,7 @@ from wandb_gradema.siblings.reference import level_noise
 from .space import SPLITS, final_level, load_sweep
 
 #: Never replayed while tuning: the latest pass's holdouts (replayed once, by ``__main__``).
-HOLDOUTS = ("holdout7", "regress-holdout6")
+HOLDOUTS = ("holdout7", "regress-holdout6", "holdout8", "regress-holdout7")
 FEATURES = {
     "noise": "level noise / the sweep's chance-to-best range",
     "moved": "start minus level, in level noises",

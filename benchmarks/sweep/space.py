@@ -37,7 +37,8 @@ __all__ = ["DEV_SEEDS", "HOLDOUT_SEEDS", "SPLITS", "RUNS", "STEPS", "TASKS", "dr
 #: ``regress-holdout5`` (seeds 700, 701), trained before any rule changed and replayed once at
 #: its end. The fifth pass added ``dev3`` and ``regress-dev3`` (seeds 800, 801) to tune on, and
 #: ``holdout7`` and ``regress-holdout6`` (seeds 900, 901), trained first and replayed once with
-#: its final rule (the plateau's wait).
+#: its final rule (the plateau's wait); ``holdout8`` and ``regress-holdout7`` (seeds 1000, 1001)
+#: are a second fresh draw, trained after that rule was fixed and replayed once.
 DEV_SEEDS = (0, 1)
 HOLDOUT_SEEDS = (100, 101)
 SPLITS: dict[str, tuple[tuple[str, int], ...]] = {
@@ -60,6 +61,8 @@ SPLITS: dict[str, tuple[tuple[str, int], ...]] = {
     "regress-dev3": (("regress", 800), ("regress", 801)),
     "holdout7": (("digits", 900), ("digits", 901)),
     "regress-holdout6": (("regress", 900), ("regress", 901)),
+    "holdout8": (("digits", 1000), ("digits", 1001)),
+    "regress-holdout7": (("regress", 1000), ("regress", 1001)),
 }
 TASKS = ("digits", "regress")
 RUNS = 24
