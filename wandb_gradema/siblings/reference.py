@@ -143,7 +143,7 @@ class Reference:
         self._good = np.array([s.good for s in sibs], dtype=bool)
         self._live = np.array([s.live for s in sibs], dtype=bool)
         self._first_norm = np.array([np.exp(s.lognorm[0]) for s in sibs])
-        done = self._last[~self._live] if sibs else self._last
+        done = self._last[~self._live]
         self._budget = float(done.max()) if len(done) else math.nan
         # ``at``'s per-sibling fields for each set of siblings that reached a step: the set
         # changes only where a sibling begins or ends (at most twice per sibling).
