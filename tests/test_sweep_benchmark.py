@@ -81,3 +81,19 @@ def test_plateaus_sets_late_learners_against_never_learners_with_what_the_record
     # the LR against the learners' median, in decades; neither loss moved by 5 of its noises
     assert abs(rows["late"][1]["lr"]) < 1e-9 and abs(rows["never"][1]["lr"] + 3) < 1e-9
     assert abs(rows["late"][1]["moved"]) < 5 and abs(rows["never"][1]["moved"]) < 5
+
+
+def test_the_per_family_table_sums_the_splits_replays() -> None:
+    from benchmarks.sweep.__main__ import Score, table
+
+    sweep = _sweep()
+    one, two, both = Score(), Score(), Score()
+    one.add(sweep, [None, None, 29])
+    two.add(sweep, [None, 99, None])
+    both.add(sweep, [None, None, 29])
+    both.add(sweep, [None, 99, None])
+    merged = Score()
+    merged.merge(one)
+    merged.merge(two)
+    assert merged == both and merged.replays == 2 and merged.good_stopped == 1 and merged.chance_by_half == 1
+    assert "| sweep-aware | 1 / 4 | 2 / 2 | 1 / 2 (50%) |" in table("all digits splits together", {"sweep-aware": merged})

@@ -39,6 +39,12 @@ class Score:
     ideal: int = 0
     stopped_steps: list[int] = field(default_factory=list)
 
+    def merge(self, other: Score) -> None:
+        """Add another split's totals (the per-family tables)."""
+        for name in ("good", "good_stopped", "best_kept", "replays", "chance", "chance_by_half", "budget", "saved", "ideal"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.stopped_steps.extend(other.stopped_steps)
+
     def add(self, traces: Sequence[Trace], stops: Stops) -> None:
         finals = [final_level(t) for t in traces]
         finite = [f for f in finals if math.isfinite(f)]
@@ -143,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--extra", action="store_true", help="also hyperband checked every 200 steps and on a per-step loss (slow)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    families: dict[str, dict[str, Score]] = {}
+    splits: dict[str, list[str]] = {}
     for split, sweeps in SPLITS.items():
         if args.split in (split, "all"):
             misses: list[str] | None = [] if args.misses else None
@@ -151,6 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(table(f"{split} sweeps ({named}; {args.orders} orders each)", scores))
             if misses:
                 print("\n" + "\n".join(misses))
+            print()
+            task = sweeps[0][0]
+            splits.setdefault(task, []).append(split)
+            for name, score in scores.items():
+                families.setdefault(task, {}).setdefault(name, Score()).merge(score)
+    if sum(len(v) for v in splits.values()) > 1:
+        for task, scores in families.items():
+            print(table(f"all {task} splits together ({', '.join(splits[task])})", scores))
             print()
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0
