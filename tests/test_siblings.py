@@ -404,7 +404,14 @@ def _cold_start(store: Any, extra: SiblingRecord | None = None) -> None:
 
 
 def _judged(
-    store: Any, levels: Any, noise: float, run_id: str = "run", norm: float = 1.0, steps: int = STEPS, **kwargs: Any
+    store: Any,
+    levels: Any,
+    noise: float,
+    run_id: str = "run",
+    norm: float = 1.0,
+    steps: int = STEPS,
+    active: float = 1.0,
+    **kwargs: Any,
 ) -> Any:
     """Feed a run whose loss follows ``levels`` through the monitor's ``SweepPeers``; its
     sibling escalation (or None) and the peers."""
@@ -414,7 +421,7 @@ def _judged(
     gen = torch.Generator().manual_seed(7)
     fired = None
     for step in range(steps):
-        fired = fired or peers.observe(step, levels(step) + noise * float(torch.randn(1, generator=gen)), norm, 1.0, 1e-3)
+        fired = fired or peers.observe(step, levels(step) + noise * float(torch.randn(1, generator=gen)), norm, active, 1e-3)
     return fired, peers
 
 
@@ -463,6 +470,22 @@ def test_a_plateau_waits_for_patience_of_the_budget_a_late_learner_leaves_it_bef
     assert math.isnan(Reference([dataclasses.replace(r, state="running") for r in store.records]).budget)
     with pytest.raises(ValueError, match="`patience` must be a share of the sweep's budget in \\[0, 1\\], got 1.5"):
         _judged(store, lambda s: 2.3, 0.02, patience=1.5)
+
+
+def test_dead_and_diverged_runs_do_not_wait_for_the_budget() -> None:
+    store = _Memory()
+    for i in range(3):  # three learners of 400 steps, all units active: a band K learners define
+        store.save(_synthetic(f"fast{i}", lambda s, i=i: max(0.3, 2.3 - (0.05 + 0.01 * i) * s), 0.02, 50 + i, steps=400))
+    # silent units (active share 0.5 against the learners' 1.0) at the untrained loss: dead
+    fired, peers = _judged(store, lambda s: 2.3, 0.02, steps=400, active=0.5)
+    assert fired is not None and fired.step < 0.4 * 396 and peers.fired.cause == "dead"
+    assert "plateau waits" not in fired.reasons[0]
+    # a loss far above its start: diverged
+    fired, peers = _judged(store, lambda s: 2.3 if s < 10 else 4.0, 0.02, steps=400)
+    assert fired is not None and fired.step < 0.4 * 396 and peers.fired.cause == "diverged"
+    # the same flat loss with live units is a plateau: it waits
+    fired, peers = _judged(store, lambda s: 2.3, 0.02, steps=400)
+    assert fired is not None and fired.step >= 0.4 * 396 and peers.fired.cause == "behind"
 
 
 def test_a_stuck_sibling_that_learned_later_keeps_the_cold_start_from_judging() -> None:
