@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from benchmarks.detection.trace import Trace
 
@@ -41,9 +41,8 @@ class Score:
 
     def merge(self, other: Score) -> None:
         """Add another split's totals (the per-family tables)."""
-        for name in ("good", "good_stopped", "best_kept", "replays", "chance", "chance_by_half", "budget", "saved", "ideal"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.stopped_steps.extend(other.stopped_steps)
+        for f in fields(self):  # every total, whatever fields are added later
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def add(self, traces: Sequence[Trace], stops: Stops) -> None:
         finals = [final_level(t) for t in traces]
